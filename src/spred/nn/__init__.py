@@ -1,0 +1,43 @@
+"""spred for any PyTorch model (torch only: no scikit-learn, no matplotlib).
+
+``sparsify`` registers the product parametrisation, ``param_groups`` turns weight
+decay into the L1 / group-L1 penalty, ``collapse`` writes exact zeros and restores
+plain modules, ``sparsity_report`` and ``kkt_residual`` say how sparse the model is
+and whether its zeros are optimal.
+"""
+
+from spred.nn._collapse import collapse
+from spred.nn._parametrizations import SpredProduct, balanced_split, preserving_split
+from spred.nn._report import KKTReport, SparsityReport, TensorSparsity, kkt_residual, sparsity_report
+from spred.nn._sparsify import (
+    check_optimizer,
+    factors,
+    get_lam,
+    is_sparsified,
+    param_groups,
+    penalty,
+    set_lam,
+    sparsified_tensors,
+    sparsify,
+)
+
+__all__ = [
+    "KKTReport",
+    "SparsityReport",
+    "SpredProduct",
+    "TensorSparsity",
+    "balanced_split",
+    "check_optimizer",
+    "collapse",
+    "factors",
+    "get_lam",
+    "is_sparsified",
+    "kkt_residual",
+    "param_groups",
+    "penalty",
+    "preserving_split",
+    "set_lam",
+    "sparsified_tensors",
+    "sparsify",
+    "sparsity_report",
+]

@@ -1,0 +1,63 @@
+"""Back from factors to plain modules, with exact zeros."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from spred.nn._parametrizations import group_norms
+from spred.nn._sparsify import _require
+
+logger = logging.getLogger("spred")
+
+
+def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False) -> nn.Module:
+    """Replace every spred product by its value, writing exact zeros where ``|v| <= threshold``.
+
+    The returned model has no parametrisations and the original module classes
+    (``type(layer) is nn.Linear``), so it saves, loads and exports like the dense model.
+    With plain SGD pruned weights reach exact zeros by themselves; with Adam they
+    hover near ``lr**2`` and need a threshold (check it with :func:`kkt_residual`).
+
+    Parameters
+    ----------
+    model : nn.Module
+        A model sparsified by :func:`sparsify`.
+    threshold : float, default=0.0
+        Entries with ``|v| <= threshold`` become exactly 0. For grouped tensors a group
+        whose L2 norm is ``<= threshold`` becomes 0 as a whole.
+    inplace : bool, default=False
+        Modify ``model`` itself instead of a deep copy.
+
+    Returns
+    -------
+    nn.Module
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
+        raise ValueError(f"The 'threshold' parameter of collapse must be a float in the range [0, inf). Got {threshold!r} instead.")
+    _require(model, "collapse")
+    if not inplace:
+        model = copy.deepcopy(model)
+        # A deep copy of a parametrized module shares torch's injected class with the
+        # original; removing a parametrization edits that class, so give each copy its own.
+        for module in model.modules():
+            if parametrize.is_parametrized(module):
+                cls = type(module)
+                module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
+    written = 0
+    for t in list(_require(model, "collapse")):
+        if len(t.module.parametrizations[t.tensor_name]) != 1:
+            raise ValueError(f"'{t.name}' carries other parametrizations besides spred; remove them before collapse.")
+        spred = t.spred
+        parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
+        weight = getattr(t.module, t.tensor_name)
+        with torch.no_grad():
+            mask = (group_norms(weight, spred.groups, spred.out_dim) <= threshold).expand_as(weight)
+            written += int((mask & (weight != 0)).sum())
+            weight.masked_fill_(mask, 0.0)
+    logger.debug("collapse wrote %d exact zeros (threshold %g)", written, threshold)
+    return model

@@ -1,0 +1,262 @@
+"""How sparse is a model, and are its zeros real (the L1 optimality check)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from spred.nn._parametrizations import group_norms
+from spred.nn._sparsify import _require, sparsified_tensors
+
+
+@dataclass(frozen=True)
+class TensorSparsity:
+    """One row of a :class:`SparsityReport`."""
+
+    name: str
+    shape: tuple[int, ...]
+    numel: int
+    zeros: int
+    groups: str | None  # the penalty groups ("out"/"in"), None when elementwise or not sparsified
+    n_groups: int  # output neurons/filters (or input features for groups="in"); 0 for 1-d tensors
+    zero_groups: int  # groups whose entries are all zero
+    lam: float | None  # None: not sparsified
+
+    @property
+    def nonzero(self) -> int:
+        return self.numel - self.zeros
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class SparsityReport:
+    """Zeros per parameter tensor of a model (buffers such as BatchNorm statistics never count).
+
+    ``total`` counts every parameter of the model (weights and biases), ``nonzero``
+    those that are not exactly zero (or ``<= threshold`` in absolute value), and
+    ``compression_ratio = total / nonzero``.
+    """
+
+    rows: tuple[TensorSparsity, ...]
+    threshold: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(r.numel for r in self.rows)
+
+    @property
+    def nonzero(self) -> int:
+        return sum(r.nonzero for r in self.rows)
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of all parameters that are zero."""
+        return 1.0 - self.nonzero / self.total if self.total else 0.0
+
+    @property
+    def sparsified_sparsity(self) -> float:
+        """Fraction of zeros among the sparsified tensors only."""
+        rows = [r for r in self.rows if r.lam is not None]
+        n = sum(r.numel for r in rows)
+        return sum(r.zeros for r in rows) / n if n else 0.0
+
+    @property
+    def compression_ratio(self) -> float:
+        return self.total / self.nonzero if self.nonzero else math.inf
+
+    def __getitem__(self, name: str) -> TensorSparsity:
+        for r in self.rows:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def __str__(self) -> str:
+        head = ("tensor", "shape", "numel", "zeros", "sparsity", "zero groups", "lam")
+        lines = [
+            (
+                r.name,
+                "x".join(map(str, r.shape)),
+                str(r.numel),
+                str(r.zeros),
+                f"{100 * r.sparsity:.1f}%",
+                f"{r.zero_groups}/{r.n_groups}" + (f" ({r.groups})" if r.groups else "") if r.n_groups else "-",
+                "-" if r.lam is None else f"{r.lam:.3g}",
+            )
+            for r in self.rows
+        ]
+        lines.append(("total", "", str(self.total), str(self.total - self.nonzero), f"{100 * self.sparsity:.1f}%", "", ""))
+        widths = [max(len(row[i]) for row in [head, *lines]) for i in range(len(head))]
+        fmt = lambda row: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))  # noqa: E731
+        rule = "-" * len(fmt(head))
+        out = [fmt(head), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])]
+        out.append(f"nonzero {self.nonzero} of {self.total} parameters: compression ratio {self.compression_ratio:.2f}x")
+        return "\n".join(out)
+
+
+def _effective_tensors(model: nn.Module):
+    """(name, tensor, spred-or-None) for every parameter as the model sees it, each once."""
+    spred_of = {id(t.module): {} for t in sparsified_tensors(model)}
+    for t in sparsified_tensors(model):
+        spred_of[id(t.module)][t.tensor_name] = t.spred
+    seen = set()
+    for mod_name, module in model.named_modules():
+        if isinstance(module, parametrize.ParametrizationList) or ".parametrizations" in f".{mod_name}":
+            continue
+        names = list(module.parametrizations) if parametrize.is_parametrized(module) else []
+        names += [n for n in module._parameters if n not in names]
+        for tname in names:
+            value = getattr(module, tname)
+            if value is None:
+                continue
+            key = id(module.parametrizations[tname]) if parametrize.is_parametrized(module, tname) else id(value)
+            if key in seen:
+                continue
+            seen.add(key)
+            fqn = f"{mod_name}.{tname}" if mod_name else tname
+            yield fqn, module, value, spred_of.get(id(module), {}).get(tname)
+
+
+def _zero_groups(v: torch.Tensor, zero: torch.Tensor, groups: str | None, out_dim: int) -> tuple[int, int]:
+    if v.dim() < 2:
+        return 0, 0
+    keep = 1 - out_dim if groups == "in" else out_dim
+    dims = tuple(d for d in range(v.dim()) if d != keep)
+    return v.shape[keep], int(zero.all(dim=dims).sum())
+
+
+@torch.no_grad()
+def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityReport:
+    """Count zeros in every parameter tensor of ``model`` (sparsified or collapsed).
+
+    Entries with ``|v| <= threshold`` count as zero (``threshold=0`` counts exact
+    zeros only). For sparsified tensors the product ``v`` is what is counted. Zero
+    groups are whole output neurons/filters (input features for ``groups="in"``)
+    that are entirely zero, the unit that structured pruning removes.
+
+    Examples
+    --------
+    >>> import torch, spred
+    >>> net = spred.sparsify(torch.nn.Linear(4, 2), lam=0.1)
+    >>> spred.sparsity_report(net).total
+    10
+    """
+    rows = []
+    for name, module, value, spred in _effective_tensors(model):
+        v = value.detach()
+        zero = v.abs() <= threshold
+        groups = spred.groups if spred is not None else None
+        out_dim = spred.out_dim if spred is not None else int(isinstance(module, nn.modules.conv._ConvTransposeNd))
+        n_groups, zero_groups = _zero_groups(v, zero, groups, out_dim)
+        rows.append(
+            TensorSparsity(name, tuple(v.shape), v.numel(), int(zero.sum()), groups, n_groups, zero_groups, None if spred is None else spred.lam)
+        )
+    return SparsityReport(tuple(rows), threshold)
+
+
+@dataclass(frozen=True)
+class KKTReport:
+    """L1 optimality residuals of a sparsified model on one batch.
+
+    For each sparsified tensor with gradient ``g = dL/dv`` (depth 2; groups use norms):
+
+    * nonzero entries: ``|g + lam * sign(v)|`` (should be 0);
+    * zero entries: ``max(|g| - lam, 0)`` (should be 0: a zero is optimal iff ``|g| <= lam``).
+
+    ``max`` is the largest residual over all tensors, ``relative`` the same divided
+    by lam. ``other`` is the largest ``|dL/dp|`` over the parameters that are not
+    sparsified (0 at a stationary point if they carry no weight decay).
+    """
+
+    per_tensor: dict[str, dict] = field(default_factory=dict)
+    other: float = 0.0
+    threshold: float = 0.0
+
+    @property
+    def max(self) -> float:
+        return max((r["max"] for r in self.per_tensor.values()), default=0.0)
+
+    @property
+    def relative(self) -> float:
+        return max((r["max"] / r["lam"] if r["lam"] > 0 else math.inf * (r["max"] > 0) for r in self.per_tensor.values()), default=0.0)
+
+    def __str__(self) -> str:
+        lines = [f"{'tensor':<28}{'lam':>10}{'zeros':>9}{'max resid':>12}{'zero viol':>11}{'nonzero resid':>15}"]
+        for name, r in self.per_tensor.items():
+            lines.append(f"{name:<28}{r['lam']:>10.3g}{r['zeros']:>9}{r['max']:>12.2e}{r['max_zero']:>11.2e}{r['max_nonzero']:>15.2e}")
+        lines.append(f"max residual {self.max:.3e} (relative to lam {self.relative:.3e}); other parameters' max |grad| {self.other:.3e}")
+        return "\n".join(lines)
+
+
+def kkt_residual(
+    model: nn.Module,
+    loss_fn: Callable[..., torch.Tensor],
+    batch,
+    *,
+    threshold: float = 0.0,
+) -> KKTReport:
+    """The L1 optimality gap of a sparsified model on ``batch`` (DESIGN.md section 2).
+
+    The loss is ``loss_fn(model(inputs), targets)`` with ``inputs, targets = batch``
+    (``inputs`` may be a tuple of positional inputs). Its gradient with respect to
+    every effective weight ``v`` is compared with the subdifferential of the
+    penalty: a point is an L1 minimiser iff every residual is 0. Weights with
+    ``|v| <= threshold`` (group norm for grouped tensors) count as zero; with SGD
+    use 0, with Adam a threshold around ``lr**2`` or above. The model's mode and
+    buffers (BatchNorm statistics) are left as they were.
+
+    For depth D > 2 the nonzero residual uses the L_{2/D} gradient
+    ``lam * |v|^(2/D-1) sign(v)`` and zero entries always count as optimal.
+    """
+    tensors = _require(model, "kkt_residual")
+    inputs, targets = batch
+    if not isinstance(inputs, (tuple, list)):
+        inputs = (inputs,)
+    spred_ids = {id(f) for t in tensors for f in t.factors}
+    others = {n: p for n, p in model.named_parameters() if id(p) not in spred_ids and p.requires_grad}
+    buffers = {n: b.clone() for n, b in model.named_buffers()}
+    try:
+        # Inside cached() every weight is computed once, so the forward pass uses exactly
+        # these tensors and autograd can differentiate the loss with respect to them.
+        with torch.enable_grad(), parametrize.cached():
+            values = {t.name: getattr(t.module, t.tensor_name) for t in tensors}
+            loss = loss_fn(model(*inputs), targets)
+            grads = torch.autograd.grad(loss, [*values.values(), *others.values()], allow_unused=True)
+    finally:
+        with torch.no_grad():
+            for n, b in model.named_buffers():
+                b.copy_(buffers[n])
+    per_tensor = {}
+    with torch.no_grad():
+        for t, g in zip(tensors, grads[: len(values)]):
+            v = values[t.name].detach()
+            g = torch.zeros_like(v) if g is None else g
+            sp = t.spred
+            if sp.groups is None:
+                nv, ng = v.abs(), g.abs()
+            else:
+                nv, ng = group_norms(v, sp.groups, sp.out_dim), group_norms(g, sp.groups, sp.out_dim)
+            zero = nv <= threshold
+            safe = torch.where(zero, torch.ones_like(nv), nv)
+            grad_pen = sp.lam * safe.pow(2.0 / sp.depth - 2.0) * v  # lam * |v|^(2/D-2) v ; D=2: lam * v/|v|
+            resid_nz = group_norms(g + grad_pen, sp.groups, sp.out_dim) if sp.groups else (g + grad_pen).abs()
+            resid_zero = (ng - sp.lam).clamp_min(0) if sp.depth == 2 else torch.zeros_like(ng)
+            resid_nz = torch.where(zero, torch.zeros_like(resid_nz), resid_nz)
+            resid_zero = torch.where(zero, resid_zero, torch.zeros_like(resid_zero))
+            max_nz, max_z = float(resid_nz.max()) if resid_nz.numel() else 0.0, float(resid_zero.max()) if resid_zero.numel() else 0.0
+            per_tensor[t.name] = {
+                "lam": sp.lam,
+                "zeros": int(zero.expand_as(v).sum()),
+                "max": max(max_nz, max_z),
+                "max_zero": max_z,
+                "max_nonzero": max_nz,
+            }
+        other = max((float(g.abs().max()) for g in grads[len(values) :] if g is not None and g.numel()), default=0.0)
+    return KKTReport(per_tensor, other, threshold)

@@ -1,0 +1,27 @@
+"""Shared fixtures. Real-data tests use ``data_home``: it points at ``SPRED_DATA`` and
+skips with a clear message when the staged datasets are not there."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def data_home() -> Path:
+    root = os.environ.get("SPRED_DATA")
+    if not root or not (Path(root) / "MANIFEST.md").is_file():
+        pytest.skip(
+            "real datasets not found: set SPRED_DATA to the folder holding MANIFEST.md "
+            f"(currently SPRED_DATA={root!r})"
+        )
+    return Path(root)
+
+
+@pytest.fixture
+def rng():
+    import numpy as np
+
+    return np.random.default_rng(0)
