@@ -30,9 +30,9 @@ logger = logging.getLogger("spred")
 ENV_VAR = "SPRED_DATA"
 _CHUNK = 1 << 20
 
-# In-process record of files whose sha256 was already checked: key -> sha256.
-# The key includes size and mtime, so a file that changes on disk is hashed again.
-_VERIFIED: dict[tuple, str] = {}
+# In-process record of files already verified: key -> the expected hashes they passed.
+# The key includes size, mtime and inode, so a file that changes on disk is hashed again.
+_VERIFIED: dict[tuple, tuple[str, str | None]] = {}
 
 
 class DatasetNotFoundError(FileNotFoundError):
@@ -47,7 +47,7 @@ class DatasetNotFoundError(FileNotFoundError):
         super().__init__(message)
         self.filename = None if filename is None else os.fspath(filename)
 
-    def __str__(self) -> str:
+    def __str__(self) -> str:  # OSError would print "[Errno None] None: <filename>" once filename is set
         return self.args[0]
 
 
@@ -119,11 +119,21 @@ def _data_home_source(data_home) -> str:
         return "the data_home argument"
     if os.environ.get(ENV_VAR):
         return f"the {ENV_VAR} environment variable"
-    return f"the default per-user cache folder ({ENV_VAR} is not set)"
+    return f"the default per-user cache folder, since {ENV_VAR} is not set"
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """Return the sha256 hex digest of a file, read in 1 MiB chunks.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The file to hash.
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
 
     Examples
     --------
@@ -197,13 +207,13 @@ def verify_file(
     """
     path = Path(path)
     key = _cache_key(path)
-    if _VERIFIED.get(key) == sha256:
+    if _VERIFIED.get(key) == (sha256, gunzipped_sha256):
         return
     actual = sha256_file(path)
     if actual != sha256:
         if gunzipped_sha256 is None or _gunzipped_sha256(path) != gunzipped_sha256:
             raise ChecksumError(path, sha256, actual, hint)
-    _VERIFIED[key] = sha256
+    _VERIFIED[key] = (sha256, gunzipped_sha256)
 
 
 def _progress_bar(total: int | None, desc: str, enabled: bool | None):
@@ -260,6 +270,10 @@ def fetch_file(
     ChecksumError
         If the downloaded bytes do not have the expected sha256; the message
         names the URL and both hashes.
+    ConnectionError
+        If the connection closed before ``Content-Length`` bytes arrived.
+    urllib.error.URLError
+        If the server cannot be reached or answers with an HTTP error.
 
     Examples
     --------
@@ -281,10 +295,12 @@ def fetch_file(
             length = response.headers.get("Content-Length") if hasattr(response, "headers") else None
             bar = _progress_bar(int(length) if length else None, dest.name, progress)
             sink = gzip.GzipFile(filename="", mode="wb", fileobj=tmp, mtime=0) if gzip_content else tmp
+            received = 0
             try:
                 while chunk := response.read(_CHUNK):
                     h.update(chunk)
                     sink.write(chunk)
+                    received += len(chunk)
                     if bar is not None:
                         bar.update(len(chunk))
             finally:
@@ -292,6 +308,10 @@ def fetch_file(
                     sink.close()
                 if bar is not None:
                     bar.close()
+        if length and received != int(length):
+            raise ConnectionError(
+                f"Download of {url} was interrupted: received {received} of {length} bytes; '{dest}' was not written."
+            )
         actual = h.hexdigest()
         if actual != sha256:
             raise ChecksumError(

@@ -15,6 +15,16 @@ from spred.nn._sparsify import _require
 logger = logging.getLogger("spred")
 
 
+def _restore_position(params: dict, name: str, position: int) -> None:
+    """Put ``name`` back where it was, so parameters and state_dict keys keep the dense order."""
+    items = list(params.items())
+    item = next(i for i in items if i[0] == name)
+    items.remove(item)
+    items.insert(min(position, len(items)), item)
+    params.clear()
+    params.update(items)
+
+
 def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False) -> nn.Module:
     """Replace every spred product by its value, writing exact zeros where ``|v| <= threshold``.
 
@@ -54,6 +64,7 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
             raise ValueError(f"'{t.name}' carries other parametrizations besides spred; remove them before collapse.")
         spred = t.spred
         parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
+        _restore_position(t.module._parameters, t.tensor_name, getattr(spred, "position", 0))
         weight = getattr(t.module, t.tensor_name)
         with torch.no_grad():
             mask = (group_norms(weight, spred.groups, spred.out_dim) <= threshold).expand_as(weight)

@@ -61,6 +61,8 @@ def balanced_split(v: torch.Tensor, groups: str | None = None, depth: int = 2, o
     norms = group_norms(v, groups, out_dim)
     root = norms.pow(1.0 / depth)
     scalars = [root.clone() for _ in range(depth - 1)]
+    if groups is None:
+        return (*scalars, torch.sign(v) * root)  # exactly on the line u_k = +-last
     denom = root.pow(depth - 1)
     last = torch.where(denom > 0, v / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(v))
     return (*scalars, last)

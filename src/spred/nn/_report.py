@@ -136,8 +136,11 @@ def _zero_groups(v: torch.Tensor, zero: torch.Tensor, groups: str | None, out_di
 def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityReport:
     """Count zeros in every parameter tensor of ``model`` (sparsified or collapsed).
 
-    Entries with ``|v| <= threshold`` count as zero (``threshold=0`` counts exact
-    zeros only). For sparsified tensors the product ``v`` is what is counted. Zero
+    Entries count as zero where ``collapse(model, threshold=threshold)`` would write
+    a zero (``|v| <= threshold``; for grouped tensors, a whole group whose norm is
+    ``<= threshold``) or where they are exactly zero already, so the report of a
+    sparsified model predicts the collapsed one. For sparsified tensors the product
+    ``v`` is what is counted. Zero
     groups are whole output neurons/filters (input features for ``groups="in"``)
     that are entirely zero, the unit that structured pruning removes.
 
@@ -151,9 +154,10 @@ def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityRepo
     rows = []
     for name, module, value, spred in _effective_tensors(model):
         v = value.detach()
-        zero = v.abs() <= threshold
         groups = spred.groups if spred is not None else None
         out_dim = spred.out_dim if spred is not None else int(isinstance(module, nn.modules.conv._ConvTransposeNd))
+        # Zero where collapse(threshold) would write a zero (whole groups for grouped tensors), or already 0.
+        zero = (group_norms(v, groups, out_dim) <= threshold).expand_as(v) | (v == 0)
         n_groups, zero_groups = _zero_groups(v, zero, groups, out_dim)
         rows.append(
             TensorSparsity(name, tuple(v.shape), v.numel(), int(zero.sum()), groups, n_groups, zero_groups, None if spred is None else spred.lam)

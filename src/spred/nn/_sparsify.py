@@ -183,7 +183,9 @@ def sparsify(
     if unused:
         raise ValueError(f"The 'lam' mapping of sparsify has keys that match no sparsifiable weight: {unused}.")
     for fqn, module, value, out_dim in targets:
-        parametrize.register_parametrization(module, "weight", SpredProduct(value, groups, depth, init, out_dim))
+        product = SpredProduct(value, groups, depth, init, out_dim)
+        product.position = list(module._parameters).index("weight")  # restored by collapse
+        parametrize.register_parametrization(module, "weight", product)
     return model
 
 

@@ -1,0 +1,270 @@
+"""Parameter and FLOP counts, and latency, of a (pruned or sparse) model."""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+
+import torch
+from torch import nn
+
+
+def _check_int(value, name: str, who: str, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"The '{name}' parameter of {who} must be an int >= {low}. Got {value!r} of type {type(value).__name__} instead.")
+    if value < low:
+        raise ValueError(f"The '{name}' parameter of {who} must be an int >= {low}. Got {value!r} instead.")
+    return int(value)
+
+
+def _stored(t: torch.Tensor, nonzero: bool) -> int:
+    if t.layout == torch.sparse_csr:
+        values = t.values()
+        return int((values != 0).sum()) if nonzero else values.numel()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    return int((t != 0).sum()) if nonzero else t.numel()
+
+
+def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
+    """Number of parameter entries of ``model`` (buffers such as BatchNorm statistics never count).
+
+    Shared parameters count once. A weight stored in CSR form (:func:`to_sparse`)
+    counts its stored values (its index arrays are buffers), a dense one all its entries.
+
+    Parameters
+    ----------
+    model : nn.Module
+    nonzero : bool, default=False
+        Count only the entries that are not exactly zero.
+
+    Returns
+    -------
+    int
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The 'model' parameter of count_parameters must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    seen: set[int] = set()
+    total = 0
+    for p in model.parameters():
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += _stored(p.detach(), nonzero)
+    return total
+
+
+def _macs(module: nn.Module, inputs: tuple, output: torch.Tensor) -> int:
+    macs_fn = getattr(module, "_spred_macs", None)
+    if macs_fn is not None:
+        return int(macs_fn(inputs[0], output))
+    if isinstance(module, nn.Linear):
+        return output.numel() * module.in_features
+    if isinstance(module, nn.modules.conv._ConvNd):
+        per = (module.in_channels // module.groups) * math.prod(module.kernel_size)
+        if module.transposed:  # every input element meets out_channels/groups * kernel weights
+            return inputs[0].numel() * (module.out_channels // module.groups) * math.prod(module.kernel_size)
+        return output.numel() * per
+    return 0
+
+
+def count_flops(model: nn.Module, example_inputs) -> int:
+    """Multiply-accumulates (MACs) of the Linear and convolution layers of one forward pass.
+
+    Counted with forward hooks on ``example_inputs`` as given (the whole batch; pass
+    one sample for a per-sample count). A dense layer counts every weight at every
+    position, so zeros still cost; a layer in CSR form (:func:`to_sparse`) counts its
+    stored values only. Other operations (BatchNorm, activations, pooling, adds) are
+    not counted: they are cheap next to the matrix products.
+
+    Parameters
+    ----------
+    model : nn.Module
+    example_inputs : Tensor, tuple of Tensor or dict
+        ``model(x)``, ``model(*inputs)`` or ``model(**inputs)``.
+
+    Returns
+    -------
+    int
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The 'model' parameter of count_flops must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    args, kwargs = _split(example_inputs, "count_flops")
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(output, torch.Tensor) and inputs:
+            total[0] += _macs(module, inputs, output)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.inference_mode():
+            model(*args, **kwargs)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return total[0]
+
+
+def _split(example_inputs, who: str) -> tuple[tuple, dict]:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, Mapping):
+        return (), dict(example_inputs)
+    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) > 0:
+        return tuple(example_inputs), {}
+    raise TypeError(
+        f"The 'example_inputs' parameter of {who} must be a tensor, a non-empty tuple/list of positional inputs "
+        f"or a dict of keyword inputs. Got {type(example_inputs).__name__} instead."
+    )
+
+
+def _batch(x, batch_size: int):
+    """``batch_size`` samples cycled from the leading dimension of every tensor in ``x``."""
+    if isinstance(x, torch.Tensor):
+        if x.dim() == 0:
+            return x
+        idx = torch.arange(batch_size, device=x.device) % x.shape[0]
+        return x.index_select(0, idx).contiguous()
+    if isinstance(x, Mapping):
+        return {k: _batch(v, batch_size) for k, v in x.items()}
+    if isinstance(x, (tuple, list)):
+        return type(x)(_batch(v, batch_size) for v in x)
+    return x
+
+
+def _check_latency_args(who, batch_sizes, repeats, warmup, num_threads):
+    if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or len(batch_sizes) == 0:
+        raise TypeError(f"The 'batch_sizes' parameter of {who} must be a non-empty sequence of ints >= 1. Got {batch_sizes!r} instead.")
+    batch_sizes = [_check_int(b, "batch_sizes", who, 1) for b in batch_sizes]
+    repeats = _check_int(repeats, "repeats", who, 1)
+    warmup = _check_int(warmup, "warmup", who, 0)
+    if num_threads is not None:
+        num_threads = _check_int(num_threads, "num_threads", who, 1)
+    return batch_sizes, repeats, warmup, num_threads
+
+
+def _time_interleaved(models: Mapping[str, nn.Module], args, kwargs, batch_sizes, repeats, warmup, num_threads):
+    """``{name: {batch: [seconds, ...]}}``: the models take turns, one forward pass each, so that
+    changes in machine load hit all of them alike."""
+    old_threads = torch.get_num_threads()
+    modes = {name: m.training for name, m in models.items()}
+    times: dict[str, dict[int, list[float]]] = {name: {} for name in models}
+    try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        for m in models.values():
+            m.eval()
+        with torch.inference_mode():
+            for b in batch_sizes:
+                bargs, bkwargs = _batch(args, b), _batch(kwargs, b)
+                for m in models.values():
+                    for _ in range(warmup):
+                        m(*bargs, **bkwargs)
+                for name in models:
+                    times[name][b] = []
+                for _ in range(repeats):
+                    for name, m in models.items():
+                        t0 = time.perf_counter()
+                        m(*bargs, **bkwargs)
+                        times[name][b].append(time.perf_counter() - t0)
+    finally:
+        for name, m in models.items():
+            m.train(modes[name])
+        torch.set_num_threads(old_threads)
+    return times
+
+
+def measure_latency(
+    model: nn.Module,
+    example_inputs,
+    *,
+    batch_sizes: Sequence[int] = (1, 256),
+    repeats: int = 30,
+    warmup: int = 5,
+    num_threads: int | None = None,
+    return_times: bool = False,
+):
+    """Median wall-clock time of one forward pass (eval mode, inference mode) per batch size.
+
+    Batches are built by cycling through the samples of ``example_inputs`` along the
+    first dimension. ``warmup`` untimed calls come first, then ``repeats`` timed ones.
+
+    Parameters
+    ----------
+    model : nn.Module
+    example_inputs : Tensor, tuple of Tensor or dict
+        At least one sample; its leading dimension is the batch.
+    batch_sizes : sequence of int, default=(1, 256)
+    repeats : int, default=30
+    warmup : int, default=5
+    num_threads : int or None, default=None
+        ``torch.set_num_threads`` during the measurement (restored afterwards);
+        ``None`` keeps the current setting. State it next to the numbers.
+    return_times : bool, default=False
+        Also return every timing.
+
+    Returns
+    -------
+    medians : dict of int to float
+        Median seconds per forward pass, by batch size.
+    times : dict of int to list of float
+        Only if ``return_times``: all timed runs, in seconds.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"The 'model' parameter of measure_latency must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    args, kwargs = _split(example_inputs, "measure_latency")
+    batch_sizes, repeats, warmup, num_threads = _check_latency_args("measure_latency", batch_sizes, repeats, warmup, num_threads)
+    times = _time_interleaved({"model": model}, args, kwargs, batch_sizes, repeats, warmup, num_threads)["model"]
+    medians = {b: statistics.median(ts) for b, ts in times.items()}
+    return (medians, times) if return_times else medians
+
+
+def compare_latency(
+    models: Mapping[str, nn.Module],
+    example_inputs,
+    *,
+    batch_sizes: Sequence[int] = (1, 256),
+    repeats: int = 30,
+    warmup: int = 5,
+    num_threads: int | None = None,
+    return_times: bool = False,
+):
+    """Median forward time of several models measured in turns (A, B, A, B, ...).
+
+    Interleaving one forward pass of each model makes their ratio robust to changes in
+    machine load (a shared CPU), which separate :func:`measure_latency` calls are not.
+    Same conventions as :func:`measure_latency`.
+
+    Parameters
+    ----------
+    models : mapping of str to nn.Module
+        E.g. ``{"collapsed": dense_model, "pruned": small_model}``.
+    example_inputs : Tensor, tuple of Tensor or dict
+        Inputs valid for every model; batches cycle through their samples.
+    batch_sizes : sequence of int, default=(1, 256)
+    repeats : int, default=30
+        Timed forward passes per model and batch size.
+    warmup : int, default=5
+    num_threads : int or None, default=None
+    return_times : bool, default=False
+
+    Returns
+    -------
+    medians : dict of str to dict of int to float
+        ``medians[name][batch_size]`` in seconds.
+    times : dict of str to dict of int to list of float
+        Only if ``return_times``.
+    """
+    if not isinstance(models, Mapping) or not models or not all(isinstance(m, nn.Module) for m in models.values()):
+        raise TypeError(f"The 'models' parameter of compare_latency must be a non-empty mapping of names to torch.nn.Module. Got {models!r} instead.")
+    args, kwargs = _split(example_inputs, "compare_latency")
+    batch_sizes, repeats, warmup, num_threads = _check_latency_args("compare_latency", batch_sizes, repeats, warmup, num_threads)
+    times = _time_interleaved(dict(models), args, kwargs, batch_sizes, repeats, warmup, num_threads)
+    medians = {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
+    return (medians, times) if return_times else medians

@@ -1,0 +1,218 @@
+"""Helpers shared by every ``spred run`` experiment.
+
+An experiment is a config dataclass -> tidy results (one dict per run, written as
+CSV) -> figures. This module holds what every experiment needs around that:
+command-line options common to all of them (``--out``, ``--quick``, ``--seeds``,
+``--config``, ``--no-plot``, ``--threads``), resolving a config from its defaults,
+the quick preset, a JSON file and the command line (in that order, the command line
+wins), the output folder, writing CSV and the resolved config (with
+``spred.__version__``), a markdown table for the terminal, a lazy matplotlib import
+and seeding that never touches the global random state.
+
+Nothing here imports matplotlib or pandas at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import json
+import math
+import platform
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "add_common_arguments",
+    "import_matplotlib",
+    "markdown_table",
+    "num_threads",
+    "prepare_out_dir",
+    "resolve_config",
+    "torch_seed",
+    "write_config",
+    "write_csv",
+]
+
+
+def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+    """Add the options every experiment understands to ``parser``.
+
+    ``--seeds`` and ``--config`` default to ``None`` so that :func:`resolve_config`
+    can tell an option given on the command line from one left at its default.
+    """
+    parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default: results/{name})")
+    parser.add_argument("--quick", action="store_true", help="a small version that runs in seconds (for tests)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED", help="random seeds (repetitions)")
+    parser.add_argument("--config", default=None, metavar="FILE", help="JSON file of config values (the command line wins)")
+    parser.add_argument("--no-plot", action="store_true", help="write the CSV and config only, no figures")
+    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch CPU threads (default: 1)")
+
+
+def _load_json_config(path: str | Path, names: set[str]) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        values = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ValueError(f"The config file '{path}' does not exist.") from exc
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"The config file '{path}' is not valid JSON: {exc}.") from exc
+    if not isinstance(values, dict):
+        raise ValueError(f"The config file '{path}' must hold a JSON object of config values; got {type(values).__name__}.")
+    values = values.get("config", values)  # a config.json written by write_config can be fed back
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ValueError(f"The config file '{path}' has unknown keys {unknown}; valid keys are {sorted(names)}.")
+    return values
+
+
+def resolve_config(cls: type, *, quick: bool = False, quick_values: Mapping[str, Any] | None = None,
+                   config_file: str | Path | None = None, cli_values: Mapping[str, Any] | None = None):
+    """Build a config dataclass ``cls``: defaults, then the quick preset, the file, the command line.
+
+    ``cli_values`` entries that are ``None`` count as not given. Lists become tuples
+    where the dataclass default is a tuple, so the result compares and prints the
+    same whichever way a value came in.
+
+    Raises
+    ------
+    ValueError
+        If the config file is missing, not JSON or has keys that ``cls`` does not know.
+    """
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    if quick:
+        values.update(quick_values or {})
+    if config_file is not None:
+        values.update(_load_json_config(config_file, set(fields)))
+    values.update({k: v for k, v in (cli_values or {}).items() if v is not None})
+    default = cls()
+    for key, value in values.items():
+        if isinstance(getattr(default, key), tuple) and isinstance(value, list):
+            values[key] = tuple(value)
+    return dataclasses.replace(default, **values)
+
+
+def prepare_out_dir(out: str | Path | None, name: str) -> Path:
+    """The output folder (``results/<name>`` when ``out`` is None), created if needed."""
+    path = Path("results") / name if out is None else Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"The 'out' folder '{path}' exists and is not a folder; choose another --out.")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, float):
+        return repr(value)  # round-trips exactly
+    return value
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Write tidy results (one mapping per row) to ``path``; columns default to the first row's keys."""
+    path = Path(path)
+    if columns is None:
+        columns = list(rows[0]) if rows else []
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="raise")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _csv_value(row[k]) for k in columns})
+    return path
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _jsonable(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if hasattr(value, "item") and callable(value.item):  # numpy / torch scalars
+        return value.item()
+    return value
+
+
+def write_config(path: str | Path, config: Any, *, experiment: str, extra: Mapping[str, Any] | None = None) -> Path:
+    """Write the resolved ``config`` with the versions that produced the results.
+
+    The file holds ``{"experiment", "spred_version", "versions", "argv", "config", ...extra}``;
+    its ``config`` entry can be passed back with ``--config``.
+    """
+    import numpy
+    import torch
+
+    import spred
+
+    payload = {
+        "experiment": experiment,
+        "spred_version": spred.__version__,
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__},
+        "argv": list(sys.argv),
+        "config": _jsonable(config),
+    }
+    payload.update(_jsonable(dict(extra or {})))
+    path = Path(path)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def markdown_table(rows: Iterable[Mapping[str, Any]], columns: Sequence[tuple[str, str | Callable[[Mapping], str]]]) -> str:
+    """A GitHub markdown table; ``columns`` is a sequence of ``(header, key or row -> str)``."""
+    head = [h for h, _ in columns]
+    body = []
+    for row in rows:
+        body.append([str(get(row)) if callable(get) else str(row[get]) for _, get in columns])
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(cells) + " |" for cells in body]
+    return "\n".join(lines)
+
+
+def import_matplotlib():
+    """Import matplotlib for figures, or fail with the command that installs it.
+
+    Figures are drawn with :class:`matplotlib.figure.Figure` directly (no pyplot, no
+    GUI backend), so plotting works the same on a headless machine and in a notebook.
+    """
+    try:
+        import matplotlib
+        from matplotlib.figure import Figure  # noqa: F401
+    except ImportError as exc:
+        raise ImportError("plotting needs matplotlib: pip install 'spred[plot]' (or pass --no-plot)") from exc
+    return matplotlib
+
+
+@contextlib.contextmanager
+def torch_seed(seed: int) -> Iterator[None]:
+    """Seed torch inside the block only: the caller's global random state is restored after it."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def num_threads(n: int | None) -> Iterator[None]:
+    """Run the block with ``torch.set_num_threads(n)`` (None: leave it), then restore it."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"The 'threads' parameter must be an int >= 1. Got {n!r} instead.")
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -1,0 +1,953 @@
+"""Pure solver functions for spred's linear models (NumPy/SciPy; no estimator code).
+
+Every solver here genuinely uses *sparsity by redundancy*: a sparse vector ``v`` is
+written ``v = u * w`` (or ``v_g = s_g * w_g`` for penalty groups) and the smooth
+objective
+
+    F(u, w) = L(u * w) + (alpha / 2) * (||u||^2 + ||w||^2)
+
+is minimised; at a minimiser ``|u| = |w|`` and ``F = L(v) + alpha * ||v||_1``.
+
+Full-batch solver (:func:`solve_ws`)
+------------------------------------
+1. *Working set.* Start from the features with the largest KKT violation at the
+   current point (at ``v = 0``: the largest ``|grad L|``), plus the current support.
+2. *Spred sub-problem.* Minimise ``F`` over the working set with L-BFGS (our own
+   two-loop implementation, float64, Armijo backtracking). Factors are initialised
+   function-preservingly but *not* balanced (``u = c``, ``w = v / c`` with
+   ``c = 1.2 sqrt|v|``, or ``u = c0``, ``w = 0`` for zeros) so that no coordinate
+   starts on the sign-trapping line ``u = -w`` (DESIGN section 1).
+3. *Polish.* Every few L-BFGS iterations the spred iterate is rounded to its
+   support and sign pattern and the exact problem is solved there: for L1 a
+   sign-constrained Newton step (one linear solve for the squared loss, a few
+   Newton steps for the logistic losses), stepping back to zero any coefficient
+   whose sign flips and adding back zero coefficients that violate KKT (feature-sign
+   search); for groups, Newton steps on the active groups. The polish succeeds when
+   the KKT conditions hold on the working set, and then zeros are exact.
+4. *Grow.* The KKT conditions are checked on all features; violators are added to
+   the working set (its size at least doubles the support) and the loop repeats.
+
+Stopping criterion: ``crit = max_j dist(-grad_j L(v), alpha * weight_j * d||v_j||)
+/ alpha_max`` (plus the intercept gradient), i.e. the largest KKT violation in units
+of the largest gradient at zero; the solver stops when ``crit <= tol``.
+
+Minibatch solver (:func:`solve_minibatch`)
+------------------------------------------
+SGD / Adam / Adagrad (PyTorch) on the spred factors with *coupled* weight decay
+``alpha`` (which is exactly the penalty above), loss ``mean(r^2) / 2`` (sklearn
+scaling), followed by a threshold plus a KKT check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.linalg
+import scipy.sparse as sp
+from scipy.special import expit, logsumexp
+
+logger = logging.getLogger("spred")
+
+__all__ = [
+    "GroupPenalty",
+    "L1Penalty",
+    "LogisticDatafit",
+    "MultinomialDatafit",
+    "QuadraticDatafit",
+    "SolverResult",
+    "lasso_dual_gap",
+    "solve_minibatch",
+    "solve_ws",
+]
+
+_INIT_IMBALANCE = 1.2  # u = 1.2 sqrt|v|, w = v / u: function-preserving, not balanced
+
+
+@dataclass
+class SolverResult:
+    """Result of a spred solver.
+
+    Attributes
+    ----------
+    coef : ndarray of shape (n_features,) or (n_features, n_outputs)
+    intercept : float or ndarray of shape (n_outputs,)
+        Intercept fitted by the solver (logistic losses); 0 for the squared loss,
+        whose intercept is recovered by the caller from the centring offsets.
+    n_iter : int
+        Total number of L-BFGS iterations on the spred objective (full batch) or
+        epochs (minibatch).
+    crit : float
+        Final stopping criterion (scaled KKT residual).
+    converged : bool
+    n_outer : int
+        Number of working-set (outer) iterations.
+    """
+
+    coef: np.ndarray
+    intercept: float | np.ndarray
+    n_iter: int
+    crit: float
+    converged: bool
+    n_outer: int = 0
+
+
+# --------------------------------------------------------------------------------------
+# L-BFGS (two-loop recursion, Armijo backtracking with quadratic interpolation)
+# --------------------------------------------------------------------------------------
+def _lbfgs(fun, x, max_iter, *, memory=10, callback=None, gtol=0.0):
+    """Minimise a smooth function with L-BFGS.
+
+    ``fun(x)`` returns ``(f, grad)``. ``callback(it, x, f, g)`` is called after every
+    iteration; returning True stops. Returns ``(x, f, g, n_iter, status)``.
+    """
+    f, g = fun(x)
+    dim = x.size
+    S = np.empty((memory, dim))
+    Y = np.empty((memory, dim))
+    rho = np.empty(memory)
+    n_mem, head = 0, 0
+    it = 0
+    status = "max_iter"
+    alpha_buf = np.empty(memory)
+    while it < max_iter:
+        gnorm = np.abs(g).max()
+        if not np.isfinite(f) or not np.isfinite(gnorm):
+            status = "nonfinite"
+            break
+        if gnorm <= gtol:
+            status = "gtol"
+            break
+        if n_mem == 0:
+            d = -g / max(np.linalg.norm(g), 1e-300)
+        else:
+            q = g.copy()
+            order = [(head - 1 - i) % memory for i in range(n_mem)]
+            for k, i in enumerate(order):
+                a = rho[i] * (S[i] @ q)
+                alpha_buf[k] = a
+                q -= a * Y[i]
+            last = order[0]
+            q *= (S[last] @ Y[last]) / (Y[last] @ Y[last])
+            for k in range(n_mem - 1, -1, -1):
+                i = order[k]
+                beta = rho[i] * (Y[i] @ q)
+                q += (alpha_buf[k] - beta) * S[i]
+            d = -q
+        gd = g @ d
+        if not gd < 0:
+            n_mem = 0
+            d = -g / max(np.linalg.norm(g), 1e-300)
+            gd = g @ d
+        t = 1.0
+        while True:
+            xn = x + t * d
+            fn, gn = fun(xn)
+            if fn <= f + 1e-4 * t * gd:
+                break
+            denom = 2.0 * (fn - f - gd * t)
+            t_new = -gd * t * t / denom if denom > 0 and np.isfinite(fn) else 0.1 * t
+            t = min(max(t_new, 0.1 * t), 0.5 * t)
+            if t < 1e-20:
+                status = "linesearch"
+                return x, f, g, it, status
+        s = xn - x
+        yv = gn - g
+        sy = s @ yv
+        if sy > 1e-12 * (yv @ yv) and sy > 0:
+            S[head] = s
+            Y[head] = yv
+            rho[head] = 1.0 / sy
+            head = (head + 1) % memory
+            n_mem = min(n_mem + 1, memory)
+        x, f, g = xn, fn, gn
+        it += 1
+        if callback is not None and callback(it, x, f, g):
+            status = "callback"
+            break
+    return x, f, g, it, status
+
+
+def _solve_psd(H, rhs):
+    """Solve ``H d = rhs`` for a symmetric positive semi-definite ``H``."""
+    if not (np.all(np.isfinite(H)) and np.all(np.isfinite(rhs))):
+        return np.zeros_like(rhs)
+    try:
+        c = scipy.linalg.cho_factor(H, check_finite=False)
+        d = scipy.linalg.cho_solve(c, rhs, check_finite=False)
+        if np.all(np.isfinite(d)):
+            return d
+    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+        pass
+    # singular (collinear features, more active features than samples): pseudo-inverse
+    lam, U = scipy.linalg.eigh(H, check_finite=False)
+    keep = lam > 1e-12 * max(lam.max(), 1e-300)
+    return U[:, keep] @ ((U[:, keep].T @ rhs) / lam[keep])
+
+
+# --------------------------------------------------------------------------------------
+# Datafits restricted to a working set (sub-problems); variables: v (entries), b
+# --------------------------------------------------------------------------------------
+class _QuadraticGramSub:
+    """(1/2) v'Gv - c'v + const: the squared loss on a working set through its Gram."""
+
+    quadratic = True
+    nb = 0
+
+    def __init__(self, G, c, const):
+        self.G, self.c, self.const = G, c, const
+
+    def fg(self, v, b):
+        Gv = self.G @ v
+        return 0.5 * (v @ Gv) - self.c @ v + self.const, Gv - self.c, None
+
+    def hess(self, A, v, b):
+        return self.G[np.ix_(A, A)]
+
+    def curvature(self):
+        return np.diag(self.G).copy()
+
+
+class _QuadraticMatrixSub:
+    """(1/(2n)) ||y - Xw v||^2 on a working set (used when it is wider than tall)."""
+
+    quadratic = True
+    nb = 0
+
+    def __init__(self, Xw, y):
+        self.Xw, self.y, self.n = Xw, y, Xw.shape[0]
+
+    def fg(self, v, b):
+        r = self.Xw @ v - self.y
+        return 0.5 * (r @ r) / self.n, (self.Xw.T @ r) / self.n, None
+
+    def hess(self, A, v, b):
+        XA = self.Xw[:, A]
+        return (XA.T @ XA) / self.n
+
+    def curvature(self):
+        return np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n
+
+
+class _LogisticSub:
+    """Mean binary log-loss on a working set; y in {0, 1}; optional intercept."""
+
+    quadratic = False
+
+    def __init__(self, Xw, y, fit_intercept):
+        self.Xw, self.y, self.n = Xw, y, Xw.shape[0]
+        self.nb = 1 if fit_intercept else 0
+
+    def _z(self, v, b):
+        z = self.Xw @ v
+        if self.nb:
+            z = z + b[0]
+        return z
+
+    def fg(self, v, b):
+        z = self._z(v, b)
+        f = np.mean(np.logaddexp(0.0, z) - self.y * z)
+        d = (expit(z) - self.y) / self.n
+        gb = np.array([d.sum()]) if self.nb else None
+        return f, self.Xw.T @ d, gb
+
+    def hess(self, A, v, b):
+        s = expit(self._z(v, b))
+        D = s * (1.0 - s) / self.n
+        XA = self.Xw[:, A]
+        if self.nb:
+            XA = np.hstack([XA, np.ones((self.n, 1))])
+        return (XA * D[:, None]).T @ XA
+
+    def curvature(self):
+        return 0.25 * np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n
+
+
+class _MultinomialSub:
+    """Mean multinomial log-loss; v holds a (k, K) matrix row-major; intercept (K,)."""
+
+    quadratic = False
+
+    def __init__(self, Xw, Y, fit_intercept):
+        self.Xw, self.Y = Xw, Y
+        self.n, self.K = Y.shape
+        self.k = Xw.shape[1]
+        self.nb = self.K if fit_intercept else 0
+
+    def _Z(self, v, b):
+        Z = self.Xw @ v.reshape(self.k, self.K)
+        if self.nb:
+            Z = Z + b
+        return Z
+
+    def fg(self, v, b):
+        Z = self._Z(v, b)
+        lse = logsumexp(Z, axis=1)
+        f = np.mean(lse - np.einsum("ij,ij->i", Z, self.Y))
+        D = (np.exp(Z - lse[:, None]) - self.Y) / self.n
+        gb = D.sum(axis=0) if self.nb else None
+        return f, (self.Xw.T @ D).ravel(), gb
+
+    def hess(self, A, v, b):
+        Z = self._Z(v, b)
+        P = np.exp(Z - logsumexp(Z, axis=1)[:, None])
+        cols, cls = A // self.K, A % self.K
+        Za = self.Xw[:, cols]
+        if self.nb:
+            Za = np.hstack([Za, np.ones((self.n, self.K))])
+            cls = np.concatenate([cls, np.arange(self.K)])
+        W = Za * P[:, cls]
+        H = (W.T @ Za) * (cls[:, None] == cls[None, :]) - W.T @ W
+        return H / self.n
+
+    def curvature(self):
+        return np.repeat(0.5 * np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n, self.K)
+
+
+# --------------------------------------------------------------------------------------
+# Full datafits
+# --------------------------------------------------------------------------------------
+def _columns(X, cols):
+    """Dense copy of the columns ``cols`` of a dense or sparse (CSC) matrix."""
+    if sp.issparse(X):
+        return X[:, cols].toarray()
+    return X[:, cols]
+
+
+class QuadraticDatafit:
+    """Squared loss ``(1/(2n)) ||y - (X - 1 x_offset') v||^2``, centring done implicitly.
+
+    Parameters
+    ----------
+    X : ndarray or sparse matrix of shape (n_samples, n_features)
+    y : ndarray of shape (n_samples,)
+        Targets, already centred when an intercept is fitted.
+    X_offset : ndarray of shape (n_features,) or None
+        Column means subtracted implicitly (``None``: no centring).
+    """
+
+    n_outputs = 1
+    nb = 0
+
+    def __init__(self, X, y, X_offset=None):
+        self.X = X.tocsc() if sp.issparse(X) else X
+        self.y = y
+        self.n, self.p = X.shape
+        self.offset = X_offset
+        self._gram_idx = np.empty(0, dtype=np.int64)
+        self._gram = np.empty((0, 0))
+        self._gram_pos = -np.ones(self.p, dtype=np.int64)
+        self._Xty = None
+
+    def init_intercept(self):
+        return None
+
+    def _centred_cols(self, cols):
+        Xw = _columns(self.X, cols)
+        if self.offset is not None:
+            Xw = Xw - self.offset[cols]
+        return Xw
+
+    def predict_centred(self, v, b=None):
+        supp = np.flatnonzero(v)
+        if supp.size == 0:
+            return np.zeros(self.n)
+        z = self.X[:, supp] @ v[supp]
+        if self.offset is not None:
+            z = z - self.offset[supp] @ v[supp]
+        return np.asarray(z).ravel()
+
+    def fg(self, v, b=None):
+        """Value and gradient at ``v`` on all features; also returns the residual."""
+        r = self.y - self.predict_centred(v)
+        g = -np.asarray(self.X.T @ r).ravel()
+        if self.offset is not None:
+            g += self.offset * r.sum()
+        g /= self.n
+        return 0.5 * (r @ r) / self.n, g, None
+
+    def Xty(self):
+        if self._Xty is None:
+            g = np.asarray(self.X.T @ self.y).ravel()
+            if self.offset is not None:
+                g -= self.offset * self.y.sum()
+            self._Xty = g / self.n
+        return self._Xty
+
+    def _gram_block(self, feats):
+        """Gram matrix ``Xc_F' Xc_F / n`` of ``feats``, cached across working sets."""
+        new = feats[self._gram_pos[feats] < 0]
+        if new.size:
+            Xnew = self._centred_cols(new)
+            old = self._gram_idx
+            k_old = old.size
+            G = np.empty((k_old + new.size, k_old + new.size))
+            G[:k_old, :k_old] = self._gram
+            if k_old:
+                cross = self._centred_cols(old).T @ Xnew / self.n
+                G[:k_old, k_old:] = cross
+                G[k_old:, :k_old] = cross.T
+            G[k_old:, k_old:] = Xnew.T @ Xnew / self.n
+            self._gram = G
+            self._gram_idx = np.concatenate([old, new])
+            self._gram_pos[new] = np.arange(k_old, k_old + new.size)
+        pos = self._gram_pos[feats]
+        return self._gram[np.ix_(pos, pos)]
+
+    def subproblem(self, feats):
+        k = feats.size
+        if k <= self.n:
+            G = self._gram_block(feats)
+            return _QuadraticGramSub(G, self.Xty()[feats], 0.5 * (self.y @ self.y) / self.n)
+        return _QuadraticMatrixSub(self._centred_cols(feats), self.y)
+
+    def value(self, v, b=None):
+        r = self.y - self.predict_centred(v)
+        return 0.5 * (r @ r) / self.n
+
+
+class LogisticDatafit:
+    """Mean binary log-loss ``mean(log(1 + exp(z)) - y z)``, ``z = X v + b``, y in {0,1}."""
+
+    n_outputs = 1
+
+    def __init__(self, X, y, fit_intercept=True):
+        self.X = X.tocsc() if sp.issparse(X) else X
+        self.y = np.asarray(y, dtype=np.float64)
+        self.n, self.p = X.shape
+        self.fit_intercept = fit_intercept
+        self.nb = 1 if fit_intercept else 0
+
+    def init_intercept(self):
+        if not self.fit_intercept:
+            return None
+        m = np.clip(self.y.mean(), 1e-12, 1 - 1e-12)
+        return np.array([math.log(m / (1 - m))])
+
+    def _z(self, v, b):
+        supp = np.flatnonzero(v)
+        z = np.zeros(self.n) if supp.size == 0 else np.asarray(self.X[:, supp] @ v[supp]).ravel()
+        if self.nb:
+            z = z + b[0]
+        return z
+
+    def fg(self, v, b):
+        z = self._z(v, b)
+        f = np.mean(np.logaddexp(0.0, z) - self.y * z)
+        d = (expit(z) - self.y) / self.n
+        gb = np.array([d.sum()]) if self.nb else None
+        return f, np.asarray(self.X.T @ d).ravel(), gb
+
+    def value(self, v, b):
+        z = self._z(v, b)
+        return np.mean(np.logaddexp(0.0, z) - self.y * z)
+
+    def subproblem(self, feats):
+        return _LogisticSub(_columns(self.X, feats), self.y, self.fit_intercept)
+
+
+class MultinomialDatafit:
+    """Mean multinomial log-loss; ``v`` is a flattened (n_features, K) matrix.
+
+    ``Y`` is the one-hot (n_samples, K) target matrix.
+    """
+
+    def __init__(self, X, Y, fit_intercept=True):
+        self.X = X.tocsc() if sp.issparse(X) else X
+        self.Y = np.asarray(Y, dtype=np.float64)
+        self.n, self.p = X.shape
+        self.K = self.Y.shape[1]
+        self.n_outputs = self.K
+        self.fit_intercept = fit_intercept
+        self.nb = self.K if fit_intercept else 0
+
+    def init_intercept(self):
+        if not self.fit_intercept:
+            return None
+        freq = np.clip(self.Y.mean(axis=0), 1e-12, None)
+        b = np.log(freq)
+        return b - b.mean()
+
+    def _Z(self, v, b):
+        V = v.reshape(self.p, self.K)
+        rows = np.flatnonzero(np.any(V != 0, axis=1))
+        if rows.size == 0:
+            Z = np.zeros((self.n, self.K))
+        else:
+            Z = np.asarray(self.X[:, rows] @ V[rows])
+        if self.nb:
+            Z = Z + b
+        return Z
+
+    def fg(self, v, b):
+        Z = self._Z(v, b)
+        lse = logsumexp(Z, axis=1)
+        f = np.mean(lse - np.einsum("ij,ij->i", Z, self.Y))
+        D = (np.exp(Z - lse[:, None]) - self.Y) / self.n
+        gb = D.sum(axis=0) if self.nb else None
+        return f, np.asarray(self.X.T @ D).ravel(), gb
+
+    def value(self, v, b):
+        Z = self._Z(v, b)
+        return np.mean(logsumexp(Z, axis=1) - np.einsum("ij,ij->i", Z, self.Y))
+
+    def subproblem(self, feats):
+        return _MultinomialSub(_columns(self.X, feats), self.Y, self.fit_intercept)
+
+
+# --------------------------------------------------------------------------------------
+# Penalties: value, KKT violation, working-set scores, and the spred sub-problem
+# --------------------------------------------------------------------------------------
+class L1Penalty:
+    """``alpha * ||v||_1`` (elementwise) on ``v`` with ``K`` entries per feature.
+
+    Units of the working set are features; feature ``j`` owns entries
+    ``j*K, ..., j*K + K - 1`` of the flattened coefficients.
+    """
+
+    def __init__(self, alpha, n_features, K=1):
+        self.alpha = float(alpha)
+        self.p, self.K = n_features, K
+        self.n_units = n_features
+
+    def value(self, v):
+        return self.alpha * np.abs(v).sum()
+
+    def unit_entries(self, units):
+        if self.K == 1:
+            return units
+        return (units[:, None] * self.K + np.arange(self.K)).ravel()
+
+    def unit_features(self, units):
+        return units
+
+    def violation(self, v, g):
+        """Per-unit KKT violation ``dist(-g, alpha * d|v|)`` (max over the K entries)."""
+        viol = np.where(v != 0, np.abs(g + self.alpha * np.sign(v)), np.maximum(np.abs(g) - self.alpha, 0.0))
+        return viol if self.K == 1 else viol.reshape(self.p, self.K).max(axis=1)
+
+    def support_units(self, v):
+        nz = v != 0
+        return nz if self.K == 1 else nz.reshape(self.p, self.K).any(axis=1)
+
+    def score(self, g):
+        a = np.abs(g) if self.K == 1 else np.abs(g).reshape(self.p, self.K).max(axis=1)
+        return a / max(self.alpha, 1e-300)
+
+    def subproblem(self, units):
+        return _L1Sub(self.alpha, units.size * self.K)
+
+
+class GroupPenalty:
+    """``alpha * sum_g weight_g * ||v_g||_2`` (group lasso), spred as ``v_g = s_g * w_g``."""
+
+    def __init__(self, alpha, grp_ptr, grp_indices, weights=None):
+        self.alpha = float(alpha)
+        self.ptr = np.asarray(grp_ptr, dtype=np.int64)
+        self.idx = np.asarray(grp_indices, dtype=np.int64)
+        self.n_units = self.ptr.size - 1
+        self.weights = np.ones(self.n_units) if weights is None else np.asarray(weights, float)
+        self.sizes = np.diff(self.ptr)
+        # entries of v sorted group after group; v is indexed by feature
+        self._group_of = np.empty(self.idx.size, dtype=np.int64)
+        self._group_of[self.idx] = np.repeat(np.arange(self.n_units), self.sizes)
+
+    def value(self, v):
+        return self.alpha * (self.weights @ self._norms(v))
+
+    def _norms(self, v):
+        return np.sqrt(np.add.reduceat(v[self.idx] ** 2, self.ptr[:-1]))
+
+    def unit_entries(self, units):
+        return np.concatenate([self.idx[self.ptr[g]:self.ptr[g + 1]] for g in units]) if units.size else np.empty(0, np.int64)
+
+    unit_features = unit_entries
+
+    def violation(self, v, g):
+        nv = self._norms(v)
+        aw = self.alpha * self.weights
+        gg = g[self.idx]
+        nz = nv > 0
+        scale = np.where(nz, aw / np.where(nz, nv, 1.0), 0.0)
+        res = gg + np.repeat(scale, self.sizes) * v[self.idx]
+        res_norm = np.sqrt(np.add.reduceat(res**2, self.ptr[:-1]))
+        gnorm = np.sqrt(np.add.reduceat(gg**2, self.ptr[:-1]))
+        return np.where(nz, res_norm, np.maximum(gnorm - aw, 0.0))
+
+    def support_units(self, v):
+        return self._norms(v) > 0
+
+    def score(self, g):
+        gnorm = np.sqrt(np.add.reduceat(g[self.idx] ** 2, self.ptr[:-1]))
+        return gnorm / np.maximum(self.alpha * self.weights, 1e-300)
+
+    def subproblem(self, units):
+        sizes = self.sizes[units]
+        return _GroupSub(self.alpha * self.weights[units], sizes)
+
+
+class _L1Sub:
+    """Spred factors ``v = u * w`` with penalty ``(alpha/2)(||u||^2 + ||w||^2)``."""
+
+    def __init__(self, alpha, m):
+        self.alpha, self.m = alpha, m
+
+    def to_factors(self, v, b, c0):
+        a = np.abs(v)
+        u = np.where(a > 0, _INIT_IMBALANCE * np.sqrt(a), c0)
+        w = v / u
+        return np.concatenate([u, w] + ([b] if b is not None else []))
+
+    def to_v(self, x, nb):
+        m = self.m
+        return x[:m] * x[m:2 * m], (x[2 * m:].copy() if nb else None)
+
+    def objective(self, sub):
+        m, alpha, nb = self.m, self.alpha, sub.nb
+
+        def fun(x):
+            u, w = x[:m], x[m:2 * m]
+            b = x[2 * m:] if nb else None
+            v = u * w
+            f, gv, gb = sub.fg(v, b)
+            grad = np.empty_like(x)
+            grad[:m] = gv * w + alpha * u
+            grad[m:2 * m] = gv * u + alpha * w
+            if nb:
+                grad[2 * m:] = gb
+            return f + 0.5 * alpha * (u @ u + w @ w), grad
+
+        return fun
+
+    def value(self, v):
+        return self.alpha * np.abs(v).sum()
+
+    def polish(self, sub, v, b, tol_abs, max_rounds=30, max_newton=60):
+        """Feature-sign search from the rounded spred iterate; see module docstring."""
+        alpha, nb = self.alpha, sub.nb
+        v = v.copy()
+        b = None if b is None else b.copy()
+        vmax = np.abs(v).max() if v.size else 0.0
+        A = np.flatnonzero(np.abs(v) > 1e-9 * vmax) if vmax > 0 else np.empty(0, np.int64)
+        keep = np.zeros(v.size, bool)
+        keep[A] = True
+        v[~keep] = 0.0
+        theta = np.sign(v[A])
+        tiny = max(1e-3 * tol_abs, 1e-14 * max(alpha, 1e-300))
+        f, gv, gb = sub.fg(v, b)
+        for _ in range(max_rounds):
+            # minimise F_theta = f + alpha theta'v_A over (v_A, b), stepping back at sign flips
+            converged = False
+            for _newton in range(max_newton):
+                rhs = gv[A] + alpha * theta
+                if nb:
+                    rhs = np.concatenate([rhs, gb])
+                if rhs.size == 0 or np.abs(rhs).max() <= tiny:
+                    converged = True
+                    break
+                d = -_solve_psd(sub.hess(A, v, b), rhs)
+                dA = d[: A.size]
+                vA = v[A]
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ratio = np.where(theta * dA < 0, -vA / dA, np.inf)
+                t_max = min(1.0, ratio.min()) if ratio.size else 1.0
+                t = t_max
+                if not sub.quadratic and t > 0:
+                    F0 = f + alpha * (theta @ vA)
+                    slope = rhs @ d
+                    while True:
+                        vt = v.copy()
+                        vt[A] = vA + t * dA
+                        bt = b + t * d[A.size:] if nb else None
+                        ft, gvt, gbt = sub.fg(vt, bt)
+                        if ft + alpha * (theta @ vt[A]) <= F0 + 1e-4 * t * slope or t < 1e-12:
+                            break
+                        t *= 0.5
+                v[A] = vA + t * dA
+                if nb:
+                    b = b + t * d[A.size:]
+                if t == t_max and t_max < 1.0:
+                    out = ratio <= t_max * (1 + 1e-12)
+                    v[A[out]] = 0.0
+                    A, theta = A[~out], theta[~out]
+                f, gv, gb = sub.fg(v, b)
+                if t == 0.0 and not (t_max < 1.0):
+                    break
+            if not converged:
+                return v, b, False
+            viol = np.abs(gv) - alpha
+            viol[A] = -np.inf
+            worst = viol.max() if viol.size else -np.inf
+            if worst <= tiny:
+                return v, b, True
+            add = np.flatnonzero(viol > tiny)
+            if add.size > 10:
+                add = add[np.argsort(viol[add])[-10:]]
+            A = np.concatenate([A, add])
+            theta = np.concatenate([theta, -np.sign(gv[add])])
+        viol = np.abs(gv) - alpha
+        viol[A] = -np.inf
+        return v, b, bool(viol.size == 0 or viol.max() <= tol_abs)
+
+
+class _GroupSub:
+    """Spred factors ``v_g = s_g * w_g`` with penalty ``(a_g/2)(s_g^2 + ||w_g||^2)``."""
+
+    def __init__(self, alpha_g, sizes):
+        self.alpha_g = np.asarray(alpha_g, float)
+        self.sizes = np.asarray(sizes)
+        self.ng = self.sizes.size
+        self.m = int(self.sizes.sum())
+        self.ptr = np.concatenate([[0], np.cumsum(self.sizes)])
+        self.rep = np.repeat(np.arange(self.ng), self.sizes)
+        self.alpha_rep = self.alpha_g[self.rep]
+
+    def norms(self, v):
+        return np.sqrt(np.add.reduceat(v**2, self.ptr[:-1])) if self.m else np.empty(0)
+
+    def to_factors(self, v, b, c0):
+        nv = self.norms(v)
+        s = np.where(nv > 0, _INIT_IMBALANCE * np.sqrt(nv), c0)
+        w = v / s[self.rep]
+        return np.concatenate([s, w] + ([b] if b is not None else []))
+
+    def to_v(self, x, nb):
+        ng, m = self.ng, self.m
+        return x[:ng][self.rep] * x[ng:ng + m], (x[ng + m:].copy() if nb else None)
+
+    def objective(self, sub):
+        ng, m, nb = self.ng, self.m, sub.nb
+        ag, arep, rep, starts = self.alpha_g, self.alpha_rep, self.rep, self.ptr[:-1]
+
+        def fun(x):
+            s, w = x[:ng], x[ng:ng + m]
+            b = x[ng + m:] if nb else None
+            srep = s[rep]
+            v = srep * w
+            f, gv, gb = sub.fg(v, b)
+            grad = np.empty_like(x)
+            grad[:ng] = np.add.reduceat(gv * w, starts) + ag * s
+            grad[ng:ng + m] = gv * srep + arep * w
+            if nb:
+                grad[ng + m:] = gb
+            return f + 0.5 * (ag @ (s * s) + (arep * w) @ w), grad
+
+        return fun
+
+    def value(self, v):
+        return self.alpha_g @ self.norms(v)
+
+    def polish(self, sub, v, b, tol_abs, max_newton=60):
+        """Newton on the active groups (where the group norm is smooth)."""
+        nb = sub.nb
+        v = v.copy()
+        b = None if b is None else b.copy()
+        nv = self.norms(v)
+        if nv.size == 0:
+            return v, b, True
+        active = nv > 1e-9 * nv.max() if nv.max() > 0 else np.zeros(self.ng, bool)
+        v[~active[self.rep]] = 0.0
+        tiny = max(1e-3 * tol_abs, 1e-14 * max(self.alpha_g.max(), 1e-300))
+
+        def total(vv, bb):
+            return sub.fg(vv, bb)[0] + self.alpha_g @ self.norms(vv)
+
+        for _ in range(max_newton):
+            f, gv, gb = sub.fg(v, b)
+            nv = self.norms(v)
+            A = np.flatnonzero(active[self.rep])
+            grp = self.rep[A]
+            vA = v[A]
+            nA = nv[grp]
+            rhs = gv[A] + self.alpha_rep[A] * vA / nA
+            if nb:
+                rhs = np.concatenate([rhs, gb])
+            if rhs.size == 0 or np.abs(rhs).max() <= tiny:
+                break
+            H = sub.hess(A, v, b)
+            # Hessian of a_g ||v_g||: a_g / ||v_g|| (I - vv'/||v_g||^2), block-diagonal
+            for g in np.flatnonzero(active):
+                loc = np.flatnonzero(grp == g)
+                vg = vA[loc]
+                ng_ = nv[g]
+                H[np.ix_(loc, loc)] += self.alpha_g[g] / ng_ * (np.eye(loc.size) - np.outer(vg, vg) / ng_**2)
+            d = -_solve_psd(H, rhs)
+            F0 = f + self.alpha_g @ nv
+            slope = rhs @ d
+            t = 1.0
+            while True:
+                vt = v.copy()
+                vt[A] = vA + t * d[: A.size]
+                bt = b + t * d[A.size:] if nb else None
+                if total(vt, bt) <= F0 + 1e-4 * t * slope or t < 1e-10:
+                    break
+                t *= 0.5
+            v, b = vt, bt
+            nv_new = self.norms(v)
+            dead = active & (nv_new <= 1e-10 * max(nv_new.max(), 1e-300))
+            if dead.any():
+                active &= ~dead
+                v[dead[self.rep]] = 0.0
+        else:
+            return v, b, False
+        f, gv, gb = sub.fg(v, b)
+        gnorm = np.sqrt(np.add.reduceat(gv**2, self.ptr[:-1]))
+        viol = np.where(active, 0.0, gnorm - self.alpha_g)
+        return v, b, bool(viol.max() <= tol_abs)
+
+
+# --------------------------------------------------------------------------------------
+# The working-set driver
+# --------------------------------------------------------------------------------------
+def _kkt(datafit, penalty, v, b):
+    f, g, gb = datafit.fg(v, b)
+    viol = penalty.violation(v, g)
+    gb_max = np.abs(gb).max() if gb is not None and gb.size else 0.0
+    return f, g, viol, gb_max
+
+
+def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
+    """Spred L-BFGS on a working set, with periodic polishing. Returns v, b, it, ok."""
+    x0 = pen_sub.to_factors(v0, b0, c0)
+    fun = pen_sub.objective(sub)
+    nb = sub.nb
+    found = {}
+    state = {"next": check_every}
+
+    def callback(it, x, f, g):
+        if it < state["next"]:
+            return False
+        state["next"] = it + max(check_every, it // 2) if not sub.quadratic else it + check_every
+        v, b = pen_sub.to_v(x, nb)
+        v2, b2, ok = pen_sub.polish(sub, v, b, tol_abs)
+        if ok:
+            found["vb"] = (v2, b2)
+            return True
+        return False
+
+    x, f, g, it, status = _lbfgs(fun, x0, max_iter, callback=callback)
+    if "vb" in found:
+        v, b = found["vb"]
+        return v, b, it, True, status
+    v, b = pen_sub.to_v(x, nb)
+    v2, b2, ok = pen_sub.polish(sub, v, b, tol_abs)
+    if ok:
+        return v2, b2, it, True, status
+    # keep whichever of the polished (exact zeros) and raw iterates is lower
+    f_raw = sub.fg(v, b)[0] + pen_sub.value(v)
+    f_pol = sub.fg(v2, b2)[0] + pen_sub.value(v2)
+    if f_pol <= f_raw:
+        return v2, b2, it, False, status
+    return v, b, it, False, status
+
+
+def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max,
+             tol=1e-4, max_iter=1000, p0=10, check_every=10, verbose=0):
+    """Working-set spred solver (L-BFGS on the factors, then an exact polish).
+
+    Parameters
+    ----------
+    datafit : QuadraticDatafit, LogisticDatafit or MultinomialDatafit
+    penalty : L1Penalty or GroupPenalty
+    coef_init : ndarray or None
+        Warm start (flattened entries); zeros by default.
+    intercept_init : ndarray or None
+        Warm start of the intercept (logistic losses).
+    alpha_max : float
+        Scale of the stopping criterion (the smallest alpha giving ``v = 0``).
+    tol : float
+        Stop when ``max KKT violation / alpha_max <= tol``.
+    max_iter : int
+        Maximum total number of L-BFGS iterations.
+    p0 : int
+        Size of the first working set.
+    check_every : int
+        Polishing attempts every so many L-BFGS iterations.
+    verbose : int
+        Log progress to ``logging.getLogger("spred")`` at INFO level when > 0.
+
+    Returns
+    -------
+    SolverResult
+    """
+    m = datafit.p * datafit.n_outputs
+    v = np.zeros(m) if coef_init is None else np.asarray(coef_init, float).ravel().copy()
+    b = intercept_init if intercept_init is not None else datafit.init_intercept()
+    b = None if b is None else np.asarray(b, float).ravel().copy()
+    scale = alpha_max if alpha_max > 0 else 1.0
+    tol_abs = tol * scale
+    n_iter, ws_size, crit, converged = 0, p0, np.inf, False
+    outer = 0
+    for outer in range(1, 10 * max_iter + 2):
+        f, g, viol, gb_max = _kkt(datafit, penalty, v, b)
+        crit = max(viol.max() if viol.size else 0.0, gb_max) / scale
+        if verbose:
+            logger.info("spred ws iter %d: objective %.10e, crit %.3e, support %d, L-BFGS its %d",
+                        outer, f + penalty.value(v), crit, int(penalty.support_units(v).sum()), n_iter)
+        if crit <= tol:
+            converged = True
+            break
+        if n_iter >= max_iter:
+            break
+        supp = penalty.support_units(v)
+        n_supp = int(supp.sum())
+        ws_size = min(penalty.n_units, max(ws_size, 2 * n_supp, p0))
+        score = penalty.score(g)
+        score[supp] = np.inf
+        if score.size > ws_size:
+            units = np.argpartition(-score, ws_size - 1)[:ws_size]
+        else:
+            units = np.arange(score.size)
+        units = np.sort(units)
+        # make sure the worst violators are in the working set
+        worst = np.argsort(-viol)[: max(1, min(10, ws_size // 4))]
+        worst = worst[viol[worst] > tol_abs]
+        units = np.union1d(units, worst)
+        feats = penalty.unit_features(units)
+        entries = penalty.unit_entries(units)
+        sub = datafit.subproblem(feats)
+        pen_sub = penalty.subproblem(units)
+        v_ws = v[entries]
+        if np.any(v_ws != 0):
+            a = np.abs(v_ws)
+            c0 = math.sqrt(np.median(a[a > 0]))
+        else:
+            curv = np.maximum(sub.curvature(), 1e-300)
+            g_ws = g[entries]
+            c0 = math.sqrt(max(np.max(np.maximum(np.abs(g_ws) - penalty.alpha, 0) / curv), 1e-300))
+            if not np.isfinite(c0) or c0 == 0:
+                c0 = 1.0
+        v_new, b_new, it, ok, status = _solve_subproblem(
+            sub, pen_sub, v_ws, b, tol_abs, max(max_iter - n_iter, 1), c0, check_every)
+        n_iter += it
+        v[entries] = v_new
+        if b is not None:
+            b = b_new
+        ws_size = units.size
+        if not ok:
+            ws_size = min(penalty.n_units, 2 * ws_size)
+    coef = v.reshape(datafit.p, datafit.n_outputs) if datafit.n_outputs > 1 else v
+    return SolverResult(coef=coef, intercept=b, n_iter=n_iter, crit=float(crit),
+                        converged=converged, n_outer=outer)
+
+
+def lasso_dual_gap(datafit, v, alpha):
+    """Duality gap of the Lasso ``(1/(2n))||y - Xv||^2 + alpha ||v||_1`` at ``v``."""
+    n = datafit.n
+    r = datafit.y - datafit.predict_centred(v)
+    xtr = np.asarray(datafit.X.T @ r).ravel()
+    if datafit.offset is not None:
+        xtr -= datafit.offset * r.sum()
+    primal = 0.5 * (r @ r) / n + alpha * np.abs(v).sum()
+    dual_norm = np.abs(xtr).max() if xtr.size else 0.0
+    s = max(1.0, dual_norm / (n * alpha)) if alpha > 0 else 1.0
+    nu = r / s
+    y = datafit.y
+    dual = (y @ y - (y - nu) @ (y - nu)) / (2 * n)
+    return float(primal - dual)
+
+
+def solve_minibatch(*args, **kwargs):  # pragma: no cover - replaced below
+    raise NotImplementedError

@@ -1,0 +1,27 @@
+"""The one training loop of spred.
+
+:func:`fit` trains any model (sparsified or plain) with SGD, Adam, AdamW or Adagrad:
+progress bar, evaluation, a checkpoint after every epoch and exact ``resume``, a
+guard against non-finite losses, masked fine-tuning (``freeze_zeros``) and a
+target-sparsity controller (:class:`TargetSparsity`) that adapts lam to reach a
+requested fraction of zeros. :func:`evaluate` computes the mean loss and accuracy.
+"""
+
+from spred.train._checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from spred.train._controller import SparsityController, TargetSparsity, cubic_ramp
+from spred.train._loop import OPTIMIZERS, TrainResult, TrainState, build_optimizer, evaluate, fit
+
+__all__ = [
+    "OPTIMIZERS",
+    "SparsityController",
+    "TargetSparsity",
+    "TrainResult",
+    "TrainState",
+    "build_optimizer",
+    "checkpoint_path",
+    "cubic_ramp",
+    "evaluate",
+    "fit",
+    "load_checkpoint",
+    "save_checkpoint",
+]

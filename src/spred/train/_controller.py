@@ -1,0 +1,304 @@
+"""Target-sparsity controller: adapt lam during training to reach a requested fraction of zeros.
+
+Users think in "90% sparse", not in lam. Two facts shape the design:
+
+* **Zeros come late.** Under spred a weight that the penalty removes shrinks
+  geometrically, at a rate proportional to ``lr * (lam - |dL/dv|)`` (SGD), so it
+  reaches ``|v| <= threshold`` many steps after lam was raised. A controller that
+  only looks at the current sparsity keeps raising lam while the zeros are on their
+  way, and overshoots.
+* **Overshoot does not undo itself.** The origin of ``v = u * w`` is a saddle:
+  a weight near 0 regrows at a rate proportional to its (small) size, and a unit
+  whose inputs died gets no gradient. Lowering lam afterwards barely helps.
+
+So the controller predicts. Every ``update_every`` steps it reads ``|v|`` of every
+sparsified weight and keeps, per weight, two moving averages (fast and slow) of the
+slope of ``log|v|``. A weight counts as a *predicted* zero when it is zero now or
+when the slower of the two trends carries it below the threshold by the end of
+training (a weight settling on a nonzero value decelerates, and the fast average
+sees that first). lam then moves multiplicatively::
+
+    gap = min(wanted(t) - sparsity, target - predicted)     # predicted: at the end of training
+    log(lam) += clip(gain * gap / target, -max_step, +max_step)
+
+``wanted(t)`` ramps from 0 to ``target`` (the cubic schedule of gradual magnitude
+pruning, Zhu & Gupta 2017) and gates increases: lam never grows while the model is
+ahead of the schedule, and shrinks as soon as the prediction passes the target.
+Every tensor's lam is multiplied by the same factor, so a per-tensor lam mapping
+keeps its ratios.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from numbers import Real
+
+import torch
+
+from spred.nn import get_lam, set_lam, sparsified_tensors
+
+logger = logging.getLogger("spred")
+
+FAST = 0.5  # decay of the fast trend average (per update)
+
+
+def cubic_ramp(progress: float) -> float:
+    """``1 - (1 - p)^3`` for ``p`` clipped to [0, 1]: fast early, flat at the end."""
+    p = min(max(progress, 0.0), 1.0)
+    return 1.0 - (1.0 - p) ** 3
+
+
+def _check_real(value, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
+    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"The '{name}' parameter of TargetSparsity must be a float in the range {interval}. Got {value!r} of type {type(value).__name__} instead.")
+    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
+    if not ok or math.isnan(value):
+        raise ValueError(f"The '{name}' parameter of TargetSparsity must be a float in the range {interval}. Got {value!r} instead.")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class TargetSparsity:
+    """Reach ``target`` zeros among the sparsified weights by adapting lam during :func:`~spred.train.fit`.
+
+    A weight counts as zero when ``|v| <= threshold`` (the fraction is
+    :attr:`spred.SparsityReport.sparsified_sparsity`). See the module docstring of
+    ``spred.train._controller`` and ``docs/training.md`` for the update rule.
+
+    Parameters
+    ----------
+    target : float in (0, 1)
+        Wanted fraction of zeros among the sparsified weights at the end of training.
+    warmup_epochs : float, default=0.0
+        Epochs (may be fractional) during which lam stays at its initial value; the
+        trends are measured all the same.
+    ramp_epochs : float, optional
+        Epochs over which the wanted sparsity ramps from 0 to ``target`` after the
+        warm-up. Default: two thirds of the epochs left after the warm-up.
+    update_every : int, default=10
+        Optimizer steps between two updates of lam (each update reads every
+        sparsified weight once).
+    gain : float, default=0.5
+        Change of ``log(lam)`` per update for a gap of one ``target``.
+    max_step : float, optional
+        Largest change of ``log(lam)`` per update. Default: ``ln(1000)`` divided by
+        half the number of updates in the run, so that lam can move by a factor of
+        1000 within half of training whatever its length.
+    initial_lam : float, optional
+        Starting lam (the mean over tensors; a per-tensor mapping keeps its ratios).
+        Default: the lam the model was sparsified with; required when that is 0.
+        Start low: the controller raises lam quickly, but zeros it produced by
+        overshooting do not come back.
+    lam_bounds : (float, float), default=(1e-12, 1e3)
+        The mean lam stays in this interval.
+    threshold : float, optional
+        ``|v| <= threshold`` counts as zero; must be > 0. Default: ``fit``'s ``threshold``.
+    horizon_epochs : float, optional
+        How far ahead the prediction looks. Default: to the end of training.
+    trend_decay : float, default=0.9
+        Decay per update of the slow trend average.
+
+    Examples
+    --------
+    >>> schedule = TargetSparsity(0.9, warmup_epochs=1)
+    >>> schedule.wanted(epoch=1.0, total_epochs=10), schedule.wanted(epoch=7.0, total_epochs=10)
+    (0.0, 0.9)
+    """
+
+    target: float
+    warmup_epochs: float = 0.0
+    ramp_epochs: float | None = None
+    update_every: int = 10
+    gain: float = 0.5
+    max_step: float | None = None
+    initial_lam: float | None = None
+    lam_bounds: tuple[float, float] = (1e-12, 1e3)
+    threshold: float | None = None
+    horizon_epochs: float | None = None
+    trend_decay: float = 0.9
+
+    def __post_init__(self):
+        _check_real(self.target, "target", 0.0, 1.0, lo_open=True, hi_open=True)
+        _check_real(self.warmup_epochs, "warmup_epochs", 0.0, math.inf, hi_open=True)
+        for name in ("ramp_epochs", "max_step", "initial_lam", "threshold", "horizon_epochs"):
+            if getattr(self, name) is not None:
+                _check_real(getattr(self, name), name, 0.0, math.inf, lo_open=True, hi_open=True)
+        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every < 1:
+            raise ValueError(f"The 'update_every' parameter of TargetSparsity must be an int >= 1. Got {self.update_every!r} instead.")
+        _check_real(self.gain, "gain", 0.0, math.inf, lo_open=True, hi_open=True)
+        _check_real(self.trend_decay, "trend_decay", 0.0, 1.0, hi_open=True)
+        bounds = self.lam_bounds
+        if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(isinstance(b, Real) for b in bounds) and 0 < bounds[0] < bounds[1] < math.inf):
+            raise ValueError(f"The 'lam_bounds' parameter of TargetSparsity must be (low, high) with 0 < low < high < inf. Got {bounds!r} instead.")
+
+    def ramp_end(self, total_epochs: float) -> float:
+        """The epoch at which the wanted sparsity reaches ``target``."""
+        ramp = self.ramp_epochs if self.ramp_epochs is not None else 2.0 * max(total_epochs - self.warmup_epochs, 0.0) / 3.0
+        return self.warmup_epochs + ramp
+
+    def wanted(self, epoch: float, total_epochs: float) -> float:
+        """The wanted sparsity after ``epoch`` (fractional) epochs of ``total_epochs``."""
+        if epoch <= self.warmup_epochs:
+            return 0.0
+        end = self.ramp_end(total_epochs)
+        if epoch >= end:
+            return self.target
+        return self.target * cubic_ramp((epoch - self.warmup_epochs) / (end - self.warmup_epochs))
+
+    def update(self, log_scale: float, sparsity: float, wanted: float, predicted: float, wanted_ahead: float, max_step: float) -> float:
+        """The next ``log`` of the lam multiplier (a pure function of the measurements).
+
+        lam grows only while the model is behind both the schedule now (``sparsity <
+        wanted``) and at the end of the horizon (``predicted < wanted_ahead``, the
+        target unless ``horizon_epochs`` is set); it shrinks as soon as either is ahead.
+        """
+        gap = min(wanted - sparsity, wanted_ahead - predicted)
+        step = self.gain * gap / self.target
+        return log_scale + min(max(step, -max_step), max_step)
+
+
+class SparsityController:
+    """Runtime state of a :class:`TargetSparsity` inside one ``fit`` call.
+
+    lam of every sparsified tensor is ``base[name] * exp(log_scale)``, where ``base``
+    is the lam the tensors had at the start. The per-weight trend averages live on
+    the model's device (three float32 values per sparsified weight). Everything is
+    in :meth:`state_dict`, so a resumed run continues exactly.
+    """
+
+    def __init__(self, config: TargetSparsity, *, threshold: float, steps_per_epoch: int, total_epochs: int):
+        self.config = config
+        self.threshold = config.threshold if config.threshold is not None else threshold
+        if not self.threshold > 0:
+            raise ValueError(
+                "target_sparsity needs threshold > 0: with threshold=0 only exact zeros count, which SGD reaches only by "
+                "underflow (about ln(|v|/1e-45) / (2*lr*lam) steps) and Adam hardly ever. Pass threshold=1e-3 (a size below "
+                "which a weight does not matter) to fit or to TargetSparsity, and collapse with the same threshold at the end."
+            )
+        self.steps_per_epoch = steps_per_epoch
+        self.total_epochs = total_epochs
+        self.total_steps = total_epochs * steps_per_epoch
+        updates = max(1.0, self.total_steps / config.update_every)
+        self.max_step = config.max_step if config.max_step is not None else math.log(1000.0) / max(updates / 2, 1.0)
+        self.base: dict[str, float] = {}
+        self.log_scale = 0.0
+        self.sparsity = 0.0  # last measured
+        self.predicted = 0.0  # last predicted (end of the horizon)
+        self.prev_log: dict[str, torch.Tensor] = {}
+        self.trends: dict[str, torch.Tensor] = {}  # (fast, slow) slopes of log|v| per step, stacked
+
+    # ---------------------------------------------------------------- schedule
+    def epoch_of(self, step: int) -> float:
+        return step / self.steps_per_epoch
+
+    def wanted(self, step: int) -> float:
+        """The wanted sparsity after optimizer step ``step``."""
+        return self.config.wanted(self.epoch_of(step), self.total_epochs)
+
+    def ramp_done(self, step: int) -> bool:
+        """Whether the schedule has reached the target (the hold phase)."""
+        return self.epoch_of(step) >= self.config.ramp_end(self.total_epochs)
+
+    def horizon(self, step: int) -> int:
+        """Steps the prediction looks ahead: to the end of training, or ``horizon_epochs``."""
+        remaining = max(0, self.total_steps - step)
+        if self.config.horizon_epochs is None:
+            return remaining
+        return min(remaining, round(self.config.horizon_epochs * self.steps_per_epoch))
+
+    # ---------------------------------------------------------------- lam
+    def lam(self) -> dict[str, float]:
+        scale = math.exp(self.log_scale)
+        return {n: b * scale for n, b in self.base.items()}
+
+    def start(self, model, optimizer, penalty_in_loss: bool) -> None:
+        """Record the starting lam (or set ``initial_lam``) at the beginning of a fresh run."""
+        self.base = get_lam(model)
+        mean = sum(self.base.values()) / len(self.base)
+        initial = self.config.initial_lam
+        if initial is not None:
+            self.base = {n: (lam * initial / mean if mean > 0 else initial) for n, lam in self.base.items()}
+        elif mean <= 0:
+            raise ValueError("TargetSparsity needs a positive starting lam, but the model was sparsified with lam=0. Pass TargetSparsity(..., initial_lam=1e-4) or sparsify with lam > 0.")
+        self.log_scale = 0.0
+        self._clip()
+        self.apply(model, optimizer, penalty_in_loss)
+
+    def _clip(self) -> None:
+        lo, hi = self.config.lam_bounds
+        mean = sum(self.base.values()) / len(self.base)
+        self.log_scale = min(max(self.log_scale, math.log(lo / mean)), math.log(hi / mean))
+
+    def apply(self, model, optimizer, penalty_in_loss: bool) -> None:
+        """Write the current lam into the model and the optimizer's spred groups."""
+        lam = self.lam()
+        values = set(lam.values())
+        set_lam(model, values.pop() if len(values) == 1 else lam, optimizer)
+        if penalty_in_loss and optimizer is not None:
+            for group in optimizer.param_groups:
+                if group.get("spred"):
+                    group["weight_decay"] = 0.0  # the penalty is in the loss (decoupled optimizers)
+
+    # ---------------------------------------------------------------- measurement
+    @torch.no_grad()
+    def measure(self, model, step: int) -> tuple[float, float]:
+        """The fraction of sparsified weights with ``|v| <= threshold`` now, and predicted ``horizon`` steps ahead."""
+        horizon, slow = self.horizon(step), self.config.trend_decay
+        log_thr = math.log(self.threshold)
+        zeros = predicted = numel = 0
+        for t in sparsified_tensors(model):
+            v = getattr(t.module, t.tensor_name).detach().abs()
+            log_v = v.float().clamp_min(self.threshold * 1e-6).log()  # exact zeros stay finite
+            prev = self.prev_log.get(t.name)
+            if prev is not None:
+                slope = (log_v - prev) / self.config.update_every
+                trend = self.trends.get(t.name)
+                if trend is None:
+                    self.trends[t.name] = torch.stack([slope, slope])
+                else:
+                    trend[0].mul_(FAST).add_(slope, alpha=1 - FAST)
+                    trend[1].mul_(slow).add_(slope, alpha=1 - slow)
+            self.prev_log[t.name] = log_v
+            zero = v <= self.threshold
+            ahead = zero
+            trend = self.trends.get(t.name)
+            if trend is not None:
+                ahead = zero | (log_v + horizon * trend.max(dim=0).values.clamp_max(0) <= log_thr)
+            zeros += int(zero.sum())
+            predicted += int(ahead.sum())
+            numel += v.numel()
+        return zeros / numel, predicted / numel
+
+    def step(self, model, optimizer, step: int, penalty_in_loss: bool) -> None:
+        """Called after optimizer step number ``step`` (1-based): measure and update lam when due."""
+        if step % self.config.update_every:
+            return
+        self.sparsity, self.predicted = self.measure(model, step)
+        if self.epoch_of(step) <= self.config.warmup_epochs:
+            return
+        wanted_ahead = self.wanted(step + self.horizon(step))
+        self.log_scale = self.config.update(self.log_scale, self.sparsity, self.wanted(step), self.predicted, wanted_ahead, self.max_step)
+        self._clip()
+        self.apply(model, optimizer, penalty_in_loss)
+
+    # ---------------------------------------------------------------- checkpoint
+    def state_dict(self) -> dict:
+        return {
+            "base": dict(self.base),
+            "log_scale": self.log_scale,
+            "sparsity": self.sparsity,
+            "predicted": self.predicted,
+            "prev_log": dict(self.prev_log),
+            "trends": dict(self.trends),
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        self.base = {str(k): float(v) for k, v in state["base"].items()}
+        self.log_scale = float(state["log_scale"])
+        self.sparsity = float(state["sparsity"])
+        self.predicted = float(state["predicted"])
+        self.prev_log = {k: v.to(device) for k, v in state["prev_log"].items()}
+        self.trends = {k: v.to(device) for k, v in state["trends"].items()}
