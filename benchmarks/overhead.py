@@ -33,6 +33,7 @@ def cnn():
 
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9),
+    "sgd-fused": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, fused=True),
     "adam": lambda params: torch.optim.Adam(params, lr=1e-3),
     "adam-fused": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
 }

@@ -71,7 +71,8 @@ def test_compare_latency_times_models_in_turns():
     medians, times = compare_latency({"a": a, "b": b}, torch.randn(2, 3), batch_sizes=(1, 4), repeats=3, warmup=1, return_times=True)
     assert set(medians) == {"a", "b"} and all(set(m) == {1, 4} for m in medians.values())
     assert all(len(t) == 3 for per in times.values() for t in per.values())
-    assert order == ["a", "b"] + ["a", "b"] * 3 + ["a", "b"] + ["a", "b"] * 3  # warm-up each, then alternate
+    turns = ["a", "b", "b", "a", "a", "b"]  # alternating order: neither model always runs first
+    assert order == ["a", "b"] + turns + ["a", "b"] + turns  # warm-up each, then take turns, per batch size
     assert b.training and not a.training
 
 

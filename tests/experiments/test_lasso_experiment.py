@@ -7,8 +7,10 @@ predicts; a diverging learning rate is recorded, not raised.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import io
 import json
 import math
 import subprocess
@@ -26,6 +28,13 @@ from spred.experiments import _common, lasso
 QUICK = dataclasses.replace(lasso.LassoConfig(), **lasso.QUICK)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Tiny tensors: intra-op threads only add spin-waiting on a busy machine (10-40x slower).
+    with _common.num_threads(1):
+        yield
+
+
 def _read_csv(path):
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))
@@ -35,8 +44,10 @@ def _read_csv(path):
 def quick_run(tmp_path_factory):
     """``spred run lasso --quick`` through the command line, once for this module."""
     out = tmp_path_factory.mktemp("lasso")
-    code = main(["-q", "run", "lasso", "--quick", "--out", str(out)])
-    return code, out
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main(["-q", "run", "lasso", "--quick", "--out", str(out)])
+    return code, out, printed.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +62,10 @@ def _select(rows, method, optimizer, lr):
 # --------------------------------------------------------------------------- the quick run
 
 
-def test_quick_run_writes_csv_figures_config_and_prints_table(quick_run, quick_rows, capsys):
-    code, out = quick_run
+def test_quick_run_writes_csv_figures_config_and_prints_table(quick_run, quick_rows):
+    code, out, printed = quick_run
     assert code == 0
+    assert "| method | optimizer | lr |" in printed and "| spred | sgd | 1 |" in printed
     for name in ("lasso.csv", "lasso_coefs.csv", "summary.md", "config.json", "lasso.png", "lasso_lr_sweep.png"):
         assert (out / name).is_file(), name
     for png in ("lasso.png", "lasso_lr_sweep.png"):
@@ -145,8 +157,8 @@ def test_batched_training_equals_one_plain_sparsified_linear_per_alpha_and_lr():
     X = torch.as_tensor(problem.X)
     for li, lr in enumerate(lrs):
         for a in (0, 2):
-            for s, seed in enumerate(problem.seeds):
-                with _common.torch_seed(seed):
+            for s in range(len(problem.seeds)):
+                with _common.torch_seed(cfg.design_seed):  # every run starts from the same nn.Linear
                     model = nn.Linear(problem.X.shape[1], 1, bias=False, dtype=torch.float64)
                 spred.sparsify(model, float(problem.alphas[a]))
                 opt = torch.optim.SGD(spred.param_groups(model), lr=lr)
@@ -167,11 +179,13 @@ def test_sgd_reaches_exact_float64_zeros_where_the_margin_predicts():
     (fit,) = lasso.fit_spred(problem, "sgd", [lr], n_steps=steps)
     truth = lasso.soft_threshold(problem.z, problem.alphas)
     margins = problem.alphas[:, None, None] - np.abs(problem.z)[None]  # > 0 exactly where truth == 0
-    exact = (truth == 0) & (lr * margins * steps > 400)
-    late = (truth == 0) & (lr * margins * steps < 300)
-    assert exact.sum() >= 10
+    budget = lr * margins * steps
+    exact = (truth == 0) & (budget > 400)
+    late = (truth == 0) & (budget > 20) & (budget < 300)
+    assert exact.sum() >= 10 and late.sum() >= 1
     assert np.all(fit.coefs[exact] == 0)  # underflowed
-    assert np.all(fit.coefs[late] != 0) and np.all(np.abs(fit.coefs[late]) < 1e-100)  # tiny but not yet zero
+    assert np.all(fit.coefs[late] != 0)  # tiny, but not yet an exact zero
+    assert np.all(np.abs(fit.coefs[late]) <= np.exp(-budget[late]))
     np.testing.assert_allclose(fit.coefs, truth, atol=1e-12)
 
 

@@ -32,8 +32,14 @@ def make_net():
     return make
 
 
-def same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     sa, sb = a.state_dict(), b.state_dict()
     if sa.keys() != sb.keys():
         return False
     return all(torch.equal(sa[k], sb[k]) if isinstance(sa[k], torch.Tensor) else sa[k] == sb[k] for k in sa)
+
+
+@pytest.fixture
+def same_weights():
+    """``same_weights(a, b)``: every entry of the two state_dicts is exactly equal (lam included)."""
+    return _same_weights

@@ -150,8 +150,8 @@ def _check_latency_args(who, batch_sizes, repeats, warmup, num_threads):
 
 
 def _time_interleaved(models: Mapping[str, nn.Module], args, kwargs, batch_sizes, repeats, warmup, num_threads):
-    """``{name: {batch: [seconds, ...]}}``: the models take turns, one forward pass each, so that
-    changes in machine load hit all of them alike."""
+    """``{name: {batch: [seconds, ...]}}``: the models take turns, one forward pass each and in
+    alternating order (A B, B A, ...), so that changes in machine load hit all of them alike."""
     old_threads = torch.get_num_threads()
     modes = {name: m.training for name, m in models.items()}
     times: dict[str, dict[int, list[float]]] = {name: {} for name in models}
@@ -168,8 +168,9 @@ def _time_interleaved(models: Mapping[str, nn.Module], args, kwargs, batch_sizes
                         m(*bargs, **bkwargs)
                 for name in models:
                     times[name][b] = []
-                for _ in range(repeats):
-                    for name, m in models.items():
+                items = list(models.items())
+                for r in range(repeats):
+                    for name, m in items if r % 2 == 0 else items[::-1]:  # A B, B A, ...: no model always goes first
                         t0 = time.perf_counter()
                         m(*bargs, **bkwargs)
                         times[name][b].append(time.perf_counter() - t0)
@@ -235,7 +236,7 @@ def compare_latency(
     num_threads: int | None = None,
     return_times: bool = False,
 ):
-    """Median forward time of several models measured in turns (A, B, A, B, ...).
+    """Median forward time of several models measured in turns (A B, B A, A B, ...).
 
     Interleaving one forward pass of each model makes their ratio robust to changes in
     machine load (a shared CPU), which separate :func:`measure_latency` calls are not.

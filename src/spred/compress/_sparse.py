@@ -177,7 +177,10 @@ class SparseConv2d(_CSRWeight):
         n, _, h, w = x.shape
         ho = (h + 2 * padding[0] - self.dilation[0] * (self.kernel_size[0] - 1) - 1) // self.stride[0] + 1
         wo = (w + 2 * padding[1] - self.dilation[1] * (self.kernel_size[1] - 1) - 1) // self.stride[1] + 1
-        cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=padding, stride=self.stride)  # (n, C*k*k, L)
+        if self.kernel_size == (1, 1) and self.stride == (1, 1) and padding == (0, 0):
+            cols = x.reshape(n, self.in_channels, h * w)  # a 1x1 convolution needs no unfolding
+        else:
+            cols = F.unfold(x, self.kernel_size, dilation=self.dilation, padding=padding, stride=self.stride)  # (n, C*k*k, L)
         w = self.weight_csr
         # one product per sample: cheaper than transposing the unfolded batch into one (C*k*k, n*L) matrix
         if self.bias is None:

@@ -99,9 +99,10 @@ class LassoConfig:
     threshold : float
         Entries with ``|v| <= threshold`` count as zero in ``n_zero_thr`` / ``kkt_thr``.
     seeds : tuple of int
-        One repetition per seed (true coefficients, noise and the initial weights).
+        One repetition per seed: the true coefficients and the noise.
     design_seed : int
-        Seed of the design ``X``, shared by all repetitions.
+        Seed of the design ``X`` and of the initial weights (one default-initialised
+        ``nn.Linear``), shared by every run.
     dtype : {"float64", "float32"}
         Floating point type of the training.
     """
@@ -233,6 +234,7 @@ class LassoProblem:
     coef: np.ndarray
     seeds: tuple[int, ...]
     alphas: np.ndarray
+    design_seed: int = 0
 
     @property
     def z(self) -> np.ndarray:
@@ -277,7 +279,7 @@ def make_problem(cfg: LassoConfig) -> LassoProblem:
     # with margin 0), which no finite run resolves; end the grid just above it instead.
     top = _GRID_TOP * float(np.abs(Y @ X / cfg.n_samples).max())
     alphas = np.geomspace(cfg.eps * top, top, cfg.n_alphas) if cfg.n_alphas > 1 else np.array([top])
-    return LassoProblem(X, Y, np.stack(coefs), tuple(cfg.seeds), alphas)
+    return LassoProblem(X, Y, np.stack(coefs), tuple(cfg.seeds), alphas, cfg.design_seed)
 
 
 # --------------------------------------------------------------------------- training
@@ -306,13 +308,16 @@ def _make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
     return torch.optim.Adam(groups, fused=True)  # fused: the same update, fewer kernel launches
 
 
-def _initial_weights(seeds: Sequence[int], n_features: int, dtype: torch.dtype) -> torch.Tensor:
-    """One default-initialised ``nn.Linear(p, 1)`` per seed (rows of a (n_seeds, p) tensor)."""
-    rows = []
-    for seed in seeds:
-        with _common.torch_seed(seed):
-            rows.append(nn.Linear(n_features, 1, bias=False, dtype=dtype).weight.detach())
-    return torch.cat(rows)
+def _initial_weights(seed: int, n_features: int, n_seeds: int, dtype: torch.dtype) -> torch.Tensor:
+    """The weight of one default-initialised ``nn.Linear(p, 1)``, repeated for every seed: (n_seeds, p).
+
+    Every run (method, optimizer, lr, alpha, seed) starts from this same weight. That
+    also makes the batched spred layers exact copies of single-seed runs: the default
+    ``init="preserve"`` split ``u = c, w = v / c`` takes ``c`` from the whole tensor.
+    """
+    with _common.torch_seed(seed):
+        weight = nn.Linear(n_features, 1, bias=False, dtype=dtype).weight.detach()
+    return weight.expand(n_seeds, n_features).clone()
 
 
 def _train(losses: Callable[[], torch.Tensor], optimizer: torch.optim.Optimizer, n_steps: int, bar) -> np.ndarray:
@@ -362,7 +367,7 @@ def fit_spred(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_
     X = torch.as_tensor(problem.X, dtype=dtype)
     Y = torch.as_tensor(problem.Y, dtype=dtype)  # (n_seeds, n)
     n_seeds, p = len(problem.seeds), problem.X.shape[1]
-    init = _initial_weights(problem.seeds, p, dtype)
+    init = _initial_weights(problem.design_seed, p, n_seeds, dtype)
     banks, groups = [], []
     for lr in lrs:
         bank = nn.ModuleList(nn.Linear(p, n_seeds, bias=False, dtype=dtype) for _ in problem.alphas)
@@ -403,7 +408,7 @@ def fit_l1(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_ste
     X = torch.as_tensor(problem.X, dtype=dtype)
     Y = torch.as_tensor(problem.Y, dtype=dtype)  # (n_seeds, n)
     n_alphas = len(problem.alphas)
-    init = _initial_weights(problem.seeds, problem.X.shape[1], dtype)
+    init = _initial_weights(problem.design_seed, problem.X.shape[1], len(problem.seeds), dtype)
     weights = [nn.Parameter(init.expand(n_alphas, *init.shape).clone()) for _ in lrs]
     alphas = torch.as_tensor(problem.alphas, dtype=dtype)[:, None]
     opt = _make_optimizer(optimizer, [{"params": [w], "lr": lr} for w, lr in zip(weights, lrs)])

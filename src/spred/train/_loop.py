@@ -26,7 +26,8 @@ from torch.nn import functional as F
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from spred.nn import check_optimizer, get_lam, is_sparsified, param_groups, penalty, sparsity_report
+from spred.nn import check_optimizer, is_sparsified, param_groups, penalty, sparsified_tensors
+from spred.nn._sparsify import SparsifiedTensor
 from spred.train._checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from spred.train._controller import SparsityController, TargetSparsity
 from spred.train._data import LoaderBatches, as_batches
@@ -323,6 +324,7 @@ class _Run:
     epochs: int
     progress: bool
     checkpoint: Path | None
+    tensors: tuple[SparsifiedTensor, ...]  # the spred tensors (empty for a plain model); fixed during fit
 
 
 def _non_finite(value: float, epoch: int, step_in_epoch: int, run: _Run, prog: _Progress) -> FloatingPointError:
@@ -338,45 +340,56 @@ def _train_epoch(run: _Run, prog: _Progress, batches, n_batches: int, epoch: int
     model, opt = run.model, run.optimizer
     model.train()
     loss_sum, n = 0.0, 0
-    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{run.epochs}", disable=not run.progress, leave=False, unit="batch")
-    for i, (x, y) in enumerate(bar, 1):
-        opt.zero_grad(set_to_none=True)
-        loss = run.loss_fn(model(x), y)
-        value = float(loss.detach())
-        if not math.isfinite(value):
+    bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{run.epochs}", leave=False, unit="batch") if run.progress else None
+    try:
+        for i, (x, y) in enumerate(batches if bar is None else bar, 1):
+            opt.zero_grad(set_to_none=True)
+            loss = run.loss_fn(model(x), y)
+            value = float(loss.detach())  # one device sync per step; DDP would all-reduce (loss_sum, n) instead
+            if not math.isfinite(value):
+                raise _non_finite(value, epoch, i, run, prog)
+            (loss + penalty(model) if run.add_penalty else loss).backward()
+            if run.keep:
+                _apply_masks(model, run.keep, grads=True)
+            opt.step()
+            if run.keep:
+                _apply_masks(model, run.keep)
+            if run.scheduler is not None:
+                run.scheduler.step()
+            prog.step += 1
+            if run.controller is not None:
+                run.controller.step(model, opt, prog.step, run.add_penalty)
+            loss_sum += value * len(y)
+            n += len(y)
+            if bar is not None and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss_sum / n:.4g}", refresh=False)
+    finally:
+        if bar is not None:
             bar.close()
-            raise _non_finite(value, epoch, i, run, prog)
-        (loss + penalty(model) if run.add_penalty else loss).backward()
-        if run.keep:
-            _apply_masks(model, run.keep, grads=True)
-        opt.step()
-        if run.keep:
-            _apply_masks(model, run.keep)
-        if run.scheduler is not None:
-            run.scheduler.step()
-        prog.step += 1
-        if run.controller is not None:
-            run.controller.step(model, opt, prog.step, run.add_penalty)
-        loss_sum += value * len(y)
-        n += len(y)
-        if i % 10 == 0:
-            bar.set_postfix(loss=f"{loss_sum / n:.4g}", refresh=False)
-    bar.close()
     return loss_sum / n
 
 
+@torch.no_grad()
+def _sparsity(run: _Run, threshold: float) -> float:
+    """Fraction of the sparsified weights (of all parameters for a plain model) with ``|v| <= threshold``.
+
+    The same number as ``spred.sparsity_report(model, threshold=threshold)``'s
+    ``sparsified_sparsity`` (``sparsity``), without the per-tensor report.
+    """
+    values = [getattr(t.module, t.tensor_name) for t in run.tensors] if run.tensors else list(run.model.parameters())
+    numel = sum(v.numel() for v in values)
+    return sum(int((v.abs() <= threshold).sum()) for v in values) / numel if numel else 0.0
+
+
 def _record(run: _Run, prog: _Progress, epoch: int, train_loss: float, val: dict | None, threshold: float, seconds: float) -> dict:
-    model = run.model
-    sparsified = is_sparsified(model)
-    report = sparsity_report(model, threshold=threshold)
-    lams = list(get_lam(model).values()) if sparsified else []
+    lams = [t.spred.lam for t in run.tensors]
     return {
         "epoch": epoch,
         "train_loss": train_loss,
         "val_loss": None if val is None else val["loss"],
         "val_acc": None if val is None else val["acc"],
         "lam": sum(lams) / len(lams) if lams else None,
-        "sparsity": report.sparsified_sparsity if sparsified else report.sparsity,
+        "sparsity": _sparsity(run, threshold),
         "target": None if run.controller is None else run.controller.wanted(prog.step),
         "lr": run.optimizer.param_groups[0]["lr"],
         "step": prog.step,
@@ -471,7 +484,8 @@ def _run_epoch(run: _Run, prog: _Progress, train, val, epoch: int, threshold: fl
         100 * record["sparsity"], _fmt(record["lam"], ".3g"), record["time_s"],
     )
     if prog.stopped:
-        logger.info("stopping after epoch %d (%s)", epoch, "early stopping: no better validation loss in %d epochs" % patience if early else "asked by a callback")
+        reason = f"no better validation loss in {patience} epochs" if early else "asked by a callback"
+        logger.info("stopping after epoch %d: %s", epoch, reason)
 
 
 def _seed_global(seed: int, device: torch.device) -> None:
@@ -554,7 +568,8 @@ def fit(
     target_sparsity : float in (0, 1) or TargetSparsity, optional
         Adapt lam during training so that this fraction of the sparsified weights is
         zero (``|v| <= threshold``) at the end; a float means ``TargetSparsity(target)``.
-        See :class:`TargetSparsity` for the schedule and the update rule.
+        Needs ``threshold > 0``. See :class:`TargetSparsity` for the schedule and the
+        update rule, and ``docs/training.md`` for what it achieves.
     threshold : float, default=0.0
         ``|v| <= threshold`` counts as zero for the controller and the history. With
         SGD a zeroed weight underflows to exact 0 only after about
@@ -672,7 +687,7 @@ def fit(
         controller = SparsityController(target_sparsity, threshold=threshold, steps_per_epoch=n_batches, total_epochs=epochs)
     run = _Run(
         model, opt, _build_scheduler(scheduler, opt, epochs * n_batches), loss_fn, add_penalty, keep, controller, epochs, progress,
-        None if checkpoint_dir is None else checkpoint_path(checkpoint_dir),
+        None if checkpoint_dir is None else checkpoint_path(checkpoint_dir), tuple(sparsified_tensors(model)),
     )
     config = {
         "epochs": epochs, "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,

@@ -11,7 +11,6 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import spred
 from spred.train import TargetSparsity, TrainResult, build_optimizer, checkpoint_path, evaluate, fit, load_checkpoint
-from tests.train.conftest import classification, same_weights
 
 KEYS = {"epoch", "train_loss", "val_loss", "val_acc", "lam", "sparsity", "target", "lr", "step", "time_s"}
 
@@ -45,7 +44,7 @@ def test_plain_models_train_normally(data, make_net):
     assert result.best_epoch == 3  # no validation data: the last epoch
 
 
-def test_fit_leaves_the_global_rng_alone_and_is_deterministic(data, make_net):
+def test_fit_leaves_the_global_rng_alone_and_is_deterministic(data, make_net, same_weights):
     X, y = data
     state = torch.get_rng_state()
     a = fit(make_net(), (X, y), epochs=2, seed=5, **quiet()).model
@@ -80,8 +79,8 @@ def test_adamw_adds_spred_penalty_to_the_loss(data, make_net):
     loss = nn.functional.cross_entropy(ref(X), y) + spred.penalty(ref)
     loss.backward()
     opt.step()
-    for p, q in zip(net.parameters(), ref.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7)
+    for p, q in zip(net.parameters(), ref.parameters()):  # the step is ~1e-2; fit sums the batch in another order
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
 
 
 def test_an_optimizer_instance_is_used_as_is_and_checked(data, make_net):
@@ -102,7 +101,7 @@ def test_an_optimizer_class_is_accepted(make_net):
 # --------------------------------------------------------------------------- resume
 
 
-def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, data, make_net):
+def test_resume_reproduces_an_uninterrupted_run_bit_for_bit(tmp_path, data, make_net, same_weights):
     """4 epochs in one go == 2 epochs, then resume to 4 (SGD momentum, dropout, shuffling)."""
     X, y = data
     kw = quiet(lr=0.1, seed=3, val_data=(X, y))
@@ -125,7 +124,7 @@ def crash_at(epoch):
     return callback
 
 
-def test_resume_after_a_crash_with_controller_and_schedule(tmp_path, data, make_net):
+def test_resume_after_a_crash_with_controller_and_schedule(tmp_path, data, make_net, same_weights):
     """A run killed in epoch 3 of 4 and resumed ends exactly like the uninterrupted one, lam included."""
     X, y = data
     kw = quiet(lr=0.1, seed=2, target_sparsity=TargetSparsity(0.5, update_every=3), threshold=1e-3, scheduler="cosine")
@@ -138,7 +137,7 @@ def test_resume_after_a_crash_with_controller_and_schedule(tmp_path, data, make_
     assert [r["lam"] for r in resumed.history] == [r["lam"] for r in full.history]
 
 
-def test_resume_with_a_shuffling_dataloader(tmp_path, data, make_net):
+def test_resume_with_a_shuffling_dataloader(tmp_path, data, make_net, same_weights):
     X, y = data
     loader = lambda: DataLoader(TensorDataset(X, y), batch_size=32, shuffle=True)  # noqa: E731  (global RNG, seeded by fit)
     full = fit(make_net(), loader(), epochs=3, checkpoint_dir=tmp_path / "a", progress=False)
@@ -147,7 +146,7 @@ def test_resume_with_a_shuffling_dataloader(tmp_path, data, make_net):
     assert same_weights(full.model, resumed.model)
 
 
-def test_resume_without_a_checkpoint_starts_afresh_and_a_finished_run_returns(tmp_path, data, make_net):
+def test_resume_without_a_checkpoint_starts_afresh_and_a_finished_run_returns(tmp_path, data, make_net, same_weights):
     X, y = data
     first = fit(make_net(), (X, y), epochs=2, checkpoint_dir=tmp_path, resume=True, **quiet())
     again = fit(make_net(), (X, y), epochs=2, checkpoint_dir=tmp_path, resume=True, **quiet())
@@ -192,11 +191,14 @@ def nan_after(calls):
 
 def test_non_finite_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path, data, make_net):
     X, y = data  # 240 samples, batch 32: 8 steps per epoch; the 11th loss is NaN = epoch 2, step 3
-    fit(make_net(), (X, y), epochs=1, checkpoint_dir=tmp_path, **quiet())
-    digest = hashlib.sha256(checkpoint_path(tmp_path).read_bytes()).hexdigest()
     with pytest.raises(FloatingPointError, match=r"training loss is nan at epoch 2, step 3 \(optimizer step 11\)\. Lower the learning rate \(lr=0.1\) or scale the inputs.*end of epoch 1\) is intact"):
-        fit(make_net(), (X, y), epochs=3, loss_fn=nan_after(10), checkpoint_dir=tmp_path, **quiet())
-    assert hashlib.sha256(checkpoint_path(tmp_path).read_bytes()).hexdigest() == digest
+        fit(make_net(), (X, y), epochs=3, loss_fn=nan_after(10), checkpoint_dir=tmp_path / "nan", **quiet())
+    with pytest.raises(Crash):  # the same run, stopped cleanly after epoch 1
+        fit(make_net(), (X, y), epochs=3, callbacks=[crash_at(2)], checkpoint_dir=tmp_path / "ref", **quiet())
+    kept, ref = (load_checkpoint(checkpoint_path(tmp_path / d)) for d in ("nan", "ref"))
+    assert kept["epoch"] == ref["epoch"] == 1 and kept["step"] == ref["step"] == 8
+    assert all(torch.equal(kept["model"][k], v) for k, v in ref["model"].items() if isinstance(v, torch.Tensor))
+    assert sorted(p.name for p in (tmp_path / "nan").iterdir()) == ["checkpoint.pt"]
 
 
 def test_non_finite_loss_without_checkpoint(data, make_net):
@@ -357,8 +359,8 @@ def test_fit_errors(data, make_net, kwargs, error, match):
         fit(make_net(), (X, y), **{"epochs": 1, "progress": False, **kwargs})
 
 
-def test_fit_errors_on_model_and_data(make_net):
-    X, y = classification()
+def test_fit_errors_on_model_and_data(data, make_net):
+    X, y = data
     with pytest.raises(TypeError, match=r"The 'model' parameter of fit must be a torch.nn.Module. Got function"):
         fit(lambda x: x, (X, y), epochs=1)
     with pytest.raises(ValueError, match=r"target_sparsity needs a model sparsified by spred.sparsify"):
@@ -379,3 +381,20 @@ def test_fit_errors_on_model_and_data(make_net):
         evaluate(make_net(), (X, y), loss_fn=3)
     with pytest.raises(ValueError, match=r"The 'batch_size' parameter of evaluate must be an int >= 1. Got 0"):
         evaluate(make_net(), (X, y), batch_size=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_fit_on_cuda_with_controller_and_resume(tmp_path, data, make_net):
+    X, y = data
+    kw = quiet(device="cuda", target_sparsity=TargetSparsity(0.5, update_every=3), threshold=1e-3, val_data=(X, y))
+    full = fit(make_net(), (X, y), epochs=3, checkpoint_dir=tmp_path / "a", **kw)
+    fit(make_net(), (X, y), epochs=3, checkpoint_dir=tmp_path / "b", callbacks=[lambda s: s.epoch == 1], **kw)
+    state = load_checkpoint(checkpoint_path(tmp_path / "b"))
+    state["stopped"] = False  # pretend the run was killed after epoch 1
+    torch.save(state, checkpoint_path(tmp_path / "b"))
+    resumed = fit(make_net(), (X, y), epochs=3, checkpoint_dir=tmp_path / "b", resume=True, **kw)
+    assert next(resumed.model.parameters()).is_cuda
+    for (name, p), q in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        if isinstance(p, torch.Tensor):
+            torch.testing.assert_close(p, q, msg=name)
