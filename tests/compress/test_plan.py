@@ -124,6 +124,35 @@ def test_apply_plan_rejects_other_architectures(make):
         apply_plan(other, plan)
 
 
+def test_a_registered_slicer_lets_apply_plan_handle_a_new_layer_type():
+    from spred.compress import register_slicer
+    from spred.compress._plan import _SLICERS
+
+    class Scale(nn.Module):
+        def __init__(self, n):
+            super().__init__()
+            self.gain = nn.Parameter(torch.arange(float(n)))
+
+    class ScaleSlicer(LayerSlicer):
+        target = Scale
+
+        def out_size(self, layer):
+            return layer.gain.numel()
+
+        def keep_out(self, layer, keep):
+            layer.gain = nn.Parameter(layer.gain.detach()[keep])
+
+    try:
+        register_slicer(ScaleSlicer())
+        plan = PruningPlan(layers={"s": {"type": "Scale", "out_size": 4, "kept_out": [1, 3], "in_size": None, "kept_in": None}})
+        model = apply_plan(nn.ModuleDict({"s": Scale(4)}), plan)
+        torch.testing.assert_close(model["s"].gain.detach(), torch.tensor([1.0, 3.0]))
+    finally:
+        _SLICERS.pop(Scale, None)
+    with pytest.raises(TypeError, match=r"'slicer' parameter of register_slicer must be a LayerSlicer instance. Got type"):
+        register_slicer(ScaleSlicer)
+
+
 def test_slicer_subclass_must_declare_its_target():
     with pytest.raises(TypeError, match=r"Bad must set the class attribute 'target' to a subclass of torch.nn.Module"):
 

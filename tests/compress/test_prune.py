@@ -326,3 +326,31 @@ def test_warns_when_the_outputs_change(make, monkeypatch):
     with pytest.warns(RuntimeWarning, match=r"prune_channels changed the outputs on example_inputs by up to .* Check the plan"):
         _, plan = prune_channels(model, x)
     assert plan.max_abs_diff > 1e-3
+
+
+def test_conv1d_batchnorm1d_and_linear_on_sequences():
+    torch.manual_seed(0)
+
+    class Seq(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(4, 6, 3)  # padding 0
+            self.bn = nn.BatchNorm1d(6)
+            self.conv2 = nn.Conv1d(6, 5, 1)
+            self.proj = nn.Linear(5, 7)  # applied on (batch, time, channels)
+            self.head = nn.Linear(7, 2)
+
+        def forward(self, x):
+            h = self.conv2(torch.relu(self.bn(self.conv(x))))
+            return self.head(torch.relu(self.proj(h.transpose(1, 2)))).mean(1)
+
+    model = Seq().eval()
+    with torch.no_grad():
+        model.bn.running_mean.uniform_(-1, 1), model.bn.bias.uniform_(-1, 1)
+    zero(model.conv, [0, 4])
+    zero(model.proj, [1, 2, 6])
+    x = torch.randn(3, 4, 9)
+    pruned, plan = prune_channels(model, x)
+    assert (pruned.conv.out_channels, pruned.bn.num_features, pruned.conv2.in_channels) == (4, 4, 4)
+    assert (pruned.proj.out_features, pruned.head.in_features) == (4, 4)
+    assert_same_function(pruned, model, x)

@@ -215,6 +215,14 @@ def test_a_diverging_learning_rate_is_recorded_not_raised(tmp_path):
     assert math.isinf(summary[("spred", 100.0)]["median_error"])
     assert "diverged" in lasso.summary_table(results.summary, cfg)
     assert (tmp_path / "lasso.csv").is_file() and not (tmp_path / "lasso.png").exists()
+    # the saved results read back to the same config and rows (floats exactly)
+    cfg_back, rows_back, coefs_back = lasso.load_results(tmp_path)
+    assert cfg_back == cfg and len(coefs_back) == len(results.coef_rows)
+    for got, want in zip(rows_back, results.rows, strict=True):
+        assert got.keys() == want.keys()
+        for k in want:
+            same_nan = isinstance(want[k], float) and math.isnan(want[k]) and math.isnan(got[k])
+            assert same_nan or got[k] == want[k], (k, got[k], want[k])
 
 
 def test_train_stops_early_once_every_run_diverged():

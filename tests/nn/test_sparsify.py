@@ -190,3 +190,26 @@ def test_not_sparsified_errors():
         spred.factors(plain)
     with pytest.raises(ValueError, match=r"The 'threshold' parameter of collapse"):
         spred.collapse(spred.sparsify(plain, 0.1), threshold=-1)
+
+
+def test_penalty_in_loss_route_for_adamw():
+    model = spred.sparsify(nn.Linear(3, 1), 0.1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        groups = spred.param_groups(model, optimizer=torch.optim.AdamW, penalty_in_loss=True)
+        opt = torch.optim.AdamW(groups, lr=1e-3, weight_decay=0.01)
+        assert spred.check_optimizer(opt)
+    assert opt.param_groups[0]["weight_decay"] == 0.0 and opt.param_groups[0]["penalty_in_loss"]
+    spred.set_lam(model, 0.3, opt)
+    assert opt.param_groups[0]["weight_decay"] == 0.0 and opt.param_groups[0]["lam"] == 0.3
+    opt.param_groups[0]["weight_decay"] = 0.3
+    with pytest.warns(UserWarning, match="the penalty is applied twice"):
+        assert not spred.check_optimizer(opt)
+
+
+def test_collapse_under_no_grad_keeps_weights_as_parameters():
+    model = spred.sparsify(nn.Linear(3, 2), 0.1)
+    with torch.no_grad():
+        out = spred.collapse(model)
+    assert isinstance(out.weight, nn.Parameter) and "weight" in dict(out.named_parameters())
+    assert list(dict(out.named_parameters())) == ["weight", "bias"]

@@ -70,7 +70,23 @@ _SLICERS: dict[type[nn.Module], LayerSlicer] = {}
 
 
 def register_slicer(slicer: LayerSlicer) -> LayerSlicer:
-    """Register ``slicer`` for modules of type ``slicer.target`` (and subclasses)."""
+    """Register ``slicer`` for modules of type ``slicer.target`` (and its subclasses).
+
+    :func:`prune_channels` prunes only through modules that have a slicer, and
+    :func:`apply_plan` uses the same slicers to reshape a fresh model.
+
+    Parameters
+    ----------
+    slicer : LayerSlicer
+        An instance of a :class:`LayerSlicer` subclass.
+
+    Returns
+    -------
+    LayerSlicer
+        ``slicer``, so that it can be used as ``register_slicer(MySlicer())`` at import.
+    """
+    if not isinstance(slicer, LayerSlicer):
+        raise TypeError(f"The 'slicer' parameter of register_slicer must be a LayerSlicer instance. Got {type(slicer).__name__} instead.")
     _SLICERS[slicer.target] = slicer
     return slicer
 

@@ -89,7 +89,15 @@ class _CSRWeight(nn.Module):
 class SparseLinear(_CSRWeight):
     """``y = x W^T + b`` with ``W`` in CSR form; same outputs as the :class:`torch.nn.Linear` it came from.
 
-    Build it with :meth:`from_dense` (or :func:`to_sparse` for a whole model).
+    Build it with :meth:`from_dense` (or :func:`to_sparse` for a whole model); the
+    constructor makes an all-zero layer, e.g. to load a weights-only checkpoint into.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool, default=True
+    device, dtype : optional
+        Where and in which floating type the values live.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, device=None, dtype=None):
@@ -139,7 +147,11 @@ class SparseLinear(_CSRWeight):
 class SparseConv2d(_CSRWeight):
     """A 2-d convolution computed as ``W_csr @ unfold(x)``; same outputs as the :class:`torch.nn.Conv2d` it came from.
 
-    Only ``groups=1`` convolutions. Build it with :meth:`from_dense` (or :func:`to_sparse`).
+    Parameters
+    ----------
+    conv : nn.Conv2d
+        The dense convolution (``groups=1``; any stride, dilation, padding and
+        ``padding_mode``) whose weight and bias are copied.
     """
 
     def __init__(self, conv: nn.Conv2d):
@@ -291,7 +303,19 @@ def to_sparse(
 
 
 def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
-    """Inverse of :func:`to_sparse`: every :class:`SparseLinear` / :class:`SparseConv2d` back to a dense layer."""
+    """Inverse of :func:`to_sparse`: every :class:`SparseLinear` / :class:`SparseConv2d` back to a dense layer.
+
+    Parameters
+    ----------
+    model : nn.Module
+    inplace : bool, default=False
+        Convert ``model`` itself instead of a deep copy.
+
+    Returns
+    -------
+    nn.Module
+        The model with plain :class:`torch.nn.Linear` / :class:`torch.nn.Conv2d` layers.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"The 'model' parameter of to_dense must be a torch.nn.Module. Got {type(model).__name__} instead.")
     if not inplace:

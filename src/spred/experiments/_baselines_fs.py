@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import math
 import time
 import warnings
@@ -35,6 +36,18 @@ class Selection:
     y_pred: np.ndarray | None  # own test predictions (None: the method has no k-feature predictor)
     seconds: float
     shared: bool = False  # True: taken from the fit of a larger k (its time is counted there)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Keep spred.train.fit's per-epoch INFO lines out of the benchmark's output."""
+    log = logging.getLogger("spred")
+    level = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _from_ranking(order: np.ndarray, ks, seconds: float) -> dict[int, Selection]:
@@ -217,8 +230,9 @@ def _mlp_ranking(X, y, seed, cfg, l1: float) -> np.ndarray:
         return loss + l1 * first.abs().sum() if l1 > 0 else loss
 
     Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    fit(net, (Xt, yt), epochs=cfg.mlp_epochs, optimizer="adam", lr=cfg.mlp_lr, weight_decay=cfg.mlp_weight_decay,
-        loss_fn=loss_fn, batch_size=len(Xt), seed=seed, progress=False)  # fmt: skip
+    with _quiet():
+        fit(net, (Xt, yt), epochs=cfg.mlp_epochs, optimizer="adam", lr=cfg.mlp_lr, weight_decay=cfg.mlp_weight_decay,
+            loss_fn=loss_fn, batch_size=len(Xt), seed=seed, progress=False)  # fmt: skip
     norms = torch.linalg.vector_norm(first.detach(), dim=0).double().numpy()
     return np.argsort(-norms, kind="stable")
 

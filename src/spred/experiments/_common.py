@@ -32,6 +32,7 @@ __all__ = [
     "markdown_table",
     "num_threads",
     "prepare_out_dir",
+    "read_csv",
     "resolve_config",
     "torch_seed",
     "write_config",
@@ -125,6 +126,27 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequ
         for row in rows:
             writer.writerow({k: _csv_value(row[k]) for k in columns})
     return path
+
+
+def _parse(value: str) -> Any:
+    if value in ("True", "False"):
+        return value == "True"
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return value
+
+
+def read_csv(path: str | Path) -> list[dict[str, Any]]:
+    """Read a CSV written by :func:`write_csv` back into rows.
+
+    Values are parsed as bool (``True``/``False``), int, float (including ``nan`` and
+    ``inf``) or left as strings, in that order; an empty field stays ``""``.
+    """
+    with Path(path).open(newline="") as fh:
+        return [{k: _parse(v) for k, v in row.items()} for row in csv.DictReader(fh)]
 
 
 def _jsonable(value: Any) -> Any:

@@ -10,11 +10,14 @@ learning rates of the paper, for a fixed budget of full-batch steps. The baselin
 adds ``alpha*||v||_1`` to the loss and follows its subgradient with the same
 optimizers, learning rates and steps.
 
-Every alpha is an independent model, so all of them (and all seeds) train at once:
-one ``nn.Linear(p, n_seeds)`` per alpha, row ``s`` fitting seed ``s``'s response on
-the shared design, each sparsified with its own ``lam`` and given to the optimizer
-through ``spred.param_groups`` (one group per alpha). Rows never interact: the loss
-is a sum of per-row losses and SGD and Adam act coordinate-wise.
+Every (lr, alpha, seed) is an independent model, so all of them train at once: one
+``nn.Linear(p, n_seeds)`` per (lr, alpha), row ``s`` fitting seed ``s``'s response on
+the shared design, each sparsified with its own ``lam`` and handed to one optimizer
+through ``spred.param_groups`` (one group per alpha, its ``lr`` set per learning
+rate). Nothing couples the rows: the loss is a sum of per-row losses, SGD and Adam
+act coordinate-wise, and every run starts from the same default-initialised
+``nn.Linear`` weight, so each row is exactly the run of a lone ``nn.Linear(p, 1)``
+(a test checks this).
 
 Zeros. After training, ``spred.collapse(threshold=0)`` gives the weights; ``n_zero``
 counts exact zeros, ``n_zero_thr`` entries with ``|v| <= threshold``. With SGD a
@@ -51,6 +54,29 @@ from spred.experiments import _common
 
 logger = logging.getLogger("spred")
 
+__all__ = [
+    "Fit",
+    "LassoConfig",
+    "LassoProblem",
+    "LassoResults",
+    "QUICK",
+    "add_arguments",
+    "check_config",
+    "config_from_args",
+    "fit_l1",
+    "fit_spred",
+    "load_results",
+    "make_problem",
+    "orthogonal_design",
+    "plot_lr_sweep",
+    "plot_main",
+    "run",
+    "run_experiment",
+    "soft_threshold",
+    "summarise",
+    "summary_table",
+]
+
 NAME = "lasso"
 METHODS = ("spred", "l1")
 METHOD_LABELS = {"spred": "spred", "l1": "L1 in loss", "closed_form": "closed form"}
@@ -59,7 +85,8 @@ DTYPES = ("float64", "float32")
 _GRID_TOP = 1.05  # the alpha grid ends at 1.05 * alpha_max (the largest over seeds)
 CSV_COLUMNS = (
     "method", "optimizer", "lr", "alpha", "seed", "alpha_max", "alpha_ratio", "n_features", "n_steps",
-    "error", "n_zero", "n_zero_thr", "n_zero_true", "n_nonzero_true", "support_exact", "support_thr",
+    "error", "n_zero", "n_zero_thr", "n_zero_true", "n_nonzero_true", "n_zero_found", "n_zero_thr_found",
+    "support_exact", "support_thr",
     "kkt", "kkt_thr", "threshold", "margin", "smallest_coef", "diverged", "diverged_step",
 )  # fmt: skip
 
@@ -69,7 +96,7 @@ CSV_COLUMNS = (
 
 @dataclass(frozen=True)
 class LassoConfig:
-    """Settings of the Lasso experiment (defaults: the full run, about a minute on one core).
+    """Settings of the Lasso experiment (defaults: the full run, 1-2 minutes on one CPU core).
 
     Parameters
     ----------
@@ -118,7 +145,7 @@ class LassoConfig:
     optimizers: tuple[str, ...] = OPTIMIZERS
     lrs: tuple[float, ...] = (1.0, 0.1, 0.01, 0.001)
     main_lrs: Mapping[str, float] = field(default_factory=lambda: {"sgd": 1.0, "adam": 0.01})
-    n_steps: int = 4000
+    n_steps: int = 3000
     threshold: float = 1e-8
     seeds: tuple[int, ...] = (0, 1, 2)
     design_seed: int = 0
@@ -248,23 +275,55 @@ class LassoProblem:
 
 
 def orthogonal_design(n_samples: int, n_features: int, rng: np.random.Generator) -> np.ndarray:
-    """A random (n, p) design with ``X^T X / n = I`` exactly (up to rounding)."""
+    """A random (n, p) design with ``X^T X / n = I`` exactly (up to rounding).
+
+    Parameters
+    ----------
+    n_samples, n_features : int
+        ``n_samples >= n_features``.
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    X : ndarray of shape (n_samples, n_features)
+        ``sqrt(n) * Q`` for the Q factor of a Gaussian matrix.
+    """
     q, r = np.linalg.qr(rng.standard_normal((n_samples, n_features)))
     return q * np.sign(np.diag(r)) * math.sqrt(n_samples)
 
 
 def soft_threshold(z: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """The Lasso solution for an orthogonal design, for every alpha: shape ``alphas.shape + z.shape``.
+    """The Lasso solution for an orthogonal design, for every alpha.
 
     ``argmin_v (1/(2n))||y - Xv||^2 + alpha*||v||_1 = sign(z) * max(|z| - alpha, 0)``
     with ``z = X^T y / n`` when ``X^T X / n = I``.
+
+    Parameters
+    ----------
+    z : ndarray
+        ``X^T y / n`` (any shape, e.g. (n_seeds, p)).
+    alphas : array-like
+        Penalty strengths (any shape).
+
+    Returns
+    -------
+    ndarray of shape ``alphas.shape + z.shape``
     """
     a = np.asarray(alphas, dtype=float).reshape(np.shape(alphas) + (1,) * np.ndim(z))
     return np.sign(z) * np.maximum(np.abs(z) - a, 0.0)
 
 
 def make_problem(cfg: LassoConfig) -> LassoProblem:
-    """The design (from ``design_seed``), one sparse truth and noise per seed, and the alpha grid."""
+    """The design (from ``design_seed``), one sparse truth and noise per seed, and the alpha grid.
+
+    Parameters
+    ----------
+    cfg : LassoConfig
+
+    Returns
+    -------
+    LassoProblem
+    """
     X = orthogonal_design(cfg.n_samples, cfg.n_features, np.random.default_rng(cfg.design_seed))
     coefs, ys = [], []
     for seed in cfg.seeds:
@@ -362,6 +421,23 @@ def fit_spred(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_
     to that lr, and the result is ``spred.collapse(threshold=0)``. One optimizer holds
     every lr; since SGD and Adam update each tensor from its own gradient and state
     only, that is the same as one run per lr.
+
+    Parameters
+    ----------
+    problem : LassoProblem
+    optimizer : {"sgd", "adam"}
+    lrs : sequence of float
+        One run per learning rate.
+    n_steps : int
+        Full-batch steps.
+    dtype : torch.dtype, default=torch.float64
+    bar : object with ``update(n)``, optional
+        Progress bar, advanced once per step.
+
+    Returns
+    -------
+    list of Fit
+        One per learning rate, in the order of ``lrs``.
     """
     bar = bar if bar is not None else _NoBar()
     X = torch.as_tensor(problem.X, dtype=dtype)
@@ -403,6 +479,7 @@ def fit_l1(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_ste
     The same initial weights, optimizers, learning rates and steps as
     :func:`fit_spred`; autograd's (sub)gradient of the L1 term is ``alpha*sign(v)``.
     Per lr, all alphas and seeds are rows of one (n_alphas, n_seeds, p) parameter.
+    Parameters and returns as :func:`fit_spred`.
     """
     bar = bar if bar is not None else _NoBar()
     X = torch.as_tensor(problem.X, dtype=dtype)
@@ -480,6 +557,8 @@ def _rows_for(method: str, optimizer: str, lr: float, coefs: np.ndarray, diverge
                 "n_zero": int(zero.sum()),
                 "n_zero_thr": int(zero_thr.sum()),
                 "n_zero_true": int(zero_true.sum()),
+                "n_zero_found": int((zero & zero_true).sum()),
+                "n_zero_thr_found": int((zero_thr & zero_true).sum()),
                 "n_nonzero_true": int((~zero_true).sum()),
                 "support_exact": bool(np.array_equal(zero, zero_true)),
                 "support_thr": bool(np.array_equal(zero_thr, zero_true)),
@@ -523,8 +602,7 @@ def run_experiment(cfg: LassoConfig, out: str | Path | None = None, *, plot: boo
     ----------
     cfg : LassoConfig
     out : path, optional
-        Output folder, ``results/lasso`` by default; ``None`` with ``plot=False``
-        still writes there.
+        Output folder (created if needed); ``results/lasso`` when None.
     plot : bool, default=True
         Draw ``lasso.png`` and ``lasso_lr_sweep.png`` (needs matplotlib).
     progress : bool or None
@@ -577,6 +655,17 @@ def run_experiment(cfg: LassoConfig, out: str | Path | None = None, *, plot: boo
     return results
 
 
+def load_results(out: str | Path) -> tuple[LassoConfig, list[dict], list[dict]]:
+    """Read back what :func:`run_experiment` wrote under ``out``: (config, rows, coefficient rows).
+
+    Redraw the figures from saved results with
+    ``plot_main(rows, coef_rows, cfg, path)`` and ``plot_lr_sweep(rows, cfg, path)``.
+    """
+    out = Path(out)
+    cfg = check_config(_common.resolve_config(LassoConfig, config_file=out / "config.json"))
+    return cfg, _common.read_csv(out / "lasso.csv"), _common.read_csv(out / "lasso_coefs.csv")
+
+
 # --------------------------------------------------------------------------- summary
 
 
@@ -609,8 +698,8 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
             "error_max_seed": float(np.max(per_seed)),
             "support_exact": float(np.mean([r["support_exact"] for r in group])),
             "support_thr": float(np.mean([r["support_thr"] for r in group])),
-            "zero_frac_exact": _zero_fraction(group, "n_zero"),
-            "zero_frac_thr": _zero_fraction(group, "n_zero_thr"),
+            "zero_frac_exact": _zero_fraction(group, "n_zero_found"),
+            "zero_frac_thr": _zero_fraction(group, "n_zero_thr_found"),
             "median_kkt_thr": float(np.median(kkt)) if kkt else math.nan,
             "diverged": int(sum(r["diverged"] for r in group)),
         })  # fmt: skip
@@ -618,9 +707,9 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
 
 
 def _zero_fraction(group: Sequence[Mapping], column: str) -> float:
-    """Zeros found over zeros of the closed form, pooled over the group (1.0: all found)."""
+    """Zeros of the closed form that the run also has, pooled over the group (1.0: all found)."""
     true = sum(r["n_zero_true"] for r in group)
-    return sum(min(r[column], r["n_zero_true"]) for r in group) / true if true else math.nan
+    return sum(r[column] for r in group) / true if true else math.nan
 
 
 def _key(row: Mapping) -> tuple:
@@ -638,21 +727,26 @@ def _fmt(x: float) -> str:
 
 def summary_table(summary: Sequence[Mapping], cfg: LassoConfig) -> str:
     """The markdown table printed at the end of ``spred run lasso``."""
+    tau = f"{cfg.threshold:g}"
     columns = [
         ("method", lambda r: METHOD_LABELS[r["method"]]),
         ("optimizer", lambda r: r["optimizer"] or "-"),
         ("lr", lambda r: "-" if math.isnan(r["lr"]) else f"{r['lr']:g}"),
-        ("median max\\|v - v*\\| [seed range]", lambda r: f"{_fmt(r['median_error'])} [{_fmt(r['error_min_seed'])}, {_fmt(r['error_max_seed'])}]"),
-        ("exact support", lambda r: f"{100 * r['support_exact']:.0f}%"),
-        (f"support at \\|v\\| <= {cfg.threshold:g}", lambda r: f"{100 * r['support_thr']:.0f}%"),
-        ("zeros found (exact)", lambda r: f"{100 * r['zero_frac_exact']:.0f}%"),
-        ("median KKT/alpha", lambda r: _fmt(r["median_kkt_thr"])),
+        ("max\\|v - v*\\| [seed range]", lambda r: f"{_fmt(r['median_error'])} [{_fmt(r['error_min_seed'])}, {_fmt(r['error_max_seed'])}]"),
+        ("support, exact zeros", lambda r: f"{100 * r['support_exact']:.0f}%"),
+        (f"support, \\|v\\| <= {tau}", lambda r: f"{100 * r['support_thr']:.0f}%"),
+        ("zeros found, exact", lambda r: f"{100 * r['zero_frac_exact']:.0f}%"),
+        (f"zeros found, \\|v\\| <= {tau}", lambda r: f"{100 * r['zero_frac_thr']:.0f}%"),
+        ("KKT/alpha", lambda r: _fmt(r["median_kkt_thr"])),
         ("diverged", lambda r: f"{r['diverged']}/{r['runs']}"),
     ]
     head = (
-        f"Lasso, orthogonal design n={cfg.n_samples}, p={cfg.n_features}, {cfg.n_alphas} alphas x {len(cfg.seeds)} seeds, "
-        f"{cfg.n_steps} full-batch steps, {cfg.dtype}. Support: the zero pattern equals the closed form's "
-        f"(fraction of alpha x seed runs). KKT at threshold {cfg.threshold:g}."
+        f"Lasso, orthogonal design n={cfg.n_samples}, p={cfg.n_features}: {cfg.n_alphas} alphas x {len(cfg.seeds)} seed(s), "
+        f"{cfg.n_steps} full-batch steps, {cfg.dtype}.\n"
+        "max|v - v*|: median over alphas (seed median [min, max]; diverged runs count as infinite). "
+        "support: fraction of (alpha, seed) runs whose zero pattern is the closed form's. "
+        "zeros found: closed-form zeros the run also has. "
+        f"KKT/alpha: median of spred.kkt_residual(threshold={tau}).relative."
     )
     return head + "\n\n" + _common.markdown_table(summary, columns)
 
@@ -736,7 +830,7 @@ def plot_main(rows: Sequence[Mapping], coef_rows: Sequence[Mapping], cfg: LassoC
     ax_coef.legend(loc="upper right", fontsize=8)
     # (b) zeros
     a, med, _, _ = _by_alpha(_select(rows, "closed_form"), lambda r: r["n_zero_true"])
-    ax_zero.plot(a, med, color="black", lw=2.5, label="closed form", zorder=3)
+    ax_zero.plot(a, med, color="black", lw=3.0, alpha=0.8, label="closed form", zorder=1)
     for method in cfg.methods:
         for opt in cfg.optimizers:
             sel = _select(rows, method, opt, cfg.main_lrs[opt])
@@ -783,14 +877,14 @@ def plot_lr_sweep(rows: Sequence[Mapping], cfg: LassoConfig, path: str | Path) -
 
     combos = [(m, o) for m in cfg.methods for o in cfg.optimizers]
     fig = Figure(figsize=(4.2 * len(combos), 7.6))
-    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.9, wspace=0.25, hspace=0.22)
+    fig.subplots_adjust(left=0.06, right=0.99, bottom=0.07, top=0.88, wspace=0.25, hspace=0.22)
     axes = np.asarray(fig.subplots(2, len(combos), squeeze=False))
     palette = ("tab:red", "tab:green", "tab:blue", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
     colors = dict(zip(sorted(cfg.lrs, reverse=True), palette * 4))
     a_true, n_true, _, _ = _by_alpha(_select(rows, "closed_form"), lambda r: r["n_zero_true"])
     for col, (method, opt) in enumerate(combos):
         ax_err, ax_zero = axes[0, col], axes[1, col]
-        ax_zero.plot(a_true, n_true, color="black", lw=2.5, zorder=3)
+        ax_zero.plot(a_true, n_true, color="black", lw=3.0, alpha=0.8, zorder=1)
         notes = []
         for lr in cfg.lrs:
             sel = _select(rows, method, opt, lr)
@@ -809,14 +903,18 @@ def plot_lr_sweep(rows: Sequence[Mapping], cfg: LassoConfig, path: str | Path) -
         ax_err.set(xscale="log", yscale="log", title=_label(method, opt))
         ax_zero.set(xscale="log", xlabel="alpha")
     _no_minor_labels(*axes.flat)
-    axes[0, 0].legend(fontsize=8, loc="upper left", title="learning rate", title_fontsize=8)
-    axes[1, 0].plot([], [], color="black", lw=2.5, label="closed form")
-    axes[1, 0].plot([], [], color="0.3", marker="o", ms=3, label="exact zeros")
-    axes[1, 0].plot([], [], color="0.3", ls="--", label=f"|v| <= {cfg.threshold:g}")
-    axes[1, 0].legend(fontsize=8, loc="upper left")
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[lr], marker="o", ms=3, label=f"lr={lr:g}") for lr in cfg.lrs]
+    handles += [
+        Line2D([], [], color="black", lw=3.0, alpha=0.8, label="closed form"),
+        Line2D([], [], color="0.3", marker="o", ms=3, label="exact zeros"),
+        Line2D([], [], color="0.3", ls="--", label=f"|v| <= {cfg.threshold:g}"),
+    ]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=len(handles), fontsize=8.5, frameon=False)
     axes[0, 0].set_ylabel("max |v - v*|  (median over seeds)")
     axes[1, 0].set_ylabel(f"zero coefficients of {cfg.n_features}")
-    fig.suptitle(f"Learning-rate sweep: {cfg.n_steps} full-batch steps, {cfg.dtype}, {len(cfg.seeds)} seed(s)", fontsize=12)
+    fig.suptitle(f"Learning-rate sweep: {cfg.n_steps} full-batch steps, {cfg.dtype}, {len(cfg.seeds)} seed(s)", fontsize=12, y=0.99)
     path = Path(path)
     fig.savefig(path, dpi=100)
     return path
@@ -843,7 +941,7 @@ def _parse_main_lrs(items: Sequence[str] | None) -> dict[str, float] | None:
 def add_arguments(parser) -> None:
     """Options of ``spred run lasso``."""
     _common.add_common_arguments(parser, NAME)
-    parser.add_argument("--steps", dest="n_steps", type=int, default=None, help="full-batch steps per run (default 4000)")
+    parser.add_argument("--steps", dest="n_steps", type=int, default=None, help="full-batch steps per run (default 3000)")
     parser.add_argument("--n-alphas", type=int, default=None, help="size of the alpha grid (default 20)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates (default 1 0.1 0.01 0.001)")
     parser.add_argument("--main-lrs", nargs="+", default=None, metavar="OPT=LR", help="learning rates of the main figure (default sgd=1 adam=0.01)")

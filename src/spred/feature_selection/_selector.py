@@ -20,6 +20,7 @@ Every network is trained by :func:`spred.train.fit`, the one training loop of sp
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -250,6 +251,19 @@ def _run_stage(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: t
                 f"SpredSelector: the training loss is {float(loss)} at epoch {epoch + 1} of a path stage. "
                 f"Lower lr (lr={lr:g}) or standardise the features (standardize=True)."
             )
+
+
+@contextlib.contextmanager
+def _quiet(verbose: int):
+    """Silence :func:`spred.train.fit`'s per-epoch INFO lines unless ``verbose > 1``."""
+    log = logging.getLogger("spred")
+    level = log.level
+    if verbose <= 1:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _make_loss(kind: str):
@@ -1059,12 +1073,13 @@ class SpredSelector(SelectorMixin, BaseEstimator):
                 compact.bias.copy_(full.bias)
         root = _swap_layer(net, name, compact)
         val_c = None if val is None else (val[0][:, support], val[1])
-        _train(
-            root, (X_t[:, support], Y_t), epochs=int(self.refit_iter), optimizer="adam", lr=float(self.lr),
-            weight_decay=float(self.weight_decay), loss_fn=loss_fn, batch_size=self.batch_size or min(len(X_t), 256),
-            val_data=val_c, early_stopping=int(self.n_iter_no_change) if val_c is not None else None, seed=seed,
-            device=device, progress=False,
-        )  # fmt: skip
+        with _quiet(self.verbose):
+            _train(
+                root, (X_t[:, support], Y_t), epochs=int(self.refit_iter), optimizer="adam", lr=float(self.lr),
+                weight_decay=float(self.weight_decay), loss_fn=loss_fn, batch_size=self.batch_size or min(len(X_t), 256),
+                val_data=val_c, early_stopping=int(self.n_iter_no_change) if val_c is not None else None, seed=seed,
+                device=device, progress=False,
+            )  # fmt: skip
         self.n_iter_ = getattr(self, "n_iter_", 0) + int(self.refit_iter)
         root.cpu()
         with torch.no_grad():

@@ -97,10 +97,12 @@ class SolverResult:
 # --------------------------------------------------------------------------------------
 # L-BFGS (two-loop recursion, Armijo backtracking with quadratic interpolation)
 # --------------------------------------------------------------------------------------
-def _lbfgs(fun, x, max_iter, *, memory=10, callback=None, gtol=0.0):
+def _lbfgs(fun, x, max_iter, *, memory=10, callback=None, gtol=0.0, precond=None):
     """Minimise a smooth function with L-BFGS.
 
-    ``fun(x)`` returns ``(f, grad)``. ``callback(it, x, f, g)`` is called after every
+    ``fun(x)`` returns ``(f, grad)``. ``precond(x)``, if given, returns a positive
+    diagonal approximation of the inverse Hessian used as the initial matrix of the
+    two-loop recursion (rescaled by the usual ``s'y / y'Dy`` factor). ``callback(it, x, f, g)`` is called after every
     iteration; returning True stops. Returns ``(x, f, g, n_iter, status)``.
     """
     f, g = fun(x)
@@ -120,8 +122,15 @@ def _lbfgs(fun, x, max_iter, *, memory=10, callback=None, gtol=0.0):
         if gnorm <= gtol:
             status = "gtol"
             break
+        D = precond(x) if precond is not None else None
         if n_mem == 0:
-            d = -g / max(np.linalg.norm(g), 1e-300)
+            if D is None:
+                d = -g / max(np.linalg.norm(g), 1e-300)
+            else:
+                d = -D * g
+                dn = np.abs(d).max()
+                if dn > 0:
+                    d *= min(1.0, 1.0 / dn)
         else:
             q = g.copy()
             order = [(head - 1 - i) % memory for i in range(n_mem)]
@@ -130,7 +139,10 @@ def _lbfgs(fun, x, max_iter, *, memory=10, callback=None, gtol=0.0):
                 alpha_buf[k] = a
                 q -= a * Y[i]
             last = order[0]
-            q *= (S[last] @ Y[last]) / (Y[last] @ Y[last])
+            if D is None:
+                q *= (S[last] @ Y[last]) / (Y[last] @ Y[last])
+            else:
+                q *= D * ((S[last] @ Y[last]) / (Y[last] @ (D * Y[last])))
             for k in range(n_mem - 1, -1, -1):
                 i = order[k]
                 beta = rho[i] * (Y[i] @ q)
@@ -196,8 +208,8 @@ class _QuadraticGramSub:
     quadratic = True
     nb = 0
 
-    def __init__(self, G, c, const):
-        self.G, self.c, self.const = G, c, const
+    def __init__(self, G, c, const, n):
+        self.G, self.c, self.const, self.n = G, c, const, n
 
     def fg(self, v, b):
         Gv = self.G @ v
@@ -208,6 +220,9 @@ class _QuadraticGramSub:
 
     def curvature(self):
         return np.diag(self.G).copy()
+
+    def curvature_intercept(self):
+        return 1.0
 
 
 class _QuadraticMatrixSub:
@@ -232,6 +247,9 @@ class _QuadraticMatrixSub:
 
     def curvature(self):
         return np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n
+
+    def curvature_intercept(self):
+        return 1.0
 
 
 class _LogisticSub:
@@ -266,6 +284,9 @@ class _LogisticSub:
 
     def curvature(self):
         return 0.25 * np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n
+
+    def curvature_intercept(self):
+        return 0.25
 
 
 class _MultinomialSub:
@@ -307,6 +328,9 @@ class _MultinomialSub:
 
     def curvature(self):
         return np.repeat(0.5 * np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n, self.K)
+
+    def curvature_intercept(self):
+        return 0.5
 
 
 # --------------------------------------------------------------------------------------
@@ -403,7 +427,7 @@ class QuadraticDatafit:
         k = feats.size
         if k <= self.n:
             G = self._gram_block(feats)
-            return _QuadraticGramSub(G, self.Xty()[feats], 0.5 * (self.y @ self.y) / self.n)
+            return _QuadraticGramSub(G, self.Xty()[feats], 0.5 * (self.y @ self.y) / self.n, self.n)
         return _QuadraticMatrixSub(self._centred_cols(feats), self.y,
                                    gram=lambda A: self._gram_block(feats[A]))
 
@@ -623,24 +647,39 @@ class _L1Sub:
                 grad[2 * m:] = gb
             return f + 0.5 * alpha * (u @ u + w @ w), grad
 
-        return fun
+        curv = sub.curvature()
+        cb = sub.curvature_intercept()
+
+        def precond(x):
+            u, w = x[:m], x[m:2 * m]
+            D = np.empty_like(x)
+            D[:m] = 1.0 / (curv * w * w + alpha + 1e-300)
+            D[m:2 * m] = 1.0 / (curv * u * u + alpha + 1e-300)
+            if nb:
+                D[2 * m:] = 1.0 / cb
+            return D
+
+        return fun, precond
 
     def value(self, v):
         return self.alpha * np.abs(v).sum()
 
-    def polish(self, sub, v, b, tol_abs, max_rounds=25, max_newton=50, threshold=1e-6):
+    def polish(self, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=1e-6):
         """Exact solve on the support of the rounded spred iterate (active-set Newton).
 
         The spred iterate ``v`` is rounded to its support ``A`` (``|v| > threshold *
         max|v|``) and signs ``theta``; then ``f(v_A, b) + alpha theta' v_A`` is
-        minimised by Newton steps (one linear solve for the squared loss). A
-        coefficient whose sign would flip is set to zero and leaves ``A``; after
+        minimised by Newton steps (one linear solve for the squared loss). The
+        coefficients whose sign would flip are set to zero and leave ``A``; after
         convergence, zero coefficients violating ``|grad_j| <= alpha`` enter ``A``
-        with sign ``-sign(grad_j)``. Success is certified by the KKT conditions on
+        with sign ``-sign(grad_j)`` (an entry that then flips at once is not added
+        again). The work is bounded; success is certified by the KKT conditions on
         the working set (``max violation <= tol_abs``), so zeros are exact.
         Returns ``(v, b, ok)``.
         """
         alpha, nb = self.alpha, sub.nb
+        if max_solves is None:
+            max_solves = 8 if sub.quadratic else 20
         v = v.copy()
         b = None if b is None else b.copy()
         vmax = np.abs(v).max() if v.size else 0.0
@@ -648,12 +687,17 @@ class _L1Sub:
         keep = np.zeros(v.size, bool)
         keep[A] = True
         v[~keep] = 0.0
+        if A.size > max(sub.n, 200):
+            return v, b, False  # more active entries than samples: not identified yet
         theta = np.sign(v[A])
         tiny = max(1e-3 * tol_abs, 1e-14 * max(alpha, 1e-300))
+        banned = np.zeros(v.size, bool)
+        fresh = np.zeros(v.size, bool)  # added from the KKT check, still at zero
         f, gv, gb = sub.fg(v, b)
+        solves = 0
         for _ in range(max_rounds):
             converged = False
-            for _newton in range(max_newton):
+            while solves < max_solves:
                 rhs = gv[A] + alpha * theta
                 if nb:
                     rhs = np.concatenate([rhs, gb])
@@ -661,15 +705,29 @@ class _L1Sub:
                     converged = True
                     break
                 d = -_solve_psd(sub.hess(A, v, b), rhs)
+                solves += 1
                 dA = d[: A.size]
                 vA = v[A]
                 flipped = theta * (vA + dA) < 0
                 if flipped.any():
-                    # sign-inconsistent: these coefficients are zero on this support
-                    v[A[flipped]] = 0.0
-                    A, theta = A[~flipped], theta[~flipped]
+                    # Sign-inconsistent: step towards the Newton point up to the first
+                    # sign change (a descent step, as in feature-sign search) and drop
+                    # the coefficients that cross first (within a factor 10).
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        t_cross = np.where(flipped, -vA / dA, np.inf)
+                    t_min = t_cross.min()
+                    out_mask = t_cross <= 10.0 * t_min + 1e-15
+                    step = t_min if t_min > 0 else 0.0
+                    v[A] = vA + step * dA
+                    if nb:
+                        b = b + step * d[A.size:]
+                    out = A[out_mask]
+                    banned[out[fresh[out]]] = True
+                    v[out] = 0.0
+                    A, theta = A[~out_mask], theta[~out_mask]
                     f, gv, gb = sub.fg(v, b)
                     continue
+                fresh[A] = False
                 t = 1.0
                 if not sub.quadratic:
                     F0 = f + alpha * (theta @ vA)
@@ -688,17 +746,22 @@ class _L1Sub:
                 if t <= 1e-10:
                     break
             if not converged:
-                return v, b, False
+                break
             viol = np.abs(gv) - alpha
             viol[A] = -np.inf
+            viol[banned] = -np.inf
             add = np.flatnonzero(viol > tiny)
             if add.size == 0:
-                return v, b, True
+                break
+            fresh[add] = True
             A = np.concatenate([A, add])
             theta = np.concatenate([theta, -np.sign(gv[add])])
-        viol = np.abs(gv) - alpha
-        viol[A] = -np.inf
-        return v, b, bool(viol.size == 0 or viol.max() <= tol_abs)
+        # certificate: KKT on the whole working set
+        viol = np.where(v != 0, np.abs(gv + alpha * np.sign(v)), np.abs(gv) - alpha)
+        worst = viol.max() if viol.size else 0.0
+        if nb:
+            worst = max(worst, np.abs(gb).max())
+        return v, b, bool(worst <= tol_abs)
 
 
 class _GroupSub:
@@ -743,7 +806,19 @@ class _GroupSub:
                 grad[ng + m:] = gb
             return f + 0.5 * (ag @ (s * s) + (arep * w) @ w), grad
 
-        return fun
+        curv = sub.curvature()
+        cb = sub.curvature_intercept()
+
+        def precond(x):
+            s, w = x[:ng], x[ng:ng + m]
+            D = np.empty_like(x)
+            D[:ng] = 1.0 / (np.add.reduceat(curv * w * w, starts) + ag + 1e-300)
+            D[ng:ng + m] = 1.0 / (curv * s[rep] ** 2 + arep + 1e-300)
+            if nb:
+                D[ng + m:] = 1.0 / cb
+            return D
+
+        return fun, precond
 
     def value(self, v):
         return self.alpha_g @ self.norms(v)
@@ -820,7 +895,7 @@ def _kkt(datafit, penalty, v, b):
 def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
     """Spred L-BFGS on a working set, with periodic polishing. Returns v, b, it, ok."""
     x0 = pen_sub.to_factors(v0, b0, c0)
-    fun = pen_sub.objective(sub)
+    fun, precond = pen_sub.objective(sub)
     nb = sub.nb
     found = {}
     state = {"next": check_every}
@@ -828,7 +903,7 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
     def callback(it, x, f, g):
         if it < state["next"]:
             return False
-        state["next"] = it + max(check_every, it // 2) if not sub.quadratic else it + check_every
+        state["next"] = it + max(check_every, it // 2)
         v, b = pen_sub.to_v(x, nb)
         v2, b2, ok = pen_sub.polish(sub, v, b, tol_abs)
         if ok:
@@ -836,7 +911,7 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
             return True
         return False
 
-    x, f, g, it, status = _lbfgs(fun, x0, max_iter, callback=callback)
+    x, f, g, it, status = _lbfgs(fun, x0, max_iter, callback=callback, precond=precond)
     if "vb" in found:
         v, b = found["vb"]
         return v, b, it, True, status
@@ -903,17 +978,15 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
         supp = penalty.support_units(v)
         n_supp = int(supp.sum())
         ws_size = min(penalty.n_units, max(ws_size, 2 * n_supp, p0))
+        # working set: the support plus the largest KKT violators (at least p0 units)
         score = penalty.score(g)
         score[supp] = np.inf
-        if score.size > ws_size:
-            units = np.argpartition(-score, ws_size - 1)[:ws_size]
+        n_cand = max(int(np.count_nonzero((viol > tol_abs) | supp)), min(p0, score.size))
+        k = min(ws_size, n_cand)
+        if score.size > k:
+            units = np.sort(np.argpartition(-score, k - 1)[:k])
         else:
             units = np.arange(score.size)
-        units = np.sort(units)
-        # make sure the worst violators are in the working set
-        worst = np.argsort(-viol)[: max(1, min(10, ws_size // 4))]
-        worst = worst[viol[worst] > tol_abs]
-        units = np.union1d(units, worst)
         feats = penalty.unit_features(units)
         entries = penalty.unit_entries(units)
         sub = datafit.subproblem(feats)

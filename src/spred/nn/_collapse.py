@@ -63,7 +63,8 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
         if len(t.module.parametrizations[t.tensor_name]) != 1:
             raise ValueError(f"'{t.name}' carries other parametrizations besides spred; remove them before collapse.")
         spred = t.spred
-        parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
+        with torch.enable_grad():  # under no_grad torch would re-register the weight as a buffer
+            parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
         _restore_position(t.module._parameters, t.tensor_name, getattr(spred, "position", 0))
         weight = getattr(t.module, t.tensor_name)
         with torch.no_grad():

@@ -218,7 +218,7 @@ def _is_decoupled(optimizer) -> bool:
     return any(c.__name__ in _DECOUPLED for c in cls.__mro__)
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None) -> list[dict]:
+def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None, penalty_in_loss: bool = False) -> list[dict]:
     """Optimizer parameter groups that turn weight decay into the spred penalty.
 
     Every spred factor gets its tensor's ``lam`` as weight decay; every other
@@ -233,12 +233,13 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None)
 
     ``AdamW`` (and ``Adam(decoupled_weight_decay=True)``) decays *decoupled* from the
     gradient: it still sparsifies but is not L1 with strength ``lam``. For such
-    optimizers set the spred groups' decay to 0 and add :func:`penalty` to the loss;
-    pass ``optimizer=torch.optim.AdamW`` here to be warned, and see
-    :func:`check_optimizer`.
+    optimizers pass ``penalty_in_loss=True`` (the spred groups get weight decay 0)
+    and add :func:`penalty` to the loss. Passing ``optimizer=torch.optim.AdamW``
+    without it warns; see also :func:`check_optimizer`.
 
     Each group carries the extra keys ``"spred"`` (bool) and, for spred groups,
-    ``"lam"`` and ``"names"``, which :func:`set_lam` and the training loop use.
+    ``"lam"``, ``"names"`` and ``"penalty_in_loss"``, which :func:`set_lam` and the
+    training loop use.
 
     Examples
     --------
@@ -249,18 +250,21 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None)
     [0.001, 0.0]
     """
     weight_decay = _check_lam(weight_decay, "param_groups", "weight_decay")
-    if optimizer is not None and _is_decoupled(optimizer):
+    if optimizer is not None and _is_decoupled(optimizer) and not penalty_in_loss:
         warnings.warn(
             f"{getattr(optimizer, '__name__', type(optimizer).__name__)} decays weights decoupled from the gradient, "
             "so the spred factors would not solve the L1 problem with strength lam. Use SGD, Adam or Adagrad, or "
-            "give the spred groups weight_decay=0 and add spred.penalty(model) to the loss.",
+            "pass penalty_in_loss=True and add spred.penalty(model) to the loss.",
             UserWarning,
             stacklevel=2,
         )
     by_lam: dict[float, dict] = {}
     spred_ids = set()
     for t in _require(model, "param_groups"):
-        group = by_lam.setdefault(t.spred.lam, {"params": [], "weight_decay": t.spred.lam, "lam": t.spred.lam, "names": [], "spred": True})
+        group = by_lam.setdefault(
+            t.spred.lam,
+            {"params": [], "weight_decay": 0.0 if penalty_in_loss else t.spred.lam, "lam": t.spred.lam, "names": [], "spred": True, "penalty_in_loss": bool(penalty_in_loss)},
+        )
         group["params"].extend(t.factors)
         group["names"].append(t.name)
         spred_ids.update(id(f) for f in t.factors)
@@ -282,11 +286,21 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
         if not group.get("spred"):
             continue
         decoupled = _is_decoupled(optimizer) or bool(group.get("decoupled_weight_decay", False))
+        if group.get("penalty_in_loss"):
+            if group.get("weight_decay", 0.0) != 0:
+                warnings.warn(
+                    f"spred group {group.get('names')} has penalty_in_loss=True but weight_decay={group['weight_decay']}: "
+                    "the penalty is applied twice. Set its weight_decay to 0.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                ok = False
+            continue
         if decoupled and group.get("weight_decay", 0.0) > 0:
             warnings.warn(
                 f"{type(optimizer).__name__} applies weight decay decoupled from the gradient: the spred factors "
                 "are sparsified, but not by L1 with strength lam. For the L1 problem use SGD, Adam or Adagrad, or "
-                "set the spred groups' weight_decay to 0 and add spred.penalty(model) to the loss.",
+                "build the groups with spred.param_groups(model, penalty_in_loss=True) and add spred.penalty(model) to the loss.",
                 UserWarning,
                 stacklevel=2,
             )
@@ -315,8 +329,9 @@ def set_lam(model: nn.Module, lam: float | Mapping[str, float], optimizer: torch
     """Change ``lam`` on the model (saved with its state_dict) and, if given, in the optimizer.
 
     A float sets every tensor; a mapping sets tensors by name or glob. The optimizer's
-    spred groups (from :func:`param_groups`) get the new value as weight decay; a
-    group holding tensors that now differ in lam is an error (rebuild the optimizer).
+    spred groups (from :func:`param_groups`) get the new value as weight decay (or
+    keep weight decay 0 when built with ``penalty_in_loss=True``); a group holding
+    tensors that now differ in lam is an error (rebuild the optimizer).
     """
     tensors = _require(model, "set_lam")
     for t in tensors:
@@ -336,4 +351,6 @@ def set_lam(model: nn.Module, lam: float | Mapping[str, float], optimizer: torch
         values = {current[n] for n in group["names"]}
         if len(values) != 1:
             raise ValueError(f"optimizer group with {group['names']} now mixes lam values {sorted(values)}; rebuild it with spred.param_groups.")
-        group["lam"] = group["weight_decay"] = values.pop()
+        group["lam"] = values.pop()
+        if not group.get("penalty_in_loss"):
+            group["weight_decay"] = group["lam"]

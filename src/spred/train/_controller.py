@@ -95,7 +95,9 @@ class TargetSparsity:
     lam_bounds : (float, float), default=(1e-12, 1e3)
         The mean lam stays in this interval.
     threshold : float, optional
-        ``|v| <= threshold`` counts as zero; must be > 0. Default: ``fit``'s ``threshold``.
+        ``|v| <= threshold`` counts as zero; must be > 0. Default: ``fit``'s
+        ``threshold`` (which the history's ``sparsity`` always uses: pass the threshold
+        to ``fit`` to have one number for both).
     horizon_epochs : float, optional
         How far ahead the prediction looks. Default: to the end of training.
     trend_decay : float, default=0.9
@@ -236,11 +238,7 @@ class SparsityController:
         """Write the current lam into the model and the optimizer's spred groups."""
         lam = self.lam()
         values = set(lam.values())
-        set_lam(model, values.pop() if len(values) == 1 else lam, optimizer)
-        if penalty_in_loss and optimizer is not None:
-            for group in optimizer.param_groups:
-                if group.get("spred"):
-                    group["weight_decay"] = 0.0  # the penalty is in the loss (decoupled optimizers)
+        set_lam(model, values.pop() if len(values) == 1 else lam, optimizer)  # keeps penalty_in_loss groups at decay 0
 
     # ---------------------------------------------------------------- measurement
     @torch.no_grad()
@@ -283,6 +281,10 @@ class SparsityController:
         self.log_scale = self.config.update(self.log_scale, self.sparsity, self.wanted(step), self.predicted, wanted_ahead, self.max_step)
         self._clip()
         self.apply(model, optimizer, penalty_in_loss)
+        logger.debug(
+            "step %d: sparsity %.4f (wanted %.4f), predicted %.4f (wanted %.4f), lam x%.4g",
+            step, self.sparsity, self.wanted(step), self.predicted, wanted_ahead, math.exp(self.log_scale),
+        )
 
     # ---------------------------------------------------------------- checkpoint
     def state_dict(self) -> dict:

@@ -23,7 +23,8 @@ class TensorBatches:
 
     With ``shuffle``, each epoch draws one ``torch.randperm`` from the generator it is
     given: no DataLoader, no collation, and the order is reproducible from the
-    generator's state.
+    generator's state. A single full batch is not shuffled (the mean loss does not
+    depend on the order).
     """
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, shuffle: bool):
@@ -35,7 +36,7 @@ class TensorBatches:
         return math.ceil(self.n / self.batch_size)
 
     def epoch(self, generator: torch.Generator | None = None, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        if self.shuffle:
+        if self.shuffle and self.batch_size < self.n:
             order = torch.randperm(self.n, generator=generator).to(self.device)
             for start in range(0, self.n, self.batch_size):
                 idx = order[start : start + self.batch_size]

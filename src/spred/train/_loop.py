@@ -117,14 +117,14 @@ def _check_float(value, name: str, lo: float, hi: float = math.inf, *, lo_open: 
     return float(value)
 
 
-def _resolve_device(device, model: nn.Module) -> torch.device:
+def _resolve_device(device, model: nn.Module, who: str = "fit") -> torch.device:
     if device is None:
         param = next(model.parameters(), None)
         return param.device if param is not None else torch.device("cpu")
     try:
         return torch.device(device)
     except (TypeError, RuntimeError) as exc:
-        raise ValueError(f"The 'device' parameter of fit must be a torch.device or a string such as 'cpu' or 'cuda:0'. Got {device!r} instead.") from exc
+        raise ValueError(f"The 'device' parameter of {who} must be a torch.device or a string such as 'cpu' or 'cuda:0'. Got {device!r} instead.") from exc
 
 
 # --------------------------------------------------------------------------- optimizer
@@ -179,7 +179,7 @@ def build_optimizer(
         spred_groups = [g for g in optimizer.param_groups if g.get("spred")]
         if spred_groups:
             check_optimizer(optimizer)
-        add = bool(spred_groups) and _decoupled(optimizer) and all(g.get("weight_decay", 0.0) == 0 for g in spred_groups)
+        add = bool(spred_groups) and all(g.get("penalty_in_loss") or (_decoupled(optimizer) and g.get("weight_decay", 0.0) == 0) for g in spred_groups)
         return optimizer, add
     if isinstance(optimizer, str):
         cls = OPTIMIZERS.get(optimizer.lower())
@@ -189,15 +189,11 @@ def build_optimizer(
         cls = optimizer
     else:
         raise TypeError(f"The 'optimizer' parameter of fit must be one of {sorted(OPTIMIZERS)}, a torch.optim.Optimizer class or instance. Got {optimizer!r} of type {type(optimizer).__name__} instead.")
+    add = sparsified and _decoupled(cls)  # decoupled decay is not L1: the penalty goes into the loss
     if sparsified:
-        groups = param_groups(model, weight_decay)
+        groups = param_groups(model, weight_decay, penalty_in_loss=add)
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay, "spred": False}]
-    add = sparsified and _decoupled(cls)
-    if add:
-        for group in groups:
-            if group["spred"]:
-                group["weight_decay"] = 0.0
     kwargs = {"lr": lr, "momentum": momentum} if issubclass(cls, torch.optim.SGD) else {"lr": lr}
     return cls(groups, **kwargs), add
 
@@ -302,7 +298,7 @@ def evaluate(model: nn.Module, data, loss_fn: Callable | None = None, batch_size
     elif not callable(loss_fn):
         raise TypeError(f"The 'loss_fn' parameter of evaluate must be a callable (output, target) -> loss. Got {loss_fn!r} instead.")
     _check_int(batch_size, "batch_size", 1, "evaluate")
-    dev = _resolve_device(device, model)
+    dev = _resolve_device(device, model, "evaluate")
     batches = as_batches(data, name="data", who="evaluate", batch_size=batch_size, device=dev, shuffle=False)
     return _evaluate_batches(model, batches, loss_fn)
 
