@@ -7,6 +7,7 @@ Adagrad: each sparse weight is written as a product ``v = u * w`` and ordinary
 
 __version__ = "0.1.0"
 
+from spred.compress import PruningPlan, apply_plan, prune_channels
 from spred.exceptions import NotSparsifiedError
 from spred.nn import (
     KKTReport,
@@ -28,8 +29,10 @@ from spred.nn import (
 __all__ = [
     "KKTReport",
     "NotSparsifiedError",
+    "PruningPlan",
     "SparsityReport",
     "__version__",
+    "apply_plan",
     "balanced_split",
     "check_optimizer",
     "collapse",
@@ -39,6 +42,7 @@ __all__ = [
     "kkt_residual",
     "param_groups",
     "penalty",
+    "prune_channels",
     "set_lam",
     "sparsify",
     "sparsity_report",

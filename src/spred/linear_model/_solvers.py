@@ -683,7 +683,12 @@ class _L1Sub:
         v = v.copy()
         b = None if b is None else b.copy()
         vmax = np.abs(v).max() if v.size else 0.0
-        A = np.flatnonzero(np.abs(v) > threshold * vmax) if vmax > 0 else np.empty(0, np.int64)
+        f, gv, gb = sub.fg(v, b)
+        # support estimate: not negligible, and |grad| close to alpha (at a spred
+        # stationary point |grad_j| = alpha exactly wherever v_j != 0)
+        A = np.flatnonzero((np.abs(v) > threshold * vmax) & (np.abs(gv) >= 0.9 * alpha))
+        if vmax == 0:
+            A = np.empty(0, np.int64)
         keep = np.zeros(v.size, bool)
         keep[A] = True
         v[~keep] = 0.0
@@ -695,6 +700,7 @@ class _L1Sub:
         fresh = np.zeros(v.size, bool)  # added from the KKT check, still at zero
         f, gv, gb = sub.fg(v, b)
         solves = 0
+        n_flip_max = max(10, A.size // 10)
         for _ in range(max_rounds):
             converged = False
             while solves < max_solves:
@@ -709,6 +715,8 @@ class _L1Sub:
                 dA = d[: A.size]
                 vA = v[A]
                 flipped = theta * (vA + dA) < 0
+                if solves == 1 and np.count_nonzero(flipped) > n_flip_max:
+                    return v, b, False  # the sign pattern is not identified yet
                 if flipped.any():
                     # Sign-inconsistent: step towards the Newton point up to the first
                     # sign change (a descent step, as in feature-sign search) and drop
