@@ -129,3 +129,14 @@ def test_report_with_threshold_predicts_collapse(groups):
         predicted = spred.sparsity_report(model, threshold=thr)
         actual = spred.sparsity_report(spred.collapse(model, threshold=thr))
         assert [r.zeros for r in predicted.rows] == [r.zeros for r in actual.rows]
+
+
+def test_kkt_residual_is_finite_for_subnormal_weights():
+    model = spred.sparsify(nn.Linear(2, 1, bias=False).double(), 0.5)
+    with torch.no_grad():
+        u, w = spred.factors(model)
+        u.fill_(1.0)
+        w.copy_(torch.tensor([[1e-320, 0.3]], dtype=torch.float64))
+    x, y = torch.randn(8, 2, dtype=torch.float64), torch.randn(8, dtype=torch.float64)
+    kkt = spred.kkt_residual(model, lambda o, t: 0.5 * (o.squeeze(-1) - t).pow(2).mean(), (x, y))
+    assert math.isfinite(kkt.max)

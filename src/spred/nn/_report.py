@@ -249,7 +249,8 @@ def kkt_residual(
                 nv, ng = group_norms(v, sp.groups, sp.out_dim), group_norms(g, sp.groups, sp.out_dim)
             zero = nv <= threshold
             safe = torch.where(zero, torch.ones_like(nv), nv)
-            grad_pen = sp.lam * safe.pow(2.0 / sp.depth - 2.0) * v  # lam * |v|^(2/D-2) v ; D=2: lam * v/|v|
+            # lam * |v|^(2/D-1) * v/|v| (D=2: lam * sign v), in an order that cannot overflow for subnormal v
+            grad_pen = sp.lam * (v / safe) * safe.pow(2.0 / sp.depth - 1.0)
             resid_nz = group_norms(g + grad_pen, sp.groups, sp.out_dim) if sp.groups else (g + grad_pen).abs()
             resid_zero = (ng - sp.lam).clamp_min(0) if sp.depth == 2 else torch.zeros_like(ng)
             resid_nz = torch.where(zero, torch.zeros_like(resid_nz), resid_nz)
