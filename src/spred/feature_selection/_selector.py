@@ -219,6 +219,12 @@ def _swap_layer(net: nn.Module, name: str, layer: nn.Module) -> nn.Module:
     return net
 
 
+def _new_linear(n_in: int, n_out: int, bias: bool, **kwargs) -> nn.Linear:
+    """An ``nn.Linear`` whose values are overwritten right away, made without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        return nn.Linear(n_in, n_out, bias=bias, **kwargs)
+
+
 def _weight_fqn(layer_name: str) -> str:
     return f"{layer_name}.weight" if layer_name else "weight"
 
@@ -363,7 +369,7 @@ class _Path:
         """Rebuild the input layer (and the optimizer) for ``cols``; the values are loaded afterwards."""
         old = self._input()
         lam = spred.get_lam(old)["weight"]
-        fresh = nn.Linear(len(cols), old.out_features, bias=old.bias is not None, device=self.device)
+        fresh = _new_linear(len(cols), old.out_features, old.bias is not None, device=self.device)
         self.net = _swap_layer(self.net, self.layer, fresh)
         spred.sparsify(fresh, lam, groups="in")
         self.cols = np.asarray(cols)
@@ -616,9 +622,9 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         the network sees it; alpha then does not depend on the units.
     alpha_min_ratio : float, default=1e-3
         The path starts (dense) at ``alpha_min_ratio * alpha_max_``.
-    max_iter : int, default=100
+    max_iter : int, default=200
         Epochs per point of the path (the first point gets twice as many).
-    max_bisect : int, default=8
+    max_bisect : int, default=5
         Bisection steps on alpha to reach exactly ``k`` features.
     threshold : float, default=1e-3
         A feature counts as selected when its group norm exceeds ``threshold`` times
@@ -740,8 +746,8 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         input_layer=None,
         standardize=True,
         alpha_min_ratio=1e-3,
-        max_iter=100,
-        max_bisect=8,
+        max_iter=200,
+        max_bisect=5,
         threshold=1e-3,
         refit=True,
         refit_iter=200,
@@ -871,7 +877,7 @@ class SpredSelector(SelectorMixin, BaseEstimator):
             self.classes_ = enc.classes_
             codes = enc.transform(y)
             if self.classes_.size < 2:
-                raise ValueError(f"SpredSelector needs at least 2 classes in y; got only {self.classes_.tolist()}.")
+                raise ValueError(f"SpredSelector needs at least 2 classes in y; got 1 class ({self.classes_.tolist()}).")
         else:
             codes = None
             y = np.asarray(y, dtype=np.float64)
@@ -1048,7 +1054,7 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         name = self.input_layer_
         layer = net.get_submodule(name) if name else net
         if layer.in_features != p:  # the path pruned columns: put them back, as zeros
-            full = nn.Linear(p, layer.out_features, bias=layer.bias is not None, dtype=layer.weight.dtype)
+            full = _new_linear(p, layer.out_features, layer.bias is not None, dtype=layer.weight.dtype)
             with torch.no_grad():
                 full.weight.zero_()
                 full.weight[:, torch.as_tensor(res.cols)] = layer.weight
@@ -1066,7 +1072,7 @@ class SpredSelector(SelectorMixin, BaseEstimator):
             return net
         name = self.input_layer_
         full = net.get_submodule(name) if name else net
-        compact = nn.Linear(int(support.sum()), full.out_features, bias=full.bias is not None)
+        compact = _new_linear(int(support.sum()), full.out_features, full.bias is not None, dtype=full.weight.dtype)
         with torch.no_grad():
             compact.weight.copy_(full.weight[:, support])
             if full.bias is not None:

@@ -169,10 +169,15 @@ class SparsityController:
     is the lam the tensors had at the start. The per-weight trend averages live on
     the model's device (three float32 values per sparsified weight). Everything is
     in :meth:`state_dict`, so a resumed run continues exactly.
+
+    ``sync``, when given, maps the freshly updated ``log(multiplier)`` to the value
+    every process must use; data-parallel ``fit`` passes a broadcast from rank 0, so
+    lam is identical on all ranks even if their measurements were to differ.
     """
 
-    def __init__(self, config: TargetSparsity, *, threshold: float, steps_per_epoch: int, total_epochs: int):
+    def __init__(self, config: TargetSparsity, *, threshold: float, steps_per_epoch: int, total_epochs: int, sync=None):
         self.config = config
+        self.sync = sync
         self.threshold = config.threshold if config.threshold is not None else threshold
         if not self.threshold > 0:
             raise ValueError(
@@ -279,6 +284,8 @@ class SparsityController:
             return
         wanted_ahead = self.wanted(step + self.horizon(step))
         self.log_scale = self.config.update(self.log_scale, self.sparsity, self.wanted(step), self.predicted, wanted_ahead, self.max_step)
+        if self.sync is not None:
+            self.log_scale = self.sync(self.log_scale)
         self._clip()
         self.apply(model, optimizer, penalty_in_loss)
         logger.debug(

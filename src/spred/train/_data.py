@@ -8,6 +8,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from spred.train._distributed import shard_indices
+
 
 def _as_tensor(value, name: str, who: str) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
@@ -25,11 +27,18 @@ class TensorBatches:
     given: no DataLoader, no collation, and the order is reproducible from the
     generator's state. A single full batch is not shuffled (the mean loss does not
     depend on the order).
+
+    With ``world_size > 1`` (data-parallel training) every rank draws the same
+    permutation and yields its contiguous slice of each global batch of
+    ``batch_size`` samples (:func:`~spred.train._distributed.shard_indices`), so the
+    global batches are those of one process. The slice may be empty when a (last)
+    batch holds fewer samples than there are ranks.
     """
 
-    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, shuffle: bool):
+    def __init__(self, X: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device, shuffle: bool, rank: int = 0, world_size: int = 1):
         self.X, self.y = X.to(device), y.to(device)
         self.batch_size, self.shuffle, self.device = batch_size, shuffle, device
+        self.rank, self.world_size = rank, world_size
         self.n = len(self.X)
 
     def __len__(self) -> int:
@@ -40,10 +49,16 @@ class TensorBatches:
             order = torch.randperm(self.n, generator=generator).to(self.device)
             for start in range(0, self.n, self.batch_size):
                 idx = order[start : start + self.batch_size]
+                if self.world_size > 1:
+                    idx = idx[shard_indices(len(idx), self.rank, self.world_size)]
                 yield self.X[idx], self.y[idx]
         else:
             for start in range(0, self.n, self.batch_size):
-                yield self.X[start : start + self.batch_size], self.y[start : start + self.batch_size]
+                stop = min(start + self.batch_size, self.n)
+                if self.world_size > 1:
+                    part = shard_indices(stop - start, self.rank, self.world_size)
+                    start, stop = start + part.start, start + part.stop
+                yield self.X[start:stop], self.y[start:stop]
 
 
 class LoaderBatches:
@@ -75,8 +90,8 @@ class LoaderBatches:
         return getattr(self.loader, "generator", None)
 
 
-def as_batches(data, *, name: str, who: str, batch_size: int, device: torch.device, shuffle: bool):
-    """``(X, y)`` tensors -> :class:`TensorBatches`; a DataLoader -> :class:`LoaderBatches`."""
+def as_batches(data, *, name: str, who: str, batch_size: int, device: torch.device, shuffle: bool, rank: int = 0, world_size: int = 1):
+    """``(X, y)`` tensors -> :class:`TensorBatches` (split by rank when ``world_size > 1``); a DataLoader -> :class:`LoaderBatches`."""
     if isinstance(data, DataLoader):
         return LoaderBatches(data, device)
     if isinstance(data, (tuple, list)) and len(data) == 2:
@@ -88,5 +103,5 @@ def as_batches(data, *, name: str, who: str, batch_size: int, device: torch.devi
             )
         if len(X) == 0:
             raise ValueError(f"The '{name}' parameter of {who} holds no samples (X has shape {tuple(X.shape)}).")
-        return TensorBatches(X, y, batch_size, device, shuffle)
+        return TensorBatches(X, y, batch_size, device, shuffle, rank, world_size)
     raise TypeError(f"The '{name}' parameter of {who} must be a tuple (X, y) of tensors or a torch DataLoader. Got {type(data).__name__} instead.")

@@ -9,6 +9,7 @@ optimizer, trains for ``epochs``, evaluates, checkpoints and returns a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import math
@@ -24,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.nn.utils import parametrize
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spred.nn import check_optimizer, is_sparsified, param_groups, penalty, sparsified_tensors
@@ -31,6 +33,7 @@ from spred.nn._sparsify import SparsifiedTensor
 from spred.train._checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from spred.train._controller import SparsityController, TargetSparsity
 from spred.train._data import LoaderBatches, as_batches
+from spred.train._distributed import Distributed, check_loader, context, default_device, is_wrapped_ddp, loss_scale, rank_seed, unwrap, wrap
 
 logger = logging.getLogger("spred")
 
@@ -255,20 +258,29 @@ def _accuracy_count(output: torch.Tensor, target: torch.Tensor) -> int | None:
 
 
 @torch.no_grad()
-def _evaluate_batches(model: nn.Module, batches, loss_fn) -> dict:
+def _evaluate_batches(model: nn.Module, batches, loss_fn, dist: Distributed | None = None, amp: torch.dtype | None = None) -> dict:
+    """Mean loss and accuracy over ``batches``; with ``dist``, over the union of every rank's batches."""
     was_training = model.training
     model.eval()
     loss_sum, correct, n = 0.0, 0, 0
     try:
         with parametrize.cached():  # every spred product is computed once for the whole evaluation
             for x, y in batches.epoch():
-                out = model(x)
-                loss_sum += float(loss_fn(out, y)) * len(y)
+                if len(y) == 0:  # an empty slice of a batch smaller than the number of ranks
+                    continue
+                with _autocast(amp, x.device):
+                    out = model(x)
+                    loss = loss_fn(out, y)
+                loss_sum += float(loss) * len(y)
                 c = _accuracy_count(out, y)
                 correct = None if c is None or correct is None else correct + c
                 n += len(y)
     finally:
         model.train(was_training)
+    if dist is not None:
+        no_acc = correct is None and n > 0
+        loss_sum, total_correct, n, no_acc = dist.sum([loss_sum, correct or 0, n, float(no_acc)])
+        correct = None if no_acc else total_correct
     return {"loss": loss_sum / n, "acc": None if correct is None else correct / n}
 
 
@@ -321,6 +333,14 @@ class _Run:
     progress: bool
     checkpoint: Path | None
     tensors: tuple[SparsifiedTensor, ...]  # the spred tensors (empty for a plain model); fixed during fit
+    net: nn.Module  # what the forward pass calls: the model, or its DistributedDataParallel wrapper
+    dist: Distributed | None = None  # the process group, or None for one process
+    amp: torch.dtype | None = None  # autocast dtype of the forward pass (bfloat16), or None
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs, shows the bar and writes the checkpoint (rank 0, or the only process)."""
+        return self.dist is None or self.dist.is_main
 
 
 def _non_finite(value: float, epoch: int, step_in_epoch: int, run: _Run, prog: _Progress) -> FloatingPointError:
@@ -332,17 +352,48 @@ def _non_finite(value: float, epoch: int, step_in_epoch: int, run: _Run, prog: _
     )
 
 
+def _autocast(amp: torch.dtype | None, device: torch.device):
+    """``torch.autocast`` to ``amp`` on ``device``'s type, or nothing."""
+    return contextlib.nullcontext() if amp is None else torch.autocast(device_type=device.type, dtype=amp)
+
+
+def _forward_loss(run: _Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The mean data loss of one (local) batch, the forward pass under autocast when asked.
+
+    The penalty is not part of it: it is computed outside autocast, on the float32 factors.
+    """
+    with _autocast(run.amp, x.device):
+        out = run.net(x)
+        if len(y) == 0:  # this rank's slice of a batch smaller than the number of ranks: take part in DDP's all-reduce with zero gradients
+            return out.sum() * 0.0
+        return run.loss_fn(out, y)
+
+
+def _global_loss(run: _Run, loss: torch.Tensor, local: int) -> tuple[torch.Tensor, float, float, int]:
+    """(loss to differentiate, mean loss over the global batch, its sum, global batch size).
+
+    One process: the loss as it is. Data-parallel: one all-reduce of (sum, count); the
+    local mean is scaled so that DDP's gradient average is the global mean's gradient.
+    """
+    value = float(loss.detach())  # one device sync per step
+    if run.dist is None:
+        return loss, value, value * local, local
+    total, count = run.dist.sum([value * local, float(local)])
+    count = int(count)
+    scale = loss_scale(local, count, run.dist.world_size)
+    return (loss if scale == 1.0 else loss * scale), total / count, total, count
+
+
 def _train_epoch(run: _Run, prog: _Progress, batches, n_batches: int, epoch: int) -> float:
     model, opt = run.model, run.optimizer
-    model.train()
+    run.net.train()
     loss_sum, n = 0.0, 0
     bar = tqdm(batches, total=n_batches, desc=f"epoch {epoch}/{run.epochs}", leave=False, unit="batch") if run.progress else None
     try:
         for i, (x, y) in enumerate(batches if bar is None else bar, 1):
             opt.zero_grad(set_to_none=True)
-            loss = run.loss_fn(model(x), y)
-            value = float(loss.detach())  # one device sync per step; DDP would all-reduce (loss_sum, n) instead
-            if not math.isfinite(value):
+            loss, value, batch_sum, batch_n = _global_loss(run, _forward_loss(run, x, y), len(y))
+            if not math.isfinite(value):  # the same value on every rank: all ranks stop together
                 raise _non_finite(value, epoch, i, run, prog)
             (loss + penalty(model) if run.add_penalty else loss).backward()
             if run.keep:
@@ -355,8 +406,8 @@ def _train_epoch(run: _Run, prog: _Progress, batches, n_batches: int, epoch: int
             prog.step += 1
             if run.controller is not None:
                 run.controller.step(model, opt, prog.step, run.add_penalty)
-            loss_sum += value * len(y)
-            n += len(y)
+            loss_sum += batch_sum
+            n += batch_n
             if bar is not None and i % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum / n:.4g}", refresh=False)
     finally:
@@ -435,10 +486,68 @@ def _checkpoint_state(run: _Run, prog: _Progress, data_gen: torch.Generator, tra
     }
 
 
+def _save(run: _Run, prog: _Progress, data_gen: torch.Generator, train, device: torch.device, config: dict) -> None:
+    """Write the checkpoint: the only process, or rank 0 with every rank's generator state; then all ranks meet."""
+    if run.dist is None:
+        save_checkpoint(_checkpoint_state(run, prog, data_gen, train, device, config), run.checkpoint)
+        return
+    rngs = run.dist.gather_object(rng_state(device))  # dropout streams differ by rank: keep them all
+    error = None
+    if run.dist.is_main:
+        try:
+            state = _checkpoint_state(run, prog, data_gen, train, device, config)
+            state["world_size"], state["rng_ranks"] = run.dist.world_size, rngs
+            save_checkpoint(state, run.checkpoint)
+        except Exception as exc:  # noqa: BLE001  (re-raised below, after telling the other ranks)
+            error = exc
+    if run.dist.any(error is not None):  # also the barrier: no rank goes on before the file is complete
+        if error is not None:
+            raise error
+        raise RuntimeError(f"fit stopped: rank 0 could not write the checkpoint {run.checkpoint} (see rank 0's error).")
+
+
+def _load(run: _Run) -> dict | None:
+    """The checkpoint to resume from, or None. Data-parallel: rank 0 reads it and sends it to every rank."""
+    if run.dist is None:
+        return load_checkpoint(run.checkpoint) if run.checkpoint.exists() else None
+    state, error = None, None
+    if run.dist.is_main:
+        try:
+            state = load_checkpoint(run.checkpoint) if run.checkpoint.exists() else None
+        except Exception as exc:  # noqa: BLE001  (re-raised below, after telling the other ranks)
+            error = exc
+    state, message = run.dist.broadcast_object((state, None if error is None else f"{type(error).__name__}: {error}"))
+    if error is not None:
+        raise error
+    if message is not None:
+        raise RuntimeError(f"fit stopped: rank 0 could not read the checkpoint {run.checkpoint}: {message}")
+    return state
+
+
+def _restore_rng(state: dict, run: _Run, device: torch.device, seed: int) -> None:
+    """Each rank's global generator as saved; a rank the interrupted run did not have starts a fresh stream."""
+    rank = 0 if run.dist is None else run.dist.rank
+    world = 1 if run.dist is None else run.dist.world_size
+    saved = state.get("rng_ranks")
+    if saved is not None and len(saved) == world:
+        set_rng_state(saved[rank], device)
+    elif rank == 0:
+        set_rng_state(state["rng"], device)
+    else:
+        _seed_global(rank_seed(seed + state["epoch"], rank), device)
+    before = state.get("world_size", 1)
+    if before != world and run.is_main:
+        logger.info(
+            "resuming a run of %d process(es) on %d: the batches are the same, the dropout streams of the ranks are not, "
+            "and sums are taken in another order (equal up to rounding)", before, world,
+        )
+
+
 def _restore(state: dict, run: _Run, prog: _Progress, data_gen: torch.Generator, train, device: torch.device, config: dict) -> None:
-    changed = sorted(k for k in config if k != "epochs" and state["config"].get(k) != config[k])
+    saved = state["config"]
+    changed = sorted(k for k in set(config) | set(saved) if k != "epochs" and saved.get(k) != config.get(k))
     if changed:
-        diffs = ", ".join(f"{k}: {state['config'].get(k)!r} -> {config[k]!r}" for k in changed)
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)
         warnings.warn(f"resuming a run with different settings ({diffs}); the result will not match an uninterrupted run.", UserWarning, stacklevel=3)
     run.model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
@@ -452,7 +561,7 @@ def _restore(state: dict, run: _Run, prog: _Progress, data_gen: torch.Generator,
     if run.keep is not None and state["mask"] is not None:
         run.keep.clear()
         run.keep.update({k: v.to(device) for k, v in state["mask"].items()})
-    set_rng_state(state["rng"], device)
+    _restore_rng(state, run, device, config["seed"])
     data_gen.set_state(state["data_rng"])
     loader_gen = train.generator if isinstance(train, LoaderBatches) else None
     if loader_gen is not None and state["loader_rng"] is not None:
@@ -466,14 +575,18 @@ def _run_epoch(run: _Run, prog: _Progress, train, val, epoch: int, threshold: fl
     """Train one epoch, evaluate, record, track the best epoch and call the callbacks."""
     t0 = time.perf_counter()
     train_loss = _train_epoch(run, prog, train.epoch(data_gen, epoch), len(train), epoch)
-    val_metrics = None if val is None else _evaluate_batches(run.model, val, run.loss_fn)
+    val_metrics = None if val is None else _evaluate_batches(run.model, val, run.loss_fn, run.dist, run.amp)
     prog.epoch = epoch
     record = _record(run, prog, epoch, train_loss, val_metrics, threshold, time.perf_counter() - t0)
     prog.history.append(record)
     early = _track_best(run, prog, record, patience)
     state = TrainState(run.model, run.optimizer, epoch, prog.step, prog.history)
     asked = any([bool(cb(state)) for cb in callbacks])  # a list: every callback runs
+    if run.dist is not None:
+        asked = run.dist.any(asked)  # a callback that stops one rank stops all of them
     prog.stopped = early or asked
+    if not run.is_main:
+        return
     logger.info(
         "epoch %d/%d  train loss %.4g  val loss %s  val acc %s  sparsity %.2f%%  lam %s  %.1fs",
         epoch, run.epochs, record["train_loss"], _fmt(record["val_loss"], ".4g"), _fmt(record["val_acc"], ".4f"),
@@ -482,6 +595,62 @@ def _run_epoch(run: _Run, prog: _Progress, train, val, epoch: int, threshold: fl
     if prog.stopped:
         reason = f"no better validation loss in {patience} epochs" if early else "asked by a callback"
         logger.info("stopping after epoch %d: %s", epoch, reason)
+
+
+AUTOCAST = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _check_autocast(autocast) -> torch.dtype | None:
+    """``None`` or ``torch.bfloat16`` from fit's ``autocast`` parameter."""
+    if autocast is None:
+        return None
+    if isinstance(autocast, str) and autocast.lower() in AUTOCAST:
+        return AUTOCAST[autocast.lower()]
+    if autocast is torch.bfloat16:
+        return autocast
+    if autocast is torch.float16 or (isinstance(autocast, str) and autocast.lower() in ("float16", "fp16", "half")):
+        raise ValueError(
+            f"The 'autocast' parameter of fit must be None or 'bfloat16'. Got {autocast!r} instead: float16 needs loss "
+            "scaling (torch.amp.GradScaler) against gradient underflow, which fit does not do. Use 'bfloat16' (same "
+            "exponent range as float32, no scaling needed)."
+        )
+    if isinstance(autocast, (str, torch.dtype)):
+        raise ValueError(f"The 'autocast' parameter of fit must be None or 'bfloat16'. Got {autocast!r} instead.")
+    raise TypeError(f"The 'autocast' parameter of fit must be None, 'bfloat16' or torch.bfloat16. Got {autocast!r} of type {type(autocast).__name__} instead.")
+
+
+def _training_device(device, model: nn.Module, inner: nn.Module) -> torch.device:
+    """Where fit trains; the model (not a DDP wrapper, which stays where it was built) is moved there."""
+    if is_wrapped_ddp(model):
+        here = _resolve_device(None, inner)
+        want = None if device is None else _resolve_device(device, inner)
+        if want is not None and (want.type != here.type or want.index not in (None, here.index)):
+            raise ValueError(
+                f"The 'device' parameter of fit is {device!r} but the DistributedDataParallel model was wrapped on {here}: "
+                "a wrapped model cannot move. Leave device=None, or pass the plain model and let fit wrap it."
+            )
+        return here
+    device = _resolve_device(device if device is not None else default_device(inner), inner)
+    inner.to(device)
+    return device
+
+
+def _count_batches(train, dist: Distributed | None) -> int:
+    """Batches per epoch; under DDP it must be the same on every rank (each step all-reduces)."""
+    try:
+        n_batches = len(train)
+    except TypeError as exc:
+        raise TypeError("The 'train_data' DataLoader of fit must have a length (a map-style dataset); the schedule and the controller count steps per epoch.") from exc
+    counts = [n_batches] if dist is None else dist.gather_object(n_batches)
+    if len(set(counts)) > 1:
+        raise ValueError(
+            f"The 'train_data' of fit gives a different number of batches per epoch on each rank ({counts}); every "
+            "optimizer step is a collective operation, so they must agree. Use a DistributedSampler (it pads to equal "
+            "shares) or (X, y) tensors."
+        )
+    if n_batches == 0:
+        raise ValueError("The 'train_data' DataLoader of fit yields no batches (len(loader) == 0).")
+    return n_batches
 
 
 def _seed_global(seed: int, device: torch.device) -> None:
@@ -520,6 +689,7 @@ def fit(
     scheduler: str | Callable | None = None,
     eval_batch_size: int = 1024,
     callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
+    autocast: str | torch.dtype | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_data``: the one training loop of spred.
 
@@ -534,14 +704,24 @@ def fit(
     loss (the other parameters keep AdamW's decoupled ``weight_decay``). A model that
     is not sparsified trains normally (the baselines use the same loop).
 
+    Under ``torchrun`` (an initialised ``torch.distributed`` process group with more
+    than one process) ``fit`` trains data-parallel with ``DistributedDataParallel``
+    and gives the single-process result on the same global batches (up to the order
+    of floating-point sums): see *Data-parallel training* below and
+    ``docs/scaling_out.md``.
+
     Parameters
     ----------
     model : nn.Module
-        Trained in place (moved to ``device``).
+        Trained in place (moved to ``device``). May already be wrapped in
+        ``DistributedDataParallel`` (built after :func:`spred.sparsify`); it is then
+        used as it is and does not move.
     train_data : (X, y) tuple of tensors or DataLoader
         Tensors are moved to the device once and batched with a seeded
-        ``torch.randperm`` per epoch (no DataLoader overhead). A DataLoader is used
-        as it is; it must yield ``(inputs, targets)``.
+        ``torch.randperm`` per epoch (no DataLoader overhead); data-parallel, every
+        rank holds the tensors and computes its slice of each batch. A DataLoader is
+        used as it is; it must yield ``(inputs, targets)`` (data-parallel: give it a
+        ``DistributedSampler``, or a warning says the work is repeated).
     epochs : int
         Total number of epochs (including those of a resumed checkpoint).
     optimizer : {"sgd", "adam", "adamw", "adagrad"}, optimizer class or instance, default="sgd"
@@ -558,7 +738,8 @@ def fit(
         Mean loss over the batch. For regression with sklearn's scaling use
         ``lambda out, y: 0.5 * ((out.squeeze(-1) - y) ** 2).mean()`` (then ``lam = alpha``).
     batch_size : int, default=128
-        For ``(X, y)`` tensors.
+        For ``(X, y)`` tensors: the global batch, split across the ranks when
+        data-parallel (the same batches as one process).
     val_data : (X, y) tuple or DataLoader, optional
         Evaluated after every epoch (``val_loss``, ``val_acc`` in the history).
     target_sparsity : float in (0, 1) or TargetSparsity, optional
@@ -590,7 +771,8 @@ def fit(
         by DataLoaders without their own generator. The model's initial weights are
         not touched (use ``spred.models.build(name, seed=...)``).
     device : torch.device or str, optional
-        Default: where the model's parameters are.
+        Default: where the model's parameters are; under a NCCL process group a
+        model still on the CPU goes to ``cuda:$LOCAL_RANK``.
     progress : bool, default=True
         Show a tqdm bar per epoch. Epoch summaries go to ``logging.getLogger("spred")`` at INFO.
     freeze_zeros : bool, default=False
@@ -608,7 +790,14 @@ def fit(
     eval_batch_size : int, default=1024
     callbacks : sequence of callable(TrainState) -> bool or None
         Called after every epoch, after evaluation and before the checkpoint is
-        written; returning True stops training.
+        written; returning True stops training. Data-parallel, they run on every
+        rank, see the unwrapped model, and True on any rank stops all of them.
+    autocast : {None, "bfloat16"} or torch.bfloat16, default=None
+        Run the forward pass (and the loss) under ``torch.autocast`` in bfloat16 on
+        the training device (CPU or CUDA). The parameters, the spred factors, their
+        gradients, the optimizer state, the penalty and ``|v|`` (hence every zero
+        decision) stay in the parameters' dtype. float16 is refused: it needs loss
+        scaling, which ``fit`` does not do.
 
     Returns
     -------
@@ -619,6 +808,22 @@ def fit(
     FloatingPointError
         When the training loss is not finite; the message names the epoch and step,
         and the last checkpoint stays intact.
+
+    Notes
+    -----
+    *Data-parallel training.* When ``torch.distributed`` is initialised with
+    ``world_size > 1``, the model is wrapped in ``DistributedDataParallel`` (rank 0's
+    weights are broadcast), each rank computes its share of every global batch, and
+    its mean loss is scaled so that DDP's gradient average is the gradient of the
+    global mean. The spred penalty is coupled weight decay (or
+    :func:`spred.penalty`, identical on every rank), so the L1 problem is unchanged.
+    The losses and accuracies in the history are sums over all ranks; lam is
+    broadcast from rank 0 after every controller update; rank 0 writes the
+    checkpoint (with every rank's generator state) while the others wait, and on
+    ``resume`` reads it and sends it to the other ranks, so a run can resume on any
+    number of processes. Only rank 0 shows the bar and logs. Rank r seeds dropout
+    with its own stream (rank 0 with ``seed``). BatchNorm computes per-rank
+    statistics; use ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` for global ones.
 
     Examples
     --------
@@ -664,47 +869,55 @@ def fit(
     if target_sparsity is not None and not is_sparsified(model):
         raise ValueError("target_sparsity needs a model sparsified by spred.sparsify: lam is what the controller adapts.")
 
-    device = _resolve_device(device, model)
-    model.to(device)
-    train = as_batches(train_data, name="train_data", who=who, batch_size=batch_size, device=device, shuffle=True)
-    val = None if val_data is None else as_batches(val_data, name="val_data", who=who, batch_size=eval_batch_size, device=device, shuffle=False)
-    keep = _keep_masks(model, freeze_zeros, mask)
+    amp = _check_autocast(autocast)
+    inner = unwrap(model)
+    device = _training_device(device, model, inner)
+    dist = context(device)
+    rank, world = (0, 1) if dist is None else (dist.rank, dist.world_size)
+    for data, name in ((train_data, "train_data"), (val_data, "val_data")):
+        if dist is not None and isinstance(data, DataLoader):
+            check_loader(data, name, world)
+    train = as_batches(train_data, name="train_data", who=who, batch_size=batch_size, device=device, shuffle=True, rank=rank, world_size=world)
+    val = None if val_data is None else as_batches(val_data, name="val_data", who=who, batch_size=eval_batch_size, device=device, shuffle=False, rank=rank, world_size=world)
+    net = wrap(model, dist, device)  # DDP makes every rank start from rank 0's weights
+    keep = _keep_masks(inner, freeze_zeros, mask)
     if keep is not None:
-        _apply_masks(model, keep)
-    opt, add_penalty = build_optimizer(model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
-    try:
-        n_batches = len(train)
-    except TypeError as exc:
-        raise TypeError("The 'train_data' DataLoader of fit must have a length (a map-style dataset); the schedule and the controller count steps per epoch.") from exc
-    if n_batches == 0:
-        raise ValueError("The 'train_data' DataLoader of fit yields no batches (len(loader) == 0).")
+        _apply_masks(inner, keep)
+    opt, add_penalty = build_optimizer(inner, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    n_batches = _count_batches(train, dist)
     controller = None
     if target_sparsity is not None:
-        controller = SparsityController(target_sparsity, threshold=threshold, steps_per_epoch=n_batches, total_epochs=epochs)
+        sync = None if dist is None else dist.broadcast_float  # lam: rank 0's value on every rank
+        controller = SparsityController(target_sparsity, threshold=threshold, steps_per_epoch=n_batches, total_epochs=epochs, sync=sync)
     run = _Run(
-        model, opt, _build_scheduler(scheduler, opt, epochs * n_batches), loss_fn, add_penalty, keep, controller, epochs, progress,
-        None if checkpoint_dir is None else checkpoint_path(checkpoint_dir), tuple(sparsified_tensors(model)),
+        inner, opt, _build_scheduler(scheduler, opt, epochs * n_batches), loss_fn, add_penalty, keep, controller, epochs,
+        progress and (dist is None or dist.is_main), None if checkpoint_dir is None else checkpoint_path(checkpoint_dir),
+        tuple(sparsified_tensors(inner)), net=net, dist=dist, amp=amp,
     )
     config = {
         "epochs": epochs, "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,
         "batch_size": batch_size, "seed": seed, "threshold": threshold, "n_batches": n_batches,
     }
+    if amp is not None:  # absent from the checkpoints of full-precision runs, as before
+        config["autocast"] = str(amp).removeprefix("torch.")
     prog = _Progress()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        _seed_global(seed, device)
-        data_gen = torch.Generator().manual_seed(seed)
-        if resume and run.checkpoint.exists():
-            _restore(load_checkpoint(run.checkpoint), run, prog, data_gen, train, device, config)
-            logger.info("resumed from %s after epoch %d", run.checkpoint, prog.epoch)
+        _seed_global(rank_seed(seed, rank), device)  # dropout: a distinct stream per rank; rank 0 = one process
+        data_gen = torch.Generator().manual_seed(seed)  # the same permutation on every rank, split by rank
+        state = _load(run) if resume else None
+        if state is not None:
+            _restore(state, run, prog, data_gen, train, device, config)
+            if run.is_main:
+                logger.info("resumed from %s after epoch %d", run.checkpoint, prog.epoch)
         elif controller is not None:
-            controller.start(model, opt, add_penalty)
+            controller.start(inner, opt, add_penalty)
         for epoch in range(prog.epoch + 1, epochs + 1):
             if prog.stopped:
                 break
             _run_epoch(run, prog, train, val, epoch, threshold, early_stopping, callbacks, data_gen)
             if run.checkpoint is not None:
-                save_checkpoint(_checkpoint_state(run, prog, data_gen, train, device, config), run.checkpoint)
+                _save(run, prog, data_gen, train, device, config)
     if early_stopping is not None and prog.best_state is not None:
-        model.load_state_dict(prog.best_state)
+        inner.load_state_dict(prog.best_state)
     best_epoch = prog.best_epoch if prog.best_epoch is not None else (prog.history[-1]["epoch"] if prog.history else None)
     return TrainResult(prog.history, model, best_epoch, time.perf_counter() - start_time)

@@ -1,0 +1,365 @@
+"""Lasso benchmark: spred vs scikit-learn (CD), skglm, celer and SGDRegressor(penalty='l1').
+
+All solvers minimise the same objective, scikit-learn's Lasso
+``P(w, b) = (1/(2n)) ||y - Xw - b||^2 + alpha ||w||_1`` (SGDRegressor's
+``squared_error`` loss is ``(p - y)^2 / 2``, so its ``alpha`` is the same).
+
+How time-to-suboptimality is measured
+-------------------------------------
+* Reference ``P*``: the best objective reached by any solver at its tightest setting
+  (spred ``tol=1e-12``, scikit-learn / skglm / celer ``tol=1e-12``).
+* Each solver runs on a ladder of settings of increasing accuracy: ``tol`` from 1e-1
+  down to 1e-12 (spred, scikit-learn, skglm, celer) or ``max_iter`` epochs from 1 to 200
+  with ``tol=None`` (SGDRegressor). Every run is a fresh ``fit`` (no warm start); its
+  wall-clock time and objective ``P`` are recorded. The ladder of a solver stops when
+  three consecutive settings give the same objective (to 1e-14, i.e. converged), or
+  when one fit takes longer than ``--time-cap`` seconds.
+* The time to reach ``eps`` is the smallest fit time among the settings whose relative
+  suboptimality ``(P - P*) / |P*|`` is ``<= eps`` ("-" when none is). The settings that
+  decide a time are re-timed so that each time is the median of ``--repeats`` fits.
+* Runs are single-threaded (``OMP/MKL/OPENBLAS/NUMBA`` threads and torch threads = 1)
+  and the numba-compiled solvers (skglm, celer) are warmed up before timing.
+
+Problems: (a) orthogonal design n=2000, p=1000; (b) correlated Gaussian (AR(1),
+rho=0.6) n=500, p=5000, 20 true nonzeros, alpha_max/10 and /100; (c) n=20000, p=500;
+(d) scikit-learn's diabetes data; (e) a gene-expression data set (ALLAML, 72 x 7129,
+standardised, targets = labels +-1) through ``spred.datasets`` (set SPRED_DATA).
+Then a minibatch case: support recovery of spred's Adam/Adagrad minibatch solvers
+(streamed with ``partial_fit`` and with ``fit``) against ``SGDRegressor(penalty='l1')``.
+
+    python benchmarks/lasso.py [--quick] [--repeats 3] [--out DIR] [--problems a b ...]
+
+Writes DIR/lasso_runs.csv (every fit), DIR/lasso_summary.csv (times to 1e-4 / 1e-6)
+and DIR/lasso_minibatch.csv, and prints markdown tables.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import csv  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+from sklearn.datasets import load_diabetes  # noqa: E402
+from sklearn.exceptions import ConvergenceWarning  # noqa: E402
+from sklearn.linear_model import Lasso, SGDRegressor  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from spred.linear_model import SpredLasso, alpha_max  # noqa: E402
+
+EPS = (1e-4, 1e-6)
+TOLS = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-8, 1e-10, 1e-12)
+SGD_EPOCHS = (1, 2, 5, 10, 20, 50, 100, 200)
+
+
+# ------------------------------------------------------------------------------ problems
+def _correlated(n, p, rho, k, seed):
+    rng = np.random.default_rng(seed)
+    Z = rng.standard_normal((n, p))
+    X = np.empty_like(Z)
+    X[:, 0] = Z[:, 0]
+    c = np.sqrt(1 - rho**2)
+    for j in range(1, p):
+        X[:, j] = rho * X[:, j - 1] + c * Z[:, j]
+    w = np.zeros(p)
+    idx = rng.choice(p, k, replace=False)
+    w[idx] = rng.choice([-1.0, 1.0], k) * (1 + rng.random(k))
+    y = X @ w
+    y += rng.standard_normal(n) * np.linalg.norm(y) / np.sqrt(n) / 3  # SNR 3
+    return X, y
+
+
+def _orthogonal(n, p, seed):
+    rng = np.random.default_rng(seed)
+    Q, _ = np.linalg.qr(rng.standard_normal((n, p)))
+    X = Q * np.sqrt(n)
+    w = np.zeros(p)
+    w[rng.choice(p, 50, replace=False)] = 3 * rng.standard_normal(50)
+    return X, X @ w + rng.standard_normal(n)
+
+
+def _tall(n, p, seed):
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, p))
+    w = np.zeros(p)
+    w[rng.choice(p, 30, replace=False)] = rng.standard_normal(30)
+    return X, X @ w + rng.standard_normal(n)
+
+
+def _gene():
+    try:
+        from spred.datasets import load_dataset
+
+        X, y = load_dataset("ALLAML", return_X_y=True)
+    except Exception as exc:  # noqa: BLE001 - any failure means "skip (e)"
+        print(f"(e) skipped: the gene-expression data could not be loaded ({type(exc).__name__}: "
+              f"{exc}). Set SPRED_DATA to the folder with the staged datasets.")
+        return None
+    X = StandardScaler().fit_transform(np.asarray(X, dtype=np.float64))
+    return X, 2.0 * (np.asarray(y) == np.unique(y)[1]) - 1.0
+
+
+def problems(quick):
+    s = 4 if quick else 1
+    out = {}
+    X, y = _orthogonal(2000 // s, 1000 // s, 0)
+    out["a"] = [("(a) orthogonal %dx%d" % X.shape, X, y, 10)]
+    X, y = _correlated(500 // (2 if quick else 1), 5000 // s, 0.6, 20, 0)
+    out["b"] = [("(b) correlated %dx%d" % X.shape, X, y, 10), ("(b) correlated %dx%d" % X.shape, X, y, 100)]
+    X, y = _tall(20000 // s, 500 // (2 if quick else 1), 1)
+    out["c"] = [("(c) tall %dx%d" % X.shape, X, y, 10)]
+    X, y = load_diabetes(return_X_y=True)
+    out["d"] = [("(d) diabetes %dx%d" % X.shape, X, y, 10), ("(d) diabetes %dx%d" % X.shape, X, y, 100)]
+    gene = _gene()
+    if gene is not None:
+        X, y = gene
+        out["e"] = [("(e) ALLAML %dx%d" % X.shape, X, y, 10), ("(e) ALLAML %dx%d" % X.shape, X, y, 100)]
+    return out
+
+
+# ------------------------------------------------------------------------------ solvers
+def objective(X, y, coef, intercept, alpha):
+    r = y - X @ coef - intercept
+    return 0.5 * float(r @ r) / X.shape[0] + alpha * float(np.abs(coef).sum())
+
+
+def _solvers():
+    solvers = {
+        "spred": lambda a, tol: SpredLasso(alpha=a, tol=tol, max_iter=100_000),
+        "sklearn": lambda a, tol: Lasso(alpha=a, tol=tol, max_iter=1_000_000),
+    }
+    try:
+        import skglm
+
+        solvers["skglm"] = lambda a, tol: skglm.Lasso(alpha=a, tol=tol, max_iter=1000, max_epochs=1_000_000)
+    except ImportError:
+        print("skglm not installed: skipped")
+    try:
+        import celer
+
+        solvers["celer"] = lambda a, tol: celer.Lasso(alpha=a, tol=tol, max_iter=1000, max_epochs=1_000_000)
+    except ImportError:
+        print("celer not installed: skipped")
+    solvers["SGDRegressor"] = lambda a, ep: SGDRegressor(penalty="l1", alpha=a, max_iter=ep, tol=None,
+                                                          random_state=0)
+    return solvers
+
+
+def _fit(make, X, y):
+    est = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        t = time.perf_counter()
+        est.fit(X, y)
+        elapsed = time.perf_counter() - t
+    return elapsed, np.asarray(est.coef_, dtype=np.float64).ravel(), float(np.ravel(est.intercept_)[0])
+
+
+def warm_up(solvers):
+    X, y = _tall(60, 40, 5)
+    SpredLasso(alpha=0.01, solver="adam").partial_fit(X, y)  # torch start-up
+    for make in solvers.values():
+        for setting in (1e-3, 1):
+            try:
+                _fit(lambda: make(0.01, setting), X, y)
+            except Exception:  # noqa: BLE001 - the ladder of one solver type only
+                pass
+
+
+def run_problem(name, X, y, div, solvers, repeats, time_cap):
+    a = alpha_max(X, y) / div
+    rows = []
+    for solver, make in solvers.items():
+        ladder = SGD_EPOCHS if solver == "SGDRegressor" else TOLS
+        for setting in ladder:
+            factory = (lambda mk=make, s=setting: mk(a, s))  # bind now, not at call time
+            elapsed, coef, b = _fit(factory, X, y)
+            rows.append({"problem": name, "alpha": f"alpha_max/{div}", "solver": solver,
+                         "setting": setting, "time": elapsed, "objective": objective(X, y, coef, b, a),
+                         "nnz": int(np.count_nonzero(coef)), "times": [elapsed],
+                         "make": factory})
+            if elapsed > time_cap:
+                break
+            prev = [r["objective"] for r in rows if r["solver"] == solver]
+            if len(prev) >= 3 and abs(prev[-1] - prev[-2]) <= 1e-14 * abs(prev[-1]) \
+                    and abs(prev[-2] - prev[-3]) <= 1e-14 * abs(prev[-1]):
+                break  # converged to machine precision: tighter settings only cost time
+    p_star = min(r["objective"] for r in rows)
+    for r in rows:
+        r["subopt"] = (r["objective"] - p_star) / abs(p_star)
+    # stop counting a solver past its first 1e-6 setting; re-time the deciding settings
+    summary = {}
+    for solver in solvers:
+        mine = [r for r in rows if r["solver"] == solver]
+        for eps in EPS:
+            hits = [r for r in mine if r["subopt"] <= eps]
+            if not hits:
+                summary[(solver, eps)] = None
+                continue
+            best = min(hits, key=lambda r: r["time"])
+            while len(best["times"]) < repeats:
+                best["times"].append(_fit(best["make"], X, y)[0])
+            best["time"] = statistics.median(best["times"])
+            summary[(solver, eps)] = best
+        # re-select after re-timing
+        for eps in EPS:
+            hits = [r for r in mine if r["subopt"] <= eps and len(r["times"]) >= repeats]
+            summary[(solver, eps)] = min(hits, key=lambda r: r["time"]) if hits else None
+    return rows, summary, p_star
+
+
+# ------------------------------------------------------------------------------ minibatch
+def minibatch_case(quick, scaled, seed=0):
+    """Support recovery of minibatch solvers on a streamed problem."""
+    rng = np.random.default_rng(seed)
+    n, p, k = (5000, 100, 8) if quick else (20000, 200, 10)
+    X, _ = _correlated(n, p, 0.5, 1, seed)
+    w = np.zeros(p)
+    true = rng.choice(p, k, replace=False)
+    w[true] = rng.choice([-1.0, 1.0], k) * (0.5 + rng.random(k))
+    y = X @ w + rng.standard_normal(n)
+    if not scaled:  # raw features on different scales (no StandardScaler)
+        X = X * np.exp(rng.uniform(np.log(0.2), np.log(5.0), p))
+    support = w != 0
+    # alpha: the middle of the range where the exact Lasso support is closest to the truth
+    amax = alpha_max(X, y)
+    grid = amax * np.geomspace(0.5, 0.005, 40)
+    dist = np.array([np.count_nonzero((SpredLasso(alpha=a).fit(X, y).coef_ != 0) != support) for a in grid])
+    good = grid[dist == dist.min()]
+    a = good[len(good) // 2]
+    exact = SpredLasso(alpha=a, tol=1e-10).fit(X, y).coef_ != 0
+    chunks = np.array_split(np.arange(n), 20)
+    epochs = 3 if quick else 5
+    results = []
+
+    def record(method, est, elapsed):
+        nz = est.coef_.ravel() != 0
+        results.append({"features": "standardised" if scaled else "raw scales", "method": method,
+                        "alpha": a, "epochs": epochs, "time": elapsed,
+                        "true_pos": int((nz & support).sum()), "false_pos": int((nz & ~support).sum()),
+                        "false_neg": int((~nz & support).sum()),
+                        "true_support": bool(np.array_equal(nz, support)),
+                        "lasso_support": bool(np.array_equal(nz, exact))})
+
+    streamed = {
+        "spred Adam, partial_fit": SpredLasso(alpha=a, solver="adam", learning_rate=0.01, batch_size=256, random_state=0),
+        "spred Adagrad, partial_fit": SpredLasso(alpha=a, solver="adagrad", learning_rate=0.1, batch_size=256, random_state=0),
+        "SGDRegressor(l1), partial_fit": SGDRegressor(penalty="l1", alpha=a, random_state=0),
+    }
+    for method, est in streamed.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            t = time.perf_counter()
+            for _ in range(epochs):
+                for c in chunks:
+                    est.partial_fit(X[c], y[c])
+            record(method, est, time.perf_counter() - t)
+    fitted = {
+        "spred Adam, fit (+ polish)": SpredLasso(alpha=a, solver="adam", learning_rate=0.01, batch_size=256,
+                                                 max_iter=epochs, random_state=0),
+        "SGDRegressor(l1), fit": SGDRegressor(penalty="l1", alpha=a, max_iter=epochs, tol=None, random_state=0),
+    }
+    for method, est in fitted.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            t = time.perf_counter()
+            est.fit(X, y)
+            record(method, est, time.perf_counter() - t)
+    return results
+
+
+# ------------------------------------------------------------------------------ main
+def _fmt(r):
+    return "-" if r is None else f"{r['time']:.3f}"
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smaller problems, 1 repeat")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--time-cap", type=float, default=60.0, help="stop a ladder after a fit this long (s)")
+    parser.add_argument("--problems", nargs="+", default=list("abcde"))
+    parser.add_argument("--no-minibatch", action="store_true")
+    parser.add_argument("--out", default="results/bench_lasso")
+    args = parser.parse_args(argv)
+    repeats = 1 if args.quick else args.repeats
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except ImportError:  # pragma: no cover
+        pass
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    solvers = _solvers()
+    warm_up(solvers)
+    all_rows, table = [], []
+    for key, plist in problems(args.quick).items():
+        if key not in args.problems:
+            continue
+        for name, X, y, div in plist:
+            rows, summary, p_star = run_problem(name, X, y, div, solvers, repeats, args.time_cap)
+            all_rows += rows
+            table.append((name, div, summary))
+    names = list(solvers)
+    print(f"\nTime (s, median of {repeats}) to reach relative suboptimality 1e-4 / 1e-6; single thread.\n")
+    print("| problem | alpha | " + " | ".join(names) + " | spred/skglm 1e-4 | spred/skglm 1e-6 |")
+    print("|---|---|" + "---:|" * len(names) + "---:|---:|")
+    ratios = {eps: [] for eps in EPS}
+    summary_rows = []
+    for name, div, summary in table:
+        cells = [f"{_fmt(summary[(s, 1e-4)])} / {_fmt(summary[(s, 1e-6)])}" for s in names]
+        rat = []
+        for eps in EPS:
+            sp_, sk = summary.get(("spred", eps)), summary.get(("skglm", eps))
+            if sp_ is not None and sk is not None:
+                ratios[eps].append(sp_["time"] / sk["time"])
+                rat.append(f"{sp_['time'] / sk['time']:.2f}")
+            else:
+                rat.append("-")
+        print(f"| {name} | alpha_max/{div} | " + " | ".join(cells) + f" | {rat[0]} | {rat[1]} |")
+        for s in names:
+            for eps in EPS:
+                r = summary[(s, eps)]
+                summary_rows.append({"problem": name, "alpha": f"alpha_max/{div}", "solver": s, "eps": eps,
+                                     "time": None if r is None else r["time"],
+                                     "setting": None if r is None else r["setting"]})
+    for eps in EPS:
+        if ratios[eps]:
+            print(f"\nmedian spred/skglm at {eps:g}: {statistics.median(ratios[eps]):.2f} "
+                  f"(over {len(ratios[eps])} problems)")
+    with open(out / "lasso_runs.csv", "w", newline="") as fh:
+        fields = ["problem", "alpha", "solver", "setting", "time", "objective", "subopt", "nnz"]
+        wr = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
+        wr.writeheader()
+        wr.writerows(all_rows)
+    with open(out / "lasso_summary.csv", "w", newline="") as fh:
+        wr = csv.DictWriter(fh, fieldnames=["problem", "alpha", "solver", "eps", "time", "setting"])
+        wr.writeheader()
+        wr.writerows(summary_rows)
+    if not args.no_minibatch:
+        mb = minibatch_case(args.quick, scaled=True) + minibatch_case(args.quick, scaled=False)
+        print("\nMinibatch case: support recovery (true support; exact-Lasso support at the same alpha).\n")
+        print("| features | method | time (s) | TP | FP | FN | = true support | = Lasso support |")
+        print("|---|---|---:|---:|---:|---:|---|---|")
+        for r in mb:
+            print(f"| {r['features']} | {r['method']} | {r['time']:.2f} | {r['true_pos']} | {r['false_pos']} | "
+                  f"{r['false_neg']} | {'yes' if r['true_support'] else 'no'} | "
+                  f"{'yes' if r['lasso_support'] else 'no'} |")
+        with open(out / "lasso_minibatch.csv", "w", newline="") as fh:
+            wr = csv.DictWriter(fh, fieldnames=list(mb[0]))
+            wr.writeheader()
+            wr.writerows(mb)
+    print(f"\nCSV files written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()

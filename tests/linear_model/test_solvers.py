@@ -1,0 +1,124 @@
+"""The pure solver functions: spred objective, L-BFGS, polish, zero decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from spred.linear_model import _solvers as S
+
+
+def test_lbfgs_minimises_a_quadratic():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((20, 20))
+    H = A @ A.T + np.eye(20)
+    b = rng.standard_normal(20)
+
+    def fun(x):
+        return 0.5 * x @ H @ x - b @ x, H @ x - b
+
+    x, f, g, it, status = S._lbfgs(fun, np.zeros(20), 500, gtol=1e-7)
+    np.testing.assert_allclose(x, np.linalg.solve(H, b), atol=1e-7)
+    assert status == "gtol" and it < 100
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 30), elements=st.floats(-10, 10)))
+def test_factor_init_preserves_v_and_is_off_the_trap_line(v):
+    sub = S._L1Sub(alpha=0.3, m=v.size)
+    x = sub.to_factors(v, None, c0=0.7)
+    u, w = x[: v.size], x[v.size:]
+    np.testing.assert_allclose(u * w, v, atol=1e-12)
+    assert np.all(u > 0)  # never on u = -w (nor u = w) for nonzero v: not balanced
+    nz = v != 0
+    assert not np.any(np.isclose(np.abs(u[nz]), np.abs(w[nz]), rtol=1e-3, atol=0.0))
+
+
+@settings(max_examples=50, deadline=None)
+@given(hnp.arrays(np.float64, st.integers(1, 20), elements=st.floats(-10, 10)))
+def test_balanced_ridge_equals_l1(v):
+    u = np.sqrt(np.abs(v))
+    w = np.sign(v) * u
+    alpha = 0.7
+    assert 0.5 * alpha * (u @ u + w @ w) == pytest.approx(alpha * np.abs(v).sum(), abs=1e-9)
+
+
+def test_spred_gradient_matches_finite_differences():
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((30, 6))
+    y = rng.standard_normal(30)
+    sub = S._QuadraticMatrixSub(X, y)
+    pen = S._L1Sub(alpha=0.2, m=6)
+    fun, _ = pen.objective(sub)
+    x = rng.standard_normal(12)
+    f, g = fun(x)
+    eps = 1e-6
+    num = np.array([(fun(x + eps * e)[0] - fun(x - eps * e)[0]) / (2 * eps) for e in np.eye(12)])
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+
+
+def test_group_spred_gradient_matches_finite_differences():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((30, 6))
+    y = (rng.random(30) > 0.5).astype(float)
+    sub = S._LogisticSub(X, y, fit_intercept=True)
+    pen = S._GroupSub(np.array([0.1, 0.2, 0.3]), np.array([1, 2, 3]))
+    fun, _ = pen.objective(sub)
+    x = rng.standard_normal(3 + 6 + 1)
+    f, g = fun(x)
+    eps = 1e-6
+    num = np.array([(fun(x + eps * e)[0] - fun(x - eps * e)[0]) / (2 * eps) for e in np.eye(x.size)])
+    np.testing.assert_allclose(g, num, rtol=1e-6, atol=1e-8)
+
+
+def test_polish_is_exact_from_a_rough_iterate():
+    rng = np.random.default_rng(3)
+    X = rng.standard_normal((50, 8))
+    y = X[:, 0] * 2 - X[:, 1] + 0.1 * rng.standard_normal(50)
+    G, c = X.T @ X / 50, X.T @ y / 50
+    sub = S._QuadraticGramSub(G, c, 0.0, 50)
+    alpha = 0.1
+    pen = S._L1Sub(alpha, 8)
+    rough = np.array([1.9, -0.9, 1e-9, -2e-9, 0.02, 0.0, 0.0, 0.0])
+    v, _, ok = pen.polish(sub, rough, None, tol_abs=1e-12)
+    assert ok
+    g = G @ v - c
+    nz = v != 0
+    np.testing.assert_allclose(g[nz], -alpha * np.sign(v[nz]), atol=1e-12)
+    assert np.all(np.abs(g[~nz]) <= alpha + 1e-12)
+
+
+def test_decide_zeros_keeps_small_kkt_violators():
+    v = np.array([1e-6, 1e-6, 0.5])
+    g = np.array([0.05, 0.2, -0.1])
+    out = S.decide_zeros(v, g, alpha=0.1, threshold=1e-3)
+    np.testing.assert_array_equal(out, [0.0, 1e-6, 0.5])
+
+
+def test_solve_psd_handles_singular_matrices():
+    H = np.ones((3, 3))
+    d = S._solve_psd(H, np.array([3.0, 3.0, 3.0]))
+    np.testing.assert_allclose(H @ d, [3.0, 3.0, 3.0])
+
+
+def test_duplicated_features_give_a_valid_lasso_solution():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((40, 3))
+    X = np.column_stack([x, x[:, 0]])
+    y = 2 * x[:, 0] + 0.1 * rng.standard_normal(40)
+    from spred.linear_model import SpredLasso
+
+    m = SpredLasso(alpha=0.1).fit(X, y)
+    assert m.coef_[0] * m.coef_[3] >= 0
+    assert m.coef_[0] + m.coef_[3] == pytest.approx(
+        SpredLasso(alpha=0.1).fit(x, y).coef_[0], abs=1e-8)
+
+
+def test_non_finite_coefficients_raise():
+    from spred.linear_model._base import _check_finite
+
+    with pytest.raises(FloatingPointError, match="SpredLasso produced non-finite coefficients"):
+        _check_finite("SpredLasso", np.array([1.0, np.nan]))
