@@ -79,12 +79,14 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS))
+    parser.add_argument("--models", nargs="+", default=["mlp", "cnn"], choices=["mlp", "cnn"])
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, batch 128, median of {args.repeats} x {args.steps} steps\n")
     print("| model | optimizer | groups | dense ms/step | spred ms/step | ratio |")
     print("|---|---|---|---:|---:|---:|")
-    for name, factory, shape in [("MLP 784-256-256-10", mlp, (784,)), ("CNN 32-64 conv", cnn, (1, 28, 28))]:
+    models = {"mlp": ("MLP 784-256-256-10", mlp, (784,)), "cnn": ("CNN 32-64 conv", cnn, (1, 28, 28))}
+    for name, factory, shape in (models[m] for m in args.models):
         for opt_name in args.optimizers:
             for groups in (None, "out"):
                 dense, sparse = measure(factory, shape, opt_name, groups, args.repeats, args.steps)

@@ -2,16 +2,16 @@
 
 One machine, two CPU processes (gloo)::
 
-    torchrun --standalone --nproc-per-node 2 examples/ddp_train.py --epochs 8 --checkpoint-dir runs/ddp
+    torchrun --standalone --nproc-per-node 2 examples/ddp_train.py --epochs 16 --checkpoint-dir runs/ddp
 
 One machine, all its GPUs (NCCL; each process takes ``cuda:$LOCAL_RANK``)::
 
-    torchrun --standalone --nproc-per-node gpu examples/ddp_train.py --epochs 8 --checkpoint-dir runs/ddp
+    torchrun --standalone --nproc-per-node gpu examples/ddp_train.py --epochs 16 --checkpoint-dir runs/ddp
 
 Resume an interrupted run, on as many processes as you like, by adding ``--resume``.
 Without ``torchrun`` the script runs as one process, on the same global batches::
 
-    python examples/ddp_train.py --epochs 8
+    python examples/ddp_train.py --epochs 16
 
 The problem is synthetic (classification from 5 of ``--features`` inputs), the model
 an MLP whose weights are sparsified by spred, and lam is adapted to reach
@@ -67,7 +67,7 @@ def kill_at(step: int, loss_fn):
 
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--samples", type=int, default=2048)
     ap.add_argument("--features", type=int, default=50)
     ap.add_argument("--hidden", type=int, default=32)
@@ -99,9 +99,13 @@ def setup(backend: str | None) -> torch.device:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
         dist.init_process_group(backend, device_id=device)
-        return device
-    dist.init_process_group(backend)
-    return torch.device("cpu")
+    else:
+        device = torch.device("cpu")
+        dist.init_process_group(backend)
+    dist.barrier()  # every rank is connected
+    if dist.get_rank() == 0:
+        print(f"process group ready: {dist.get_world_size()} processes ({backend})", flush=True)
+    return device
 
 
 def max_rank_difference(model: torch.nn.Module) -> float:

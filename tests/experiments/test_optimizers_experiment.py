@@ -23,7 +23,9 @@ from spred.experiments import _common
 from spred.experiments import optimizers as opt_exp
 
 LRS = {"sgd": 0.05, "adam": 3e-3, "adamw": 3e-3, "adamw_decoupled": 3e-3, "adagrad": 3e-2}
-TARGETS = (0.3, 0.6)
+DENSE_LRS = {"sgd": 0.1, "adam": 1e-2, "adamw": 1e-2, "adagrad": 3e-2}
+OPTIMIZERS = ("sgd", "adam", "adamw", "adamw_decoupled")  # Adagrad runs in the slow MNIST test
+TARGETS = (0.3,)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -45,11 +47,11 @@ def _factory():
 
 @pytest.fixture(scope="module")
 def study():
-    """One small study over every optimizer and sparsity type (fixed lrs: no tuning)."""
+    """One small study over both sparsity types (fixed lrs: no tuning)."""
     tuning = []
     rows = opt_exp.optimizer_study(
-        _factory, _data(1024, 0), _data(256, 1), targets=TARGETS, seeds=(0,), epochs=12, batch_size=64, lrs=LRS,
-        latency_batch_sizes=(1, 32), latency_repeats=2, kkt_samples=512, progress=False, tuning=tuning,
+        _factory, _data(1024, 0), _data(256, 1), optimizers=OPTIMIZERS, targets=TARGETS, seeds=(0,), epochs=30, batch_size=32,
+        lrs=LRS, dense_lrs=DENSE_LRS, latency_batch_sizes=(1, 32), latency_repeats=2, kkt_samples=512, progress=False, tuning=tuning,
     )
     return rows, tuning
 
@@ -59,13 +61,13 @@ def test_study_returns_one_row_per_run_with_every_field(study):
     assert tuning == []  # every lr given: nothing tuned
     sparse = [r for r in rows if r["sparsity_type"] != "dense"]
     keys = {(r["optimizer"], r["sparsity_type"], r["target"], r["seed"]) for r in sparse}
-    expected = {(o, t, target, 0) for o in opt_exp.OPTIMIZERS for t in opt_exp.SPARSITY_TYPES for target in TARGETS}
+    expected = {(o, t, target, 0) for o in OPTIMIZERS for t in opt_exp.SPARSITY_TYPES for target in TARGETS}
     assert keys == expected and len(sparse) == len(expected)
     dense = sorted(r["optimizer"] for r in rows if r["sparsity_type"] == "dense")
-    assert dense == ["adagrad", "adam", "adamw", "sgd"]  # adamw_decoupled shares the adamw baseline
+    assert dense == ["adam", "adamw", "sgd"]  # adamw_decoupled shares the adamw baseline
     for r in rows:
         assert set(r) == set(opt_exp.CSV_COLUMNS)
-        assert r["lr"] == LRS[r["optimizer"]] and r["lr_source"] == "given"
+        assert r["lr"] == (DENSE_LRS if r["sparsity_type"] == "dense" else LRS)[r["optimizer"]] and r["lr_source"] == "given"
         assert 0.0 <= r["test_acc"] <= 1.0 and r["train_seconds"] > 0
         assert r["latency_dense_b1"] > 0 and r["latency_dense_bmax"] > 0 and r["latency_batch"] == 32
     for r in sparse:
@@ -115,6 +117,9 @@ def test_decoupled_decay_is_not_l1_at_its_own_lam(study):
     # decoupled AdamW is driven by a "lam" (its decay) far from the L1 strength that explains its weights
     rows, _ = study
     for r in rows:
+        if r["sparsity_type"] == "dense":
+            continue
+        print(r["optimizer"], r["sparsity_type"], r["lam_fit_ratio"], r["kkt_median"], r["zero_violations"], r["weight_sparsity"])
         if r["optimizer"] == "adamw_decoupled":
             assert r["lam_fit_ratio"] < 0.05, r
         if r["optimizer"] in ("adam", "adamw"):
@@ -146,6 +151,7 @@ def test_tuning_picks_the_best_reaching_lr_and_records_the_grid():
         seeds=(0,), epochs=6, lr_grid={"sgd": (0.01, 0.05)}, latency_repeats=1, latency_batch_sizes=(1,), progress=False,
         tuning=tuning, dense_baseline=False,
     )
+    assert all(r["sparsity_type"] == "unstructured" and r["target"] == 0.6 for r in tuning)  # tune_type, tune_target
     assert [r["lr"] for r in tuning] == [0.01, 0.05]
     chosen = [r for r in tuning if r["chosen"]]
     assert len(chosen) == 1
@@ -197,8 +203,10 @@ def test_study_rejects_bad_parameters(kwargs, error, match):
 
 
 def test_study_rejects_bad_factory_and_data():
-    with pytest.raises(TypeError, match=r"The 'model_factory' parameter of optimizer_study must be a callable"):
+    with pytest.raises(TypeError, match=r"The 'model_factory' parameter of optimizer_study must be a callable that builds a fresh model \(e.g. lambda: MyNet\(\)\), not a model. Got Linear"):
         opt_exp.optimizer_study(nn.Linear(2, 2), _data(64, 0), _data(32, 1))
+    with pytest.raises(TypeError, match=r"The 'model_factory' parameter of optimizer_study must be a callable that builds a fresh model .* Got str"):
+        opt_exp.optimizer_study("lenet", _data(64, 0), _data(32, 1))
     with pytest.raises(TypeError, match=r"The 'model_factory' parameter of optimizer_study must return an nn.Module. Got int"):
         opt_exp.optimizer_study(lambda: 3, _data(64, 0), _data(32, 1), lrs=LRS)
     with pytest.raises(ValueError, match=r"must return a plain model; it returned a model already sparsified"):
@@ -214,7 +222,9 @@ def test_tuning_with_a_loader_needs_val_data():
     X, y = _data(64, 0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
     with pytest.raises(ValueError, match=r"tuning the learning rates of \['adam'\] needs validation data"):
-        opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd", "adam"), lrs={"sgd": 0.1}, progress=False)
+        opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd", "adam"), lrs={"sgd": 0.1}, progress=False, dense_baseline=False)
+    with pytest.raises(ValueError, match=r"tuning the learning rates of \['sgd'\] needs validation data"):
+        opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd",), lrs={"sgd": 0.1}, progress=False)
 
 
 def test_tuning_raises_when_every_lr_diverges():
@@ -222,6 +232,8 @@ def test_tuning_raises_when_every_lr_diverges():
     X = X * 1e30
     with pytest.raises(FloatingPointError, match=r"every learning rate of the grid \[.*\] diverged for sgd"):
         opt_exp.tune_learning_rates(_factory, (X, y), (X, y), optimizers=("sgd",), lr_grid={"sgd": (1e3,)}, epochs=1, progress=False)
+    with pytest.raises(ValueError, match=r"The 'sparsity_type' parameter of tune_learning_rates must be one of \['unstructured', 'structured', 'dense'\]. Got 'blocks'"):
+        opt_exp.tune_learning_rates(_factory, (X, y), (X, y), sparsity_type="blocks")
 
 
 def test_config_validation_messages():
@@ -284,7 +296,8 @@ def test_command_on_mnist_writes_csv_figures_config_and_table(data_home, tmp_pat
                      "--optimizers", "sgd", "--targets", "0.5"])  # fmt: skip
     assert code == 0
     text = printed.getvalue()
-    assert "**mnist, unstructured**" in text and "**mnist, structured**" in text and "Learning rates on mnist: sgd 0.05 (tuned)" in text
+    assert "**mnist, unstructured**" in text and "**mnist, structured**" in text
+    assert "Learning rates on mnist (spred): sgd 0.05 (tuned)" in text and "Learning rates on mnist (dense): sgd 0.05 (tuned)" in text
     for name in ("optimizers.csv", "optimizers_summary.csv", "optimizers_lr_tuning.csv", "summary.md", "config.json",
                  "optimizers_mnist_unstructured.png", "optimizers_mnist_structured.png"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -292,8 +305,9 @@ def test_command_on_mnist_writes_csv_figures_config_and_table(data_home, tmp_pat
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 and {r["sparsity_type"] for r in rows} == {"dense", "unstructured", "structured"}
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["spred_version"] == spred.__version__ and cfg["learning_rates"] == {"mnist": {"sgd": 0.05}}
-    assert cfg["lr_tuning"][0]["chosen"] is True and cfg["config"]["lr_grid"]["sgd"] == [0.05]
+    assert cfg["spred_version"] == spred.__version__ and cfg["learning_rates"] == {"mnist": {"spred": {"sgd": 0.05}, "dense": {"sgd": 0.05}}}
+    assert [(r["sparsity_type"], r["chosen"]) for r in cfg["lr_tuning"]] == [("unstructured", True), ("dense", True)]
+    assert cfg["config"]["lr_grid"]["sgd"] == [0.05]
 
 
 @pytest.mark.data
@@ -314,5 +328,5 @@ def test_quick_run_reaches_targets(data_home, tmp_path, monkeypatch):
     with open(tmp_path / "optimizers.csv", newline="") as fh:
         rows = [r for r in csv.DictReader(fh) if r["sparsity_type"] != "dense"]
     assert len(rows) == 5 * 2 * 4
-    coupled = [r for r in rows if r["optimizer"] in ("sgd", "adam", "adamw")]
+    # the acceptance criterion: the coupled (L1) optimizers land within 2 points of every target    coupled = [r for r in rows if r["optimizer"] in ("sgd", "adam", "adamw")]
     assert all(abs(float(r["weight_sparsity"]) - float(r["target"])) <= 0.02 for r in coupled)

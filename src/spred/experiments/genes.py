@@ -56,7 +56,7 @@ LABELS = {
 SCORES = ("svm", "logreg", "own")
 CSV_COLUMNS = (
     "dataset", "n_samples", "n_features", "n_classes", "seed", "method", "k", "n_selected", "acc_svm", "acc_logreg",
-    "acc_own", "fit_seconds", "shared_fit",
+    "acc_own", "fit_seconds", "shared_fit", "selected",
 )  # fmt: skip
 # The quick preset: 3 splits of 5 datasets chosen to span the sizes (325 to 7129 genes, 2 to 7 classes).
 QUICK_DATASETS = ("lung_discrete", "colon", "SRBCT", "GLIOMA", "ALLAML")
@@ -107,7 +107,7 @@ class GenesConfig:
     mlp_lr: float = 1e-3
     mlp_weight_decay: float = 1e-3
     mlp_l1: float = 1e-4
-    lassonet_lambda_start: float = 10.0
+    lassonet_lambda_start: float = 2.0
     lassonet_path_multiplier: float = 1.2
     hsic_block: int = 20
     hsic_permutations: int = 3
@@ -209,6 +209,7 @@ def run_split(name: str, X: np.ndarray, y: np.ndarray, seed: int, cfg: GenesConf
                 "dataset": name, "n_samples": len(y), "n_features": X.shape[1], "n_classes": int(np.unique(y).size),
                 "seed": seed, "method": method, "k": k, "n_selected": len(s.indices), "acc_svm": svm, "acc_logreg": logreg,
                 "acc_own": own, "fit_seconds": s.seconds, "shared_fit": s.shared,
+                "selected": " ".join(str(int(i)) for i in np.sort(s.indices)),
             })  # fmt: skip
         logger.debug("%s seed %d %s: %s", name, seed, method, {k: round(result[k].seconds, 2) for k in ks})
     return rows

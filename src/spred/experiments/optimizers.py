@@ -115,16 +115,20 @@ DENSE_OF = {"sgd": "sgd", "adam": "adam", "adamw": "adamw", "adamw_decoupled": "
 _TORCH_NAME = {"sgd": "sgd", "adam": "adam", "adamw": "adamw", "adagrad": "adagrad"}
 
 # Half-decade grids. A first pass one step lower (SGD 0.01-0.1, Adam 3e-4-3e-3, Adagrad 3e-3-3e-2) picked the
-# top of every grid on MNIST (quick settings), so the grids were moved up by one step.
+# top of every grid on MNIST (quick settings), so the grids were moved up by one step; a second pass picked the
+# top again for SGD and decoupled AdamW, whose grids got one more step.
 DEFAULT_LR_GRID = {
-    "sgd": (0.03, 0.1, 0.3),
+    "sgd": (0.03, 0.1, 0.3, 1.0),
     "adam": (1e-3, 3e-3, 1e-2),
     "adamw": (1e-3, 3e-3, 1e-2),
-    "adamw_decoupled": (1e-3, 3e-3, 1e-2),
+    "adamw_decoupled": (1e-3, 3e-3, 1e-2, 3e-2),
     "adagrad": (1e-2, 3e-2, 1e-1),
 }
 # lam at the start of training; the controller moves it by up to 1000x in half of training.
-DEFAULT_INITIAL_LAMS = {"sgd": 1e-4, "adam": 1e-4, "adamw": 1e-4, "adamw_decoupled": 1e-1, "adagrad": 1e-4}
+# Start low: zeros made by overshooting do not come back. With 1e-4, Adam (lr 1e-3) zeroed 67% of the weights of
+# the MNIST CNN for targets of 20%, 40% and 60% alike: its normalised step drives every weight whose gradient is
+# below lam to zero within ~100 steps. A decoupled step shrinks by lr * lam, hence its larger start.
+DEFAULT_INITIAL_LAMS = {"sgd": 1e-5, "adam": 1e-5, "adamw": 1e-5, "adamw_decoupled": 1e-2, "adagrad": 1e-5}
 
 CSV_COLUMNS = (
     "dataset", "optimizer", "sparsity_type", "target", "seed", "lr", "lr_source", "epochs", "threshold",
@@ -213,6 +217,8 @@ class OptimizersConfig:
         ``|v| <= threshold`` (group norm for structured) counts as zero.
     lrs : dict of str to float
         Fixed learning rates; optimizers not listed are tuned on ``lr_grid``.
+    dense_lrs : dict of str to float
+        Fixed learning rates of the dense baselines; the others are tuned (plain model, same grid).
     lr_grid : dict of str to tuple of float
     tune_type, tune_target, tune_seed, val_fraction
         Where the learning rates are tuned: sparsity type, target, seed and the
@@ -243,6 +249,7 @@ class OptimizersConfig:
     fashion_test_size: float = 0.25
     threshold: float = 1e-3
     lrs: dict[str, float] = field(default_factory=dict)
+    dense_lrs: dict[str, float] = field(default_factory=dict)
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LR_GRID))
     tune_type: str = "unstructured"
     tune_target: float = 0.6
@@ -328,6 +335,7 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     if not _is_int(cfg.tune_seed):
         raise ValueError(f"The 'tune_seed' parameter of {who} must be an int >= 0. Got {cfg.tune_seed!r} instead.")
     _check_lr_map(cfg.lrs, "lrs", who)
+    _check_lr_map(cfg.dense_lrs, "dense_lrs", who)
     grid = _check_lr_map(cfg.lr_grid, "lr_grid", who, grid=True)
     missing = [o for o in cfg.optimizers if o not in cfg.lrs and o not in grid]
     if missing:
@@ -712,6 +720,9 @@ def tune_learning_rates(
     controller, collapsed at ``threshold`` and scored on ``val_data``. The chosen
     learning rate is the one with the highest validation accuracy among the runs that
     reached the target (``|sparsity - target| <= tolerance``), or among all runs if none did.
+    ``sparsity_type="dense"`` tunes the plain model instead (no spred, no target; for the
+    dense baselines: a learning rate tuned under spred need not suit the plain model, whose
+    gradient steps are scaled differently; ``"adamw_decoupled"`` is then plain AdamW).
 
     Returns
     -------
@@ -725,6 +736,9 @@ def tune_learning_rates(
     from spred.train import TargetSparsity
 
     optimizers = _check_names(optimizers, OPTIMIZERS, "optimizers", "tune_learning_rates")
+    if sparsity_type not in (*SPARSITY_TYPES, "dense"):
+        raise ValueError(f"The 'sparsity_type' parameter of tune_learning_rates must be one of {[*SPARSITY_TYPES, 'dense']}. Got {sparsity_type!r} instead.")
+    dense = sparsity_type == "dense"
     grid = _check_lr_map(dict(DEFAULT_LR_GRID if lr_grid is None else lr_grid), "lr_grid", "tune_learning_rates", grid=True)
     lams = {**DEFAULT_INITIAL_LAMS, **dict(initial_lams or {})}
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
@@ -735,20 +749,24 @@ def tune_learning_rates(
     for optimizer, lr in bar:
         with _common.torch_seed(seed):
             model = model_factory()
-        group_size = _sparsify(model, sparsity_type, lams[optimizer], _last_layer(model))
-        thr = threshold / math.sqrt(group_size)
         try:
-            _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=thr), thr)
-            model.cpu()
-            sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
-            acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
+            if dense:
+                _train(setup, model, optimizer, lr, seed, None, threshold)
+                model.cpu()
+                sparsity, acc = 0.0, _evaluate(setup, model, val_data)
+            else:
+                thr = threshold / math.sqrt(_sparsify(model, sparsity_type, lams[optimizer], _last_layer(model)))
+                _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=thr), thr)
+                model.cpu()
+                sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
+                acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
         except FloatingPointError as exc:  # a learning rate that diverges is a result, not an error
             logger.info("tuning %s lr %g diverged: %s", optimizer, lr, exc)
             sparsity, acc = math.nan, math.nan
         rows.append({"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
-                     "reached_target": bool(abs(sparsity - target) <= tolerance), "chosen": False, "sparsity_type": sparsity_type,
-                     "target": target, "seed": seed, "epochs": epochs})  # fmt: skip
-        logger.info("tuning %s lr %g: val acc %.4f, sparsity %.3f", optimizer, lr, acc, sparsity)
+                     "reached_target": dense or bool(abs(sparsity - target) <= tolerance), "chosen": False,
+                     "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": epochs})  # fmt: skip
+        logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", optimizer, sparsity_type, lr, acc, sparsity)
     for optimizer in optimizers:
         own = [r for r in rows if r["optimizer"] == optimizer and math.isfinite(r["val_acc"])]
         pool = [r for r in own if r["reached_target"]] or own
@@ -774,6 +792,7 @@ def optimizer_study(
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 10,
     lrs: Mapping[str, float] | None = None,
+    dense_lrs: Mapping[str, float] | None = None,
     lr_grid: Mapping[str, Sequence[float]] | None = None,
     val_data=None,
     val_fraction: float = 0.1,
@@ -823,6 +842,9 @@ def optimizer_study(
     lrs : mapping of str to float, optional
         Fixed learning rates; optimizers not listed are tuned with
         :func:`tune_learning_rates` on ``lr_grid``.
+    dense_lrs : mapping of str to float, optional
+        Fixed learning rates of the dense baselines (keys ``"sgd"``, ``"adam"``,
+        ``"adamw"``, ``"adagrad"``); the others are tuned on the plain model.
     lr_grid : mapping of str to sequence of float, optional
         Default: ``DEFAULT_LR_GRID``.
     val_data : (X, y) tuple or DataLoader, optional
@@ -873,8 +895,8 @@ def optimizer_study(
     from tqdm.auto import tqdm
 
     who = "optimizer_study"
-    if not callable(model_factory):
-        raise TypeError(f"The 'model_factory' parameter of {who} must be a callable () -> nn.Module. Got {type(model_factory).__name__} instead.")
+    if not callable(model_factory) or isinstance(model_factory, nn.Module):
+        raise TypeError(f"The 'model_factory' parameter of {who} must be a callable that builds a fresh model (e.g. lambda: MyNet()), not a model. Got {type(model_factory).__name__} instead.")
     optimizers = _check_names(optimizers, OPTIMIZERS, "optimizers", who)
     sparsity_types = _check_names(sparsity_types, SPARSITY_TYPES, "sparsity_types", who)
     targets = _check_targets(targets, who)
@@ -888,8 +910,9 @@ def optimizer_study(
         raise ValueError(f"The 'threshold' parameter of {who} must be a float > 0 (the controller counts |v| <= threshold as zero). Got {threshold!r} instead.")
     if not (_is_real(tolerance) and 0 < tolerance < 1):
         raise ValueError(f"The 'tolerance' parameter of {who} must be a float in (0, 1). Got {tolerance!r} instead.")
-    lrs = _check_lr_map(dict(lrs or {}), "lrs", who)
-    lams = {**DEFAULT_INITIAL_LAMS, **_check_lr_map(dict(initial_lams or {}), "initial_lams", who)}
+    lrs = _check_lr_map({} if lrs is None else lrs, "lrs", who)
+    dense_lrs = _check_lr_map({} if dense_lrs is None else dense_lrs, "dense_lrs", who)
+    lams = {**DEFAULT_INITIAL_LAMS, **_check_lr_map({} if initial_lams is None else initial_lams, "initial_lams", who)}
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     probe = model_factory()
     if not isinstance(probe, nn.Module):
@@ -902,46 +925,44 @@ def optimizer_study(
         raise ValueError(f"The 'example_inputs' parameter of {who} must be a tensor with at least 2 samples (pruning reads the constants zero channels emit from them).")
     example_inputs = example_inputs.cpu()
 
+    dense_opts = list(dict.fromkeys(DENSE_OF[o] for o in optimizers)) if dense_baseline else []
     sources = {o: "given" for o in lrs}
+    dense_sources = {o: "given" for o in dense_lrs}
     missing = [o for o in optimizers if o not in lrs]
-    if missing:
+    missing_dense = [o for o in dense_opts if o not in dense_lrs]
+    if missing or missing_dense:
         if val_data is None:
             if not _is_tensor_pair(train_data):
-                raise ValueError(f"tuning the learning rates of {missing} needs validation data: pass val_data=..., or lrs={{...}} for every optimizer.")
+                raise ValueError(f"tuning the learning rates of {missing + missing_dense} needs validation data: pass val_data=..., or lrs={{...}} and dense_lrs={{...}} for every optimizer.")
             tune_train, val_data = _validation_split(train_data, val_fraction)
         else:
             tune_train = train_data
-        chosen, tune_rows = tune_learning_rates(
-            model_factory, tune_train, val_data, optimizers=missing, lr_grid=lr_grid, sparsity_type=tune_type, target=tune_target,
-            seed=tune_seed, epochs=epochs, batch_size=batch_size, threshold=threshold, momentum=momentum, initial_lams=lams,
-            tolerance=tolerance, loss_fn=loss_fn, device=device, progress=progress,
-        )  # fmt: skip
-        if tuning is not None:
-            tuning.extend(tune_rows)
-        lrs.update(chosen)
-        sources.update({o: "tuned" for o in chosen})
+        common = {"lr_grid": lr_grid, "seed": tune_seed, "epochs": epochs, "batch_size": batch_size, "threshold": threshold, "momentum": momentum,
+                  "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress}  # fmt: skip
+        for names, kind, lr_map, source_map in ((missing, tune_type, lrs, sources), (missing_dense, "dense", dense_lrs, dense_sources)):
+            if not names:
+                continue
+            chosen, tune_rows = tune_learning_rates(model_factory, tune_train, val_data, optimizers=names, sparsity_type=kind, target=tune_target, **common)
+            if tuning is not None:
+                tuning.extend(tune_rows)
+            lr_map.update(chosen)
+            source_map.update({o: "tuned" for o in chosen})
 
     kkt_x, kkt_y = _first_samples(train_data, kkt_samples)
     setup = _Setup(
         model_factory, train_data, test_data, (kkt_x.cpu(), kkt_y.cpu()), example_inputs, epochs, batch_size, threshold, momentum, loss_fn,
         tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset,
     )  # fmt: skip
-    jobs = []
-    if dense_baseline:
-        dense_opts = list(dict.fromkeys(DENSE_OF[o] for o in optimizers))
-        jobs += [("dense", o, None, s) for o in dense_opts for s in seeds]
+    jobs = [("dense", o, None, s) for o in dense_opts for s in seeds]
     jobs += [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
     rows = []
     bar = tqdm(jobs, desc=f"optimizers ({dataset})", unit="run", disable=not progress)
     for kind, optimizer, target, seed in bar:
         bar.set_postfix(opt=optimizer, type=kind, target=target, seed=seed, refresh=False)
-        # a dense baseline of an optimizer that is not studied itself ("adamw" for "adamw_decoupled") borrows its lr
-        owner = optimizer if optimizer in lrs else next(o for o in optimizers if DENSE_OF[o] == optimizer)
-        lr, source = lrs[owner], sources[owner]
         if kind == "dense":
-            row = _dense_row(setup, optimizer, lr, source, seed)
+            row = _dense_row(setup, optimizer, dense_lrs[optimizer], dense_sources[optimizer], seed)
         else:
-            row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+            row = _sparse_row(setup, optimizer, kind, target, lrs[optimizer], sources[optimizer], seed, lams[optimizer])
         logger.info(
             "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
             dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
@@ -1119,7 +1140,7 @@ class OptimizersResults:
     rows: list[dict]
     summary: list[dict]
     tuning: list[dict]
-    lrs: dict[str, dict[str, float]]
+    lrs: dict[str, dict[str, dict[str, float]]]  # dataset -> "spred" / "dense" -> optimizer -> lr
     files: dict[str, Path]
     seconds: float
     cpu_seconds: float = math.nan  # CPU time of this process: the wall time on free cores, roughly, with one thread
@@ -1140,7 +1161,7 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
         tune_rows: list[dict] = []
         ds_rows = optimizer_study(
             StudyCNN, train, test, optimizers=cfg.optimizers, sparsity_types=cfg.sparsity_types, targets=cfg.targets,
-            seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
+            seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, dense_lrs=cfg.dense_lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
             batch_size=cfg.batch_size, threshold=cfg.threshold, momentum=cfg.momentum, initial_lams=cfg.initial_lams,
             tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
             latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_type=cfg.tune_type,
@@ -1149,7 +1170,10 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
         for r in tune_rows:
             r["dataset"] = dataset
         tuning += tune_rows
-        chosen[dataset] = {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] != "dense"}
+        chosen[dataset] = {
+            "spred": {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] != "dense"},
+            "dense": {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == "dense"},
+        }
         rows += ds_rows
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     summary = summarise(rows)
@@ -1174,10 +1198,12 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
 def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
     """The markdown printed at the end: learning rates, one table per dataset and type, the runs that missed their target."""
     parts = []
-    for dataset, lrs in results.lrs.items():
-        how = {r["optimizer"]: r for r in results.tuning if r.get("dataset") == dataset and r["chosen"]}
-        desc = ", ".join(f"{o} {lr:g}" + (" (tuned)" if o in how else " (given)") for o, lr in lrs.items())
-        parts.append(f"Learning rates on {dataset}: {desc}.")
+    for dataset, by_kind in results.lrs.items():
+        for kind, lrs in by_kind.items():
+            tuned = {r["optimizer"] for r in results.tuning if r.get("dataset") == dataset and r["chosen"] and (r["sparsity_type"] == "dense") == (kind == "dense")}
+            desc = ", ".join(f"{o} {lr:g}" + (" (tuned)" if o in tuned else " (given)") for o, lr in lrs.items())
+            if desc:
+                parts.append(f"Learning rates on {dataset} ({kind}): {desc}.")
     for dataset in cfg.datasets:
         for kind in cfg.sparsity_types:
             n = len(cfg.seeds)

@@ -424,9 +424,7 @@ class _Path:
         self.n_epochs += epochs
         norms = self.norms()
         train_loss, grads = self._loss_and_grads(Xw)
-        active = _active(norms, self.threshold)
-        if alpha > 0:  # a feature whose gradient is well inside the ball of radius alpha is on its way out
-            active &= grads >= (1.0 - _KKT_TOL) * alpha
+        active = self._selected(alpha, norms, grads)
         better = active & (alpha * self.unit >= self.importance)
         self.importance[better] = alpha * self.unit
         self.last_norm[better] = norms[better]
@@ -446,6 +444,19 @@ class _Path:
             self.bar.update(1)
             self.bar.set_postfix(alpha=f"{alpha * self.unit:.3g}", selected=point.n_selected, refresh=False)
         return point, active
+
+    def _selected(self, alpha: float, norms: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """Group norm above ``threshold`` times the largest, and gradient not well inside the ball of radius alpha
+        (such a feature is on its way out: at a stationary point a selected feature has gradient norm alpha)."""
+        active = _active(norms, self.threshold)
+        if alpha > 0:
+            active &= grads >= (1.0 - _KKT_TOL) * alpha
+        return active
+
+    def selected_now(self, alpha: float) -> np.ndarray:
+        """The features selected by the current state at ``alpha``, without training."""
+        Xw = self.X[:, torch.as_tensor(self.cols, device=self.device)]
+        return self._selected(alpha, self.norms(), self._loss_and_grads(Xw)[1])
 
     def _loss_and_grads(self, Xw: torch.Tensor) -> tuple[float, np.ndarray]:
         """Training loss, and the norm of its gradient with respect to every input column.
@@ -485,6 +496,8 @@ def _search_k(path: _Path, k: int, alpha_start: float, max_bisect: int, resume: 
     """
     if resume is not None:
         path.restore(resume["snap"])
+        if resume["count"] == k:  # the same k again: the state already has it
+            return _finish(path, path.selected_now(resume["alpha"]), resume["alpha"], resume)
         base = (resume["alpha"], resume["count"], resume["snap"], path.epochs)
         below = resume["alpha"] / _MAX_STEP
         hist_a, hist_c = [resume["alpha"]], [resume["count"]]
@@ -596,7 +609,9 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         linear and the nonlinear part (exact group lasso over all the feature's
         outgoing weights). An ``nn.Module`` is deep-copied at fit; a callable
         ``model(n_features, n_outputs) -> nn.Module`` is called at fit. Its input layer
-        (see ``input_layer``) must be an ``nn.Linear`` reading all features, and its
+        (see ``input_layer``) must be an ``nn.Linear`` reading all features and the only
+        module that sees the input (the selector trains it on fewer columns as
+        features drop out), and its
         output must have ``n_outputs`` columns: 1 for regression and binary
         classification (or 2 for binary with a softmax), the number of classes otherwise.
     n_features_to_select : int or float, default=None
@@ -644,7 +659,9 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         ``n_iter_no_change`` epochs (keeping the best weights). The held-out samples
         take no part in the selection.
     validation_fraction : float, default=0.1
+        Fraction of each class held out when ``early_stopping=True``.
     n_iter_no_change : int, default=10
+        Patience (epochs) of the refit's early stopping.
     stability_selection : int, default=0
         If > 0, the number of subsamples (of ``subsample_fraction`` of the samples,
         without replacement, per class) on which the selection is repeated; the
@@ -652,6 +669,7 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         those selected in at least half of the subsamples) and the network is trained
         on them with ``refit``.
     subsample_fraction : float, default=0.5
+        Size of each stability-selection subsample, as a fraction of the training data.
     device : str or torch.device, default="cpu"
         Where to train (e.g. ``"cuda"``). The fitted network is kept on the CPU.
     warm_start : bool, default=False
@@ -907,8 +925,7 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         Y2 = Y[train_idx].astype(np.float64)
         Y2 = np.eye(n_out)[Y[train_idx]] if loss_kind == "multinomial" else Y2.reshape(len(train_idx), -1)
         self.alpha_max_ = unit * _alpha_max(Xs[train_idx].astype(np.float64), Y2)
-        tensor = lambda a: torch.as_tensor(a)  # noqa: E731
-        X_t, Y_t = tensor(Xs), tensor(Y)
+        X_t, Y_t = torch.as_tensor(Xs), torch.as_tensor(Y)
         val = None if val_idx is None else (X_t[val_idx], Y_t[val_idx])
         settings = dict(hidden=hidden, n_out=n_out, loss_fn=loss_fn, device=device, unit=unit)
 
@@ -924,7 +941,9 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         else:
             self.alpha_ = res.alpha
             self.feature_importances_ = res.importance
-            self._warm = {"n_features": p, "k": k, "resume": res.resume, "points": res.points, "importance": res.importance, "last_norm": res.last_norm} if k is not None else None
+            self._warm = None if k is None else {
+                "n_features": p, "resume": res.resume, "points": res.points, "importance": res.importance, "last_norm": res.last_norm,
+            }  # fmt: skip
 
         net = self._final_network(res, p, hidden, n_out, seed)
         if self.refit:

@@ -209,13 +209,18 @@ def _solve_psd(H, rhs):
     """Solve ``H d = rhs`` for a symmetric positive semi-definite ``H``."""
     if not (np.all(np.isfinite(H)) and np.all(np.isfinite(rhs))):
         return np.zeros_like(rhs)
-    try:
-        c = scipy.linalg.cho_factor(H, check_finite=False)
-        d = scipy.linalg.cho_solve(c, rhs, check_finite=False)
-        if np.all(np.isfinite(d)):
-            return d
-    except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-        pass
+    mu = 1e-10 * max(np.trace(H) / max(H.shape[0], 1), 1e-300)
+    for damping in (0.0, mu):
+        try:
+            # damping only if singular: a flat direction then gets a long step (and
+            # the coefficient that crosses zero first leaves the support)
+            Hd = H if damping == 0.0 else H + damping * np.eye(H.shape[0])
+            c = scipy.linalg.cho_factor(Hd, check_finite=False)
+            d = scipy.linalg.cho_solve(c, rhs, check_finite=False)
+            if np.all(np.isfinite(d)):
+                return d
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+            pass
     # singular (collinear features, more active features than samples): pseudo-inverse
     lam, U = scipy.linalg.eigh(H, check_finite=False)
     keep = lam > 1e-12 * max(lam.max(), 1e-300)
@@ -740,7 +745,7 @@ class _L1Sub:
         keep = np.zeros(v.size, bool)
         keep[A] = True
         v[~keep] = 0.0
-        if A.size > max(sub.n, 200):
+        if A.size > max(sub.n, 50):
             return v, b, False  # more active entries than samples: not identified yet
         theta = np.sign(v[A])
         tiny = max(1e-3 * tol_abs, 1e-14 * max(alpha, 1e-300))

@@ -28,15 +28,12 @@ problem is the single-process one.
 
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-
-logger = logging.getLogger("spred")
 
 # Rank r seeds its global generator (dropout) with seed + r * GOLDEN (mod 2**64): distinct streams per rank,
 # and rank 0 uses ``seed`` itself, as a single process does.
@@ -150,7 +147,7 @@ class Distributed:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def sum(self, values: list[float], device: torch.device | None = None) -> list[float]:
+    def sum(self, values: list[float]) -> list[float]:
         """``values`` summed over all ranks (float64; one all-reduce)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.comm_device)
         torch.distributed.all_reduce(t)

@@ -529,7 +529,7 @@ def _restore_rng(state: dict, run: _Run, device: torch.device, seed: int) -> Non
     rank = 0 if run.dist is None else run.dist.rank
     world = 1 if run.dist is None else run.dist.world_size
     saved = state.get("rng_ranks")
-    if saved is not None and len(saved) == world:
+    if saved is not None and rank < len(saved):
         set_rng_state(saved[rank], device)
     elif rank == 0:
         set_rng_state(state["rng"], device)
