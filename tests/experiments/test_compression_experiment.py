@@ -67,12 +67,10 @@ def tiny_models(monkeypatch):
 
 @pytest.fixture(scope="module")
 def tiny_rows():
-    mp = pytest.MonkeyPatch()
-    mp.setattr(C, "build_model", lambda name, seed: _tiny(seed))
-    try:
-        yield C.run_unstructured(C.check_config(TINY), "lenet300100", 0, _synthetic())
-    finally:
-        mp.undo()
+    """Every method at 4x and 10x on the tiny MLP (about 10 s)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(C, "build_model", lambda name, seed: _tiny(seed))
+        return C.run_unstructured(C.check_config(TINY), "lenet300100", 0, _synthetic())
 
 
 # --------------------------------------------------------------------------- the pipeline
@@ -154,7 +152,8 @@ def test_compression_ratio_counts_parameters_only_never_buffers():
 def test_run_experiment_writes_csv_figure_config_and_table(tmp_path, tiny_models, monkeypatch):
     monkeypatch.setattr(C, "load_data", lambda dataset, **kw: _images() if dataset == "mnist" else None)
     cfg = dataclasses.replace(TINY, ratios={"lenet300100": (5.0,)}, methods=("spred", "magnitude"), structured=True,
-                              structured_epochs=1, structured_finetune_epochs=1, structured_sparsity=0.5, latency_repeats=2)  # fmt: skip
+                              structured_epochs=1, structured_finetune_epochs=1, structured_sparsity=0.5, latency_repeats=2,
+                              structured_lam_exponents=(0.5,))  # fmt: skip
     monkeypatch.setattr(C, "build_model", lambda name, seed: _tiny_784(seed) if name == "lenet300100" else LeNet5Caffe())
     res = C.run_experiment(cfg, tmp_path, progress=False)
     for name in ("compression.csv", "compression_summary.csv", "compression_structured.csv", "compression.png", "summary.md", "config.json"):
@@ -163,7 +162,7 @@ def test_run_experiment_writes_csv_figure_config_and_table(tmp_path, tiny_models
     rows = list(csv.DictReader(open(tmp_path / "compression.csv")))
     assert [r["method"] for r in rows] == ["dense", "spred", "magnitude"] and list(rows[0]) == list(C.CSV_COLUMNS)
     structured = list(csv.DictReader(open(tmp_path / "compression_structured.csv")))
-    assert [r["method"] for r in structured] == ["spred_group", "filter_norm"]
+    assert [r["method"] for r in structured] == ["spred_group", "filter_norm"] and list(structured[0]) == list(C.STRUCTURED_COLUMNS)
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["spred_version"] == spred.__version__ and config["config"]["ratios"] == {"lenet300100": [5.0]}
     text = (tmp_path / "summary.md").read_text()
@@ -188,16 +187,21 @@ def _tiny_784(seed):
 
 
 def test_structured_prunes_to_a_smaller_module_with_equal_outputs(tiny_models):
-    cfg = dataclasses.replace(C.check_config(TINY), structured_epochs=2, structured_finetune_epochs=1, structured_sparsity=0.6, latency_repeats=3, lam=1e-4)
+    cfg = dataclasses.replace(C.check_config(TINY), structured_epochs=2, structured_finetune_epochs=1, structured_sparsity=0.6,
+                              latency_repeats=3, lam=1e-4, structured_lam_exponents=(0.0, 1.0))  # fmt: skip
     rows = C.run_structured(cfg, 0, _images())
-    spred_row, baseline = rows
-    assert spred_row["params_pruned"] < spred_row["params"] and spred_row["flop_ratio"] > 1
-    assert spred_row["max_abs_diff"] <= 1e-5
-    assert spred_row["test_error"] == pytest.approx(spred_row["test_error_collapsed"], abs=1e-3)
-    assert baseline["widths_after"] == spred_row["widths_after"]  # the baseline is pruned to the same widths
-    assert baseline["max_abs_diff"] <= 1e-5
+    assert [(r["method"], r["lam_exponent"]) for r in rows] == [("spred_group", 0.0), ("spred_group", 1.0), ("filter_norm", 0.0), ("filter_norm", 1.0)]
+    for spred_row, baseline in zip(rows[:2], rows[2:]):
+        assert spred_row["params_pruned"] < spred_row["params"] and spred_row["flop_ratio"] > 1
+        assert spred_row["test_error"] == pytest.approx(spred_row["test_error_collapsed"], abs=1e-3)
+        assert baseline["widths_after"] == spred_row["widths_after"]  # the baseline is pruned to the same widths
     for r in rows:
+        assert r["max_abs_diff_fp64"] <= 1e-10  # the pruned module computes the same function
+        assert r["max_rel_diff"] <= 1e-5 and r["max_abs_diff"] <= 1e-4
         assert r["speedup_b1"] > 0 and r["speedup_b256"] > 0 and set(r) == set(C.STRUCTURED_COLUMNS)
+    # FLOP weighting (exponent 1) removes more convolution filters than weighing all groups alike
+    conv = lambda r: sum(int(w) for w in r["widths_after"].split("-")[:2])  # noqa: E731
+    assert conv(rows[1]) < conv(rows[0]) and rows[1]["flop_ratio"] > rows[0]["flop_ratio"]
 
 
 # --------------------------------------------------------------------------- budgets and dead units
@@ -440,6 +444,9 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"structured": 1}, TypeError, r"The 'structured' parameter of CompressionConfig must be a bool"),
         ({"structured_model": "smallvgg"}, ValueError, r"The 'structured_model' parameter of CompressionConfig must be 'lenet5caffe'"),
         ({"structured_sparsity": 1.0}, ValueError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float in \(0, 1\)"),
+        ({"structured_lam_exponents": 0.5}, TypeError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple"),
+        ({"structured_lam_exponents": (2.0,)}, ValueError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple of floats in \[0, 1\]. Got \(2.0,\)"),
+        ({"controller_margin": -0.1}, ValueError, r"The 'controller_margin' parameter of CompressionConfig must be a float in \[0.0, 1.0\]"),
         ({"seeds": 0}, TypeError, r"The 'seeds' parameter of CompressionConfig must be a non-empty tuple"),
         ({"seeds": (0, 0)}, ValueError, r"The 'seeds' parameter of CompressionConfig must be distinct ints >= 0"),
         ({"device": 0}, TypeError, r"The 'device' parameter of CompressionConfig must be a device string"),

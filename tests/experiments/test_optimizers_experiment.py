@@ -119,7 +119,6 @@ def test_decoupled_decay_is_not_l1_at_its_own_lam(study):
     for r in rows:
         if r["sparsity_type"] == "dense":
             continue
-        print(r["optimizer"], r["sparsity_type"], r["lam_fit_ratio"], r["kkt_median"], r["zero_violations"], r["weight_sparsity"])
         if r["optimizer"] == "adamw_decoupled":
             assert r["lam_fit_ratio"] < 0.05, r
         if r["optimizer"] in ("adam", "adamw"):

@@ -111,7 +111,7 @@ CSV_COLUMNS = (
     "wall_s", "lam", "dead_units", "train_size",
 )  # fmt: skip
 STRUCTURED_COLUMNS = (
-    "model", "method", "seed", "target_sparsity", "widths_before", "widths_after", "params", "params_pruned",
+    "model", "method", "seed", "target_sparsity", "lam_exponent", "widths_before", "widths_after", "params", "params_pruned",
     "compression_ratio", "flops", "flops_pruned", "flop_ratio", "latency_b1_ms", "latency_b1_pruned_ms",
     "speedup_b1", "latency_b256_ms", "latency_b256_pruned_ms", "speedup_b256", "max_abs_diff", "max_rel_diff", "max_abs_diff_fp64",
     "test_error_collapsed", "test_error", "epochs", "wall_s", "threads",
@@ -177,11 +177,12 @@ class CompressionConfig:
         The CNN of the structured experiment (``lenet5caffe``).
     structured_sparsity : float
         Target fraction of zeros (weights in removed channels) among the grouped weights.
-    structured_lam_exponent : float
-        lam of each grouped layer is ``lam * positions**structured_lam_exponent``, with
-        ``positions`` the output positions per sample (FLOPs per weight: 576 and 64
-        for LeNet-5's convolutions, 1 for a Linear layer); 0 weighs all groups alike,
-        1 makes the penalty proportional to the FLOPs a channel costs.
+    structured_lam_exponents : tuple of float
+        One structured spred run per value ``e``: lam of each grouped layer is
+        ``lam * positions**e``, with ``positions`` the output positions per sample
+        (FLOPs per weight: 576 and 64 for LeNet-5's convolutions, 1 for a Linear
+        layer); 0 weighs all groups alike (parameters), 1 makes the penalty
+        proportional to the FLOPs a channel costs.
     structured_epochs, structured_finetune_epochs : int or None
         Epochs of the structured runs (None: ``epochs`` / ``finetune_epochs``).
     latency_repeats : int
@@ -216,7 +217,7 @@ class CompressionConfig:
     structured: bool = True
     structured_model: str = "lenet5caffe"
     structured_sparsity: float = 0.95
-    structured_lam_exponent: float = 0.0
+    structured_lam_exponents: tuple[float, ...] = (0.0, 0.5)
     structured_epochs: int | None = None
     structured_finetune_epochs: int | None = None
     latency_repeats: int = 30
@@ -234,6 +235,7 @@ QUICK = {
     "finetune_epochs": 5,
     "structured_epochs": 10,
     "structured_finetune_epochs": 3,
+    "structured_lam_exponents": (0.5,),
     "latency_repeats": 20,
     "seeds": (0,),
 }
@@ -325,7 +327,11 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     _check_real(cfg, "threshold", 0.0, low_open=True)
     _check_real(cfg, "ramp", 0.0, 1.0, low_open=True)
     _check_real(cfg, "controller_margin", 0.0, 1.0)
-    _check_real(cfg, "structured_lam_exponent", 0.0, 1.0)
+    exps = cfg.structured_lam_exponents
+    if isinstance(exps, str) or not isinstance(exps, Sequence) or not exps:
+        raise _err(TypeError, "structured_lam_exponents", "a non-empty tuple of floats in [0, 1]", exps)
+    if any(isinstance(e, bool) or not isinstance(e, Real) or not 0 <= e <= 1 for e in exps):
+        raise _err(ValueError, "structured_lam_exponents", "a non-empty tuple of floats in [0, 1]", tuple(exps))
     _check_real(cfg, "gmp_start", 0.0, 1.0)
     if cfg.gmp_start >= cfg.ramp:
         raise ValueError(f"The 'gmp_start' parameter of CompressionConfig must be smaller than 'ramp'={cfg.ramp}. Got {cfg.gmp_start!r} instead.")
@@ -723,63 +729,82 @@ def _structured_row(ctx: _Context, method: str, collapsed: nn.Module, err_collap
     }  # fmt: skip
 
 
+def _spred_structured(ctx: _Context, hidden: Sequence[str], exponent: float) -> dict:
+    from spred.train import TargetSparsity
+
+    cfg, name = ctx.cfg, ctx.model_name
+    model = build_model(name, ctx.seed)
+    spred.sparsify(model, _layer_lams(model, hidden, cfg.lam, exponent, ctx.data.example), groups="out")
+    target = TargetSparsity(cfg.structured_sparsity, ramp_epochs=cfg.ramp * cfg.epochs)
+    result = ctx.fit(model, cfg.epochs, lr=ctx.lr("spred"), target_sparsity=target, threshold=cfg.threshold)
+    collapsed = spred.collapse(model, threshold=cfg.threshold)
+    with torch.no_grad():  # a removed channel takes its bias along (spred penalises weights only)
+        for n in hidden:
+            m = dict(collapsed.named_modules())[n]
+            if m.bias is not None:
+                m.bias[m.weight.flatten(1).eq(0).all(1)] = 0.0
+    seconds = result.wall_time_s
+    if cfg.finetune_epochs:
+        seconds += ctx.fit(collapsed, cfg.finetune_epochs, lr=cfg.finetune_lr, mask=bp.keep_masks(collapsed), scheduler="cosine").wall_time_s
+    row = _structured_row(ctx, "spred_group", collapsed, ctx.test_error(collapsed), seconds, cfg.epochs + cfg.finetune_epochs, hidden)
+    return {**row, "lam_exponent": exponent}
+
+
+def _filter_norm(ctx: _Context, dense: nn.Module, dense_seconds: float, hidden: Sequence[str], widths: Sequence[int], exponent: float) -> dict:
+    cfg = ctx.cfg
+    model = copy.deepcopy(dense)
+    modules = dict(model.named_modules())
+    masks = {}
+    with torch.no_grad():
+        for n, width in zip(hidden, widths):
+            m = modules[n]
+            keep = torch.zeros(m.weight.shape[0], dtype=torch.bool, device=m.weight.device)
+            keep[m.weight.flatten(1).norm(dim=1).argsort(descending=True)[:width]] = True
+            m.weight[~keep] = 0.0
+            m.bias[~keep] = 0.0
+            masks[f"{n}.weight"] = keep.view((-1,) + (1,) * (m.weight.dim() - 1)).expand_as(m.weight).clone()
+            masks[f"{n}.bias"] = keep.clone()
+    seconds = dense_seconds
+    if cfg.finetune_epochs:
+        seconds += ctx.fit(model, cfg.finetune_epochs, lr=cfg.finetune_lr, mask=masks, scheduler="cosine").wall_time_s
+    row = _structured_row(ctx, "filter_norm", model, ctx.test_error(model), seconds, cfg.epochs + cfg.finetune_epochs, hidden)
+    return {**row, "lam_exponent": exponent}
+
+
 def run_structured(cfg: CompressionConfig, seed: int, data: Data, *, progress: bool = False) -> list[dict]:
     """Channel sparsity: spred with ``groups="out"`` and a filter-norm baseline at the same widths.
 
-    spred: sparsify every conv filter and hidden neuron (not the output layer) with
-    one group each, train to ``structured_sparsity`` with the controller, collapse,
-    zero the biases of the zero channels (a removed channel takes its bias along),
-    fine-tune with those zeros frozen, then :func:`spred.compress.prune_channels`. The
-    baseline trains the dense network for the same epochs, zeroes the filters /
-    neurons of smallest L2 norm so that every layer keeps as many as spred's, and
-    fine-tunes with them frozen. Both rows report the pruned module against the
-    collapsed one (outputs, parameters, FLOPs, latency).
+    spred, once per ``structured_lam_exponents``: sparsify every conv filter and
+    hidden neuron (not the output layer) with one group each (lam weighted by
+    ``positions**exponent``), train to ``structured_sparsity`` with the controller,
+    collapse, zero the biases of the zero channels (a removed channel takes its bias
+    along), fine-tune with those zeros frozen, then
+    :func:`spred.compress.prune_channels`. The baseline trains the dense network for
+    the same epochs (once, shared), zeroes the filters / neurons of smallest L2 norm
+    so that every layer keeps as many as spred's, and fine-tunes with them frozen.
+    Every row reports the pruned module against the collapsed one (outputs,
+    parameters, FLOPs, latency).
     """
     from spred.compress import count_parameters
-    from spred.train import TargetSparsity
 
     name = cfg.structured_model
     epochs = cfg.structured_epochs or cfg.epochs
     ft = cfg.finetune_epochs if cfg.structured_finetune_epochs is None else cfg.structured_finetune_epochs
     sub = _replace(cfg, epochs=epochs, finetune_epochs=ft)
-    with _common.torch_seed(seed):
-        model = build_model(name, seed)
-    ctx = _Context(sub, name, seed, data, count_parameters(model), None, progress)
-    layers = [n[: -len(".weight")] for n in bp.prunable_weights(model)]
-    hidden, last = layers[:-1], layers[-1]
+    probe = build_model(name, seed)
+    ctx = _Context(sub, name, seed, data, count_parameters(probe), None, progress)
+    hidden = [n[: -len(".weight")] for n in bp.prunable_weights(probe)][:-1]
     rows = []
-    with _common.torch_seed(seed):
-        spred.sparsify(model, _layer_lams(model, hidden, cfg.lam, cfg.structured_lam_exponent, data.example), groups="out")
-        target = TargetSparsity(cfg.structured_sparsity, ramp_epochs=cfg.ramp * epochs)
-        result = ctx.fit(model, epochs, lr=ctx.lr("spred"), target_sparsity=target, threshold=cfg.threshold)
-        collapsed = spred.collapse(model, threshold=cfg.threshold)
-        with torch.no_grad():  # a removed channel takes its bias along (spred penalises weights only)
-            for n in hidden:
-                m = dict(collapsed.named_modules())[n]
-                if m.bias is not None:
-                    m.bias[m.weight.flatten(1).eq(0).all(1)] = 0.0
-        seconds = result.wall_time_s
-        if ft:
-            seconds += ctx.fit(collapsed, ft, lr=cfg.finetune_lr, mask=bp.keep_masks(collapsed), scheduler="cosine").wall_time_s
-        rows.append(_structured_row(ctx, "spred_group", collapsed, ctx.test_error(collapsed), seconds, epochs + ft, hidden))
-    kept = {n: int(w) for n, w in zip(hidden, rows[0]["widths_after"].split("-"))}
+    for exponent in cfg.structured_lam_exponents:
+        with _common.torch_seed(seed):
+            rows.append(_spred_structured(ctx, hidden, exponent))
     with _common.torch_seed(seed):
         dense = build_model(name, seed)
-        seconds = ctx.fit(dense, epochs, lr=ctx.lr("magnitude")).wall_time_s
-        modules = dict(dense.named_modules())
-        masks = {}
-        with torch.no_grad():
-            for n in hidden:
-                m = modules[n]
-                keep = torch.zeros(m.weight.shape[0], dtype=torch.bool)
-                keep[m.weight.flatten(1).norm(dim=1).argsort(descending=True)[: kept[n]]] = True
-                m.weight[~keep] = 0.0
-                m.bias[~keep] = 0.0
-                masks[f"{n}.weight"] = keep.view((-1,) + (1,) * (m.weight.dim() - 1)).expand_as(m.weight).clone()
-                masks[f"{n}.bias"] = keep.clone()
-        if ft:
-            seconds += ctx.fit(dense, ft, lr=cfg.finetune_lr, mask=masks, scheduler="cosine").wall_time_s
-        rows.append(_structured_row(ctx, "filter_norm", dense, ctx.test_error(dense), seconds, epochs + ft, hidden))
+        dense_seconds = ctx.fit(dense, epochs, lr=ctx.lr("magnitude")).wall_time_s
+    for row in list(rows):
+        with _common.torch_seed(seed):
+            widths = [int(w) for w in row["widths_after"].split("-")]
+            rows.append(_filter_norm(ctx, dense, dense_seconds, hidden, widths, row["lam_exponent"]))
     return rows
 
 
@@ -829,7 +854,7 @@ def summary_table(summary: Sequence[Mapping]) -> str:
 def structured_table(rows: Sequence[Mapping]) -> str:
     """Markdown: one line per structured run."""
     return _common.markdown_table(rows, [
-        ("method", lambda r: LABELS[r["method"]]), ("seed", "seed"), ("widths", lambda r: f"{r['widths_before']} -> {r['widths_after']}"),
+        ("method", lambda r: LABELS[r["method"]]), ("lam exponent", "lam_exponent"), ("seed", "seed"), ("widths", lambda r: f"{r['widths_before']} -> {r['widths_after']}"),
         ("params", lambda r: f"{r['params']} -> {r['params_pruned']} ({r['compression_ratio']:.1f}x)"),
         ("FLOPs", lambda r: f"{r['flop_ratio']:.2f}x fewer"),
         ("speed-up b1", lambda r: f"{r['speedup_b1']:.2f}x"), ("speed-up b256", lambda r: f"{r['speedup_b256']:.2f}x"),
@@ -896,13 +921,17 @@ def plot(rows: Sequence[Mapping], structured: Sequence[Mapping], path: str | Pat
         ax.legend(fontsize="small")
     if structured:
         ax = axes[-1]
-        methods = list(dict.fromkeys(r["method"] for r in structured))
+        cases = list(dict.fromkeys((r["method"], float(r["lam_exponent"])) for r in structured))
         keys = (("flop_ratio", "FLOP reduction"), ("speedup_b1", "speed-up, batch 1"), ("speedup_b256", "speed-up, batch 256"))
         width = 0.8 / len(keys)
         for j, (key, label) in enumerate(keys):
-            vals = [np.mean([float(r[key]) for r in structured if r["method"] == m]) for m in methods]
-            ax.bar(np.arange(len(methods)) + (j - 1) * width, vals, width=width, label=label)
-        ax.set_xticks(np.arange(len(methods)), [LABELS[m] for m in methods])
+            vals = [np.mean([float(r[key]) for r in structured if (r["method"], float(r["lam_exponent"])) == c]) for c in cases]
+            ax.bar(np.arange(len(cases)) + (j - 1) * width, vals, width=width, label=label)
+        for i, c in enumerate(cases):
+            err = np.mean([100 * float(r["test_error"]) for r in structured if (r["method"], float(r["lam_exponent"])) == c])
+            ax.annotate(f"{err:.2f}% err", (i, 1.0), xytext=(0, -14), textcoords="offset points", ha="center", fontsize="small")
+        ax.set_yscale("log")
+        ax.set_xticks(np.arange(len(cases)), [f"{LABELS[m]}\nexponent {e:g}" for m, e in cases], fontsize="small")
         ax.axhline(1.0, color="grey", lw=1)
         ax.set_ylabel("x (pruned module vs collapsed)")
         ax.set_title(f"structured {structured[0]['model']}: channels removed")
@@ -932,6 +961,7 @@ class CompressionResults:
     summary: list[dict]
     files: dict[str, Path]
     seconds: float
+    threads: int = 1
 
 
 def run_experiment(cfg: CompressionConfig, out: str | Path | None = None, *, plot_figure: bool = True, progress: bool | None = None) -> CompressionResults:
@@ -973,7 +1003,7 @@ def run_experiment(cfg: CompressionConfig, out: str | Path | None = None, *, plo
         files["structured"] = _common.write_csv(structured, out_dir / "compression_structured.csv", STRUCTURED_COLUMNS)
     if plot_figure and (rows or structured):
         files["figure"] = plot(rows, structured, out_dir / "compression.png")
-    results = CompressionResults(rows, structured, summary, files, seconds)
+    results = CompressionResults(rows, structured, summary, files, seconds, torch.get_num_threads())
     files["summary_md"] = out_dir / "summary.md"
     files["summary_md"].write_text(report(results) + "\n")
     files["config"] = _common.write_config(out_dir / "config.json", cfg, experiment=NAME, extra={"wall_seconds": seconds, "threads": torch.get_num_threads()})
@@ -990,7 +1020,7 @@ def report(results: CompressionResults) -> str:
     if results.structured:
         parts += ["Structured (channel) compression; latency of the pruned module against the collapsed one (medians):", "",
                   structured_table(results.structured), ""]  # fmt: skip
-    parts.append(f"Total wall time: {results.seconds:.0f} s ({torch.get_num_threads()} torch threads).")
+    parts.append(f"Total wall time: {results.seconds:.0f} s ({results.threads} torch thread{'s' if results.threads > 1 else ''}).")
     return "\n".join(parts)
 
 

@@ -328,10 +328,10 @@ def plot(ranks: Sequence[Mapping], methods: Sequence[str], ks: Sequence[int], pa
             vals = [look.get((m, k, score), np.nan) for m in methods]
             ax.barh(ypos + (j - 0.5) * 0.38, vals, height=0.38, color=colour, label={"svm": "RBF SVM", "logreg": "logistic regression"}[score])
         ax.set_yticks(ypos, [LABELS[m] for m in methods])
-        ax.invert_yaxis()
         ax.set_xlabel("average rank over datasets (lower is better)")
         ax.set_title(f"k = {k} genes")
-    axes[0].legend(loc="lower right", fontsize="small")
+    axes[0].invert_yaxis()  # the y axis is shared: invert it once, first method on top
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=2, fontsize="small")
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path

@@ -254,7 +254,7 @@ def _run_stage(net: nn.Module, opt: torch.optim.Optimizer, X: torch.Tensor, Y: t
             opt.step()
         if not math.isfinite(float(loss.detach())):
             raise FloatingPointError(
-                f"SpredSelector: the training loss is {float(loss)} at epoch {epoch + 1} of a path stage. "
+                f"SpredSelector: the training loss is {float(loss.detach())} at epoch {epoch + 1} of a path stage. "
                 f"Lower lr (lr={lr:g}) or standardise the features (standardize=True)."
             )
 

@@ -72,9 +72,9 @@ class SpredLasso(RegressorMixin, LinearModel):
         maximum number of epochs.
     tol : float, default=1e-4
         ``"lbfgs"``: tolerance on the KKT residual
-        ``max_j dist(-grad_j, alpha * d|w_j|) / alpha_max``, i.e. the largest
-        violation of the optimality conditions in units of ``alpha_max`` (the
-        largest gradient at zero); after the polish it is usually ~1e-15.
+        ``max_j dist(-grad_j, alpha * d|w_j|) / alpha``, i.e. the largest violation
+        of the optimality conditions as a fraction of ``alpha`` (of ``alpha_max``
+        when ``alpha = 0``); after a successful polish it is ~1e-15.
         Minibatch solvers: relative objective decrease below which an epoch counts
         as no improvement (5 such epochs stop the training), and the KKT tolerance
         of the final polish in ``fit``.

@@ -54,7 +54,7 @@ class SpredLogisticRegression(LinearClassifierMixin, SparseCoefMixin, BaseEstima
     max_iter : int, default=1000
         Maximum L-BFGS iterations (full batch) or epochs (minibatch).
     tol : float, default=1e-4
-        Full batch: tolerance on the KKT residual in units of ``alpha_max`` (see
+        Full batch: tolerance on the KKT residual as a fraction of ``alpha`` (see
         :class:`SpredLasso`); minibatch: relative objective decrease per epoch.
     batch_size : int, default=None
         Minibatch size (``None``: ``min(256, n_samples)``).

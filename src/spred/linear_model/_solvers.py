@@ -11,7 +11,8 @@ is minimised; at a minimiser ``|u| = |w|`` and ``F = L(v) + alpha * ||v||_1``.
 Full-batch solver (:func:`solve_ws`)
 ------------------------------------
 1. *Working set.* Start from the features with the largest KKT violation at the
-   current point (at ``v = 0``: the largest ``|grad L|``), plus the current support.
+   current point (at ``v = 0``: the largest ``|grad L|``; ``p0 = 30`` of them), plus
+   the current support; later working sets hold at least twice the support.
 2. *Spred sub-problem.* Minimise ``F`` over the working set with L-BFGS (our own
    two-loop implementation, float64, Armijo backtracking). Factors are initialised
    function-preservingly but *not* balanced (``u = c``, ``w = v / c`` with
@@ -28,14 +29,15 @@ Full-batch solver (:func:`solve_ws`)
    the working set (its size at least doubles the support) and the loop repeats.
 
 Stopping criterion: ``crit = max_j dist(-grad_j L(v), alpha * weight_j * d||v_j||)
-/ alpha_max`` (plus the intercept gradient), i.e. the largest KKT violation in units
-of the largest gradient at zero; the solver stops when ``crit <= tol``.
+/ alpha`` (plus the intercept gradient), i.e. the largest KKT violation as a fraction
+of the penalty's slope ``alpha`` (``alpha_max`` when ``alpha = 0``); the solver stops
+when ``crit <= tol``.
 
-Minibatch solver (:func:`solve_minibatch`)
+Minibatch solver (:class:`MinibatchState`)
 ------------------------------------------
 SGD / Adam / Adagrad (PyTorch) on the spred factors with *coupled* weight decay
 ``alpha`` (which is exactly the penalty above), loss ``mean(r^2) / 2`` (sklearn
-scaling), followed by a threshold plus a KKT check.
+scaling), followed by a threshold plus a KKT check (:func:`decide_zeros`).
 """
 
 from __future__ import annotations
@@ -1002,7 +1004,7 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
 
 
 def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max,
-             tol=1e-4, max_iter=1000, p0=10, check_every=10, verbose=0):
+             tol=1e-4, max_iter=1000, p0=30, check_every=10, verbose=0):
     """Working-set spred solver (L-BFGS on the factors, then an exact polish).
 
     Parameters
@@ -1014,9 +1016,10 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
     intercept_init : ndarray or None
         Warm start of the intercept (logistic losses).
     alpha_max : float
-        Scale of the stopping criterion (the smallest alpha giving ``v = 0``).
+        The smallest alpha giving ``v = 0`` (scale of the stopping criterion when
+        ``alpha = 0``).
     tol : float
-        Stop when ``max KKT violation / alpha_max <= tol``.
+        Stop when ``max KKT violation / alpha <= tol``.
     max_iter : int
         Maximum total number of L-BFGS iterations.
     p0 : int
@@ -1034,7 +1037,9 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
     v = np.zeros(m) if coef_init is None else np.asarray(coef_init, float).ravel().copy()
     b = intercept_init if intercept_init is not None else datafit.init_intercept()
     b = None if b is None else np.asarray(b, float).ravel().copy()
-    scale = alpha_max if alpha_max > 0 else 1.0
+    # KKT residuals are measured relative to alpha (the slope of the penalty); for
+    # alpha = 0 (no penalty) relative to alpha_max
+    scale = penalty.alpha if penalty.alpha > 0 else (alpha_max if alpha_max > 0 else 1.0)
     tol_abs = tol * scale
     n_iter, ws_size, crit, converged = 0, p0, np.inf, False
     outer = 0
@@ -1068,7 +1073,7 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
         v_ws = v[entries]
         if np.any(v_ws != 0):
             a = np.abs(v_ws)
-            c0 = math.sqrt(np.median(a[a > 0]))
+            c0 = math.sqrt(float(a[a > 0].mean()))
         else:
             curv = np.maximum(sub.curvature(), 1e-300)
             g_ws = g[entries]
