@@ -167,7 +167,7 @@ def test_run_experiment_writes_csv_figure_config_and_table(tmp_path, tiny_models
     assert config["spred_version"] == spred.__version__ and config["config"]["ratios"] == {"lenet300100": [5.0]}
     text = (tmp_path / "summary.md").read_text()
     assert "| model | target | method |" in text and "spred at 5.0x" not in text and "lenet300100 at 5x" in text
-    assert "| method | seed | widths |" in text
+    assert "| method | lam exponent | seed | widths |" in text
     assert res.summary and {r["method"] for r in res.summary} == {"dense", "spred", "magnitude"}
 
 
@@ -199,9 +199,13 @@ def test_structured_prunes_to_a_smaller_module_with_equal_outputs(tiny_models):
         assert r["max_abs_diff_fp64"] <= 1e-10  # the pruned module computes the same function
         assert r["max_rel_diff"] <= 1e-5 and r["max_abs_diff"] <= 1e-4
         assert r["speedup_b1"] > 0 and r["speedup_b256"] > 0 and set(r) == set(C.STRUCTURED_COLUMNS)
-    # FLOP weighting (exponent 1) removes more convolution filters than weighing all groups alike
-    conv = lambda r: sum(int(w) for w in r["widths_after"].split("-")[:2])  # noqa: E731
-    assert conv(rows[1]) < conv(rows[0]) and rows[1]["flop_ratio"] > rows[0]["flop_ratio"]
+
+
+def test_structured_lam_is_weighted_by_output_positions():
+    lams = C._layer_lams(LeNet5Caffe(), ["features.0", "features.2", "classifier.1"], 1e-3, 0.5, torch.zeros(2, 1, 28, 28))
+    assert lams == pytest.approx({"features.0.weight": 1e-3 * 24, "features.2.weight": 1e-3 * 8, "classifier.1.weight": 1e-3})
+    flat = C._layer_lams(LeNet5Caffe(), ["features.0", "classifier.1"], 1e-3, 0.0, torch.zeros(2, 1, 28, 28))
+    assert flat == {"features.0.weight": 1e-3, "classifier.1.weight": 1e-3}
 
 
 # --------------------------------------------------------------------------- budgets and dead units
@@ -433,7 +437,9 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"epochs": 2.0}, TypeError, r"The 'epochs' parameter of CompressionConfig must be an int >= 1. Got 2.0 of type float"),
         ({"train_size": 1}, ValueError, r"The 'train_size' parameter of CompressionConfig must be an int >= 2"),
         ({"optimizer": "adamw"}, ValueError, r"The 'optimizer' parameter of CompressionConfig must be one of \('adam', 'sgd'\)"),
-        ({"finetune_lr": 0.0}, ValueError, r"The 'finetune_lr' parameter of CompressionConfig must be a float in \(0.0, inf\]"),
+        ({"finetune_lr": 0.0}, ValueError, r"The 'finetune_lr' parameter of CompressionConfig must be a float in \(0.0, inf\). Got 0.0"),
+        ({"lam": float("inf")}, ValueError, r"The 'lam' parameter of CompressionConfig must be a float in \(0.0, inf\). Got inf"),
+        ({"str_s_init": float("nan")}, ValueError, r"The 'str_s_init' parameter of CompressionConfig must be a float in \[-inf, inf\). Got nan"),
         ({"finetune_lr": "0.1"}, TypeError, r"The 'finetune_lr' parameter of CompressionConfig must be a float"),
         ({"lrs": 0.1}, TypeError, r"The 'lrs' parameter of CompressionConfig must be a mapping method -> learning rate"),
         ({"lrs": {"spred": 0.1}}, ValueError, r"The 'lrs' parameter of CompressionConfig has no learning rate for \['gmp', 'l1', 'magnitude'"),
@@ -482,3 +488,12 @@ def test_mnist_lenet300100_spred_beats_magnitude_on_a_small_run(data_home, tmp_p
     by = {r["method"]: r for r in res.rows}
     assert by["spred"]["compression_ratio"] >= 68 and by["magnitude"]["compression_ratio"] >= 68
     assert by["spred"]["test_error"] < by["magnitude"]["test_error"]
+
+
+@pytest.mark.parametrize("module", [C, bp])
+def test_all_names_exist_and_are_documented(module):
+    assert len(module.__all__) == len(set(module.__all__))
+    for name in module.__all__:
+        obj = getattr(module, name)
+        if callable(obj):
+            assert obj.__doc__, f"{module.__name__}.{name} has no docstring"

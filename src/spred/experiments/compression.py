@@ -75,18 +75,24 @@ __all__ = [
     "CompressionResults",
     "DEFAULT_LRS",
     "DEFAULT_RATIOS",
+    "Data",
     "METHODS",
     "PUBLISHED",
     "QUICK",
+    "RandomCropFlip",
     "add_arguments",
+    "build_model",
     "check_config",
+    "comparisons",
     "config_from_args",
     "load_data",
     "plot",
+    "report",
     "run",
     "run_experiment",
     "run_structured",
     "run_unstructured",
+    "structured_table",
     "summarise",
     "summary_table",
 ]
@@ -260,11 +266,11 @@ def _check_real(cfg, name: str, low: float, high: float = math.inf, *, low_open:
     value = getattr(cfg, name)
     if optional and value is None:
         return
-    interval = f"{'(' if low_open else '['}{low}, {high}]"
+    interval = f"{'(' if low_open else '['}{low}, {high}{']' if math.isfinite(high) else ')'}"
     if isinstance(value, bool) or not isinstance(value, Real):
         raise _err(TypeError, name, f"a float in {interval}", value)
     ok = (value > low if low_open else value >= low) and value <= high
-    if not (ok and math.isfinite(value)) and not (high == math.inf and value == math.inf and ok):
+    if not (ok and math.isfinite(value)):
         raise _err(ValueError, name, f"a float in {interval}", value)
 
 
@@ -956,6 +962,8 @@ def _warm_up(device: str) -> None:
 
 @dataclass
 class CompressionResults:
+    """What :func:`run_experiment` returns: the CSV rows, the per-seed summary, the files written and the wall time."""
+
     rows: list[dict]
     structured: list[dict]
     summary: list[dict]
