@@ -480,7 +480,7 @@ def test_import_spred_does_not_import_matplotlib():
 @pytest.mark.slow
 @pytest.mark.data
 def test_mnist_lenet300100_spred_beats_magnitude_on_a_small_run(data_home, tmp_path, monkeypatch):
-    """A reduced quick run on real MNIST (about a minute): spred ahead of one-shot magnitude pruning at 68x."""
+    """A reduced quick run on real MNIST (about 30 s): spred ahead of one-shot magnitude pruning at 68x."""
     monkeypatch.setenv("SPRED_DATA", str(data_home))
     cfg = dataclasses.replace(C.CompressionConfig(**{**C.QUICK, "structured": False}), methods=("spred", "magnitude"),
                               ratios={"lenet300100": (68.0,)}, train_size=5000, epochs=10, finetune_epochs=3)  # fmt: skip

@@ -51,7 +51,7 @@ def study():
     tuning = []
     rows = opt_exp.optimizer_study(
         _factory, _data(1024, 0), _data(256, 1), optimizers=OPTIMIZERS, targets=TARGETS, seeds=(0,), epochs=30, batch_size=32,
-        lrs=LRS, dense_lrs=DENSE_LRS, latency_batch_sizes=(1, 32), latency_repeats=2, kkt_samples=512, progress=False, tuning=tuning,
+        lrs={"unstructured": LRS, "structured": LRS, "dense": DENSE_LRS}, latency_batch_sizes=(1, 32), latency_repeats=2, kkt_samples=512, progress=False, tuning=tuning,
     )
     return rows, tuning
 
@@ -150,7 +150,7 @@ def test_tuning_picks_the_best_reaching_lr_and_records_the_grid():
         seeds=(0,), epochs=6, lr_grid={"sgd": (0.01, 0.05)}, latency_repeats=1, latency_batch_sizes=(1,), progress=False,
         tuning=tuning, dense_baseline=False,
     )
-    assert all(r["sparsity_type"] == "unstructured" and r["target"] == 0.6 for r in tuning)  # tune_type, tune_target
+    assert all(r["sparsity_type"] == "unstructured" and r["target"] == 0.5 for r in tuning)  # tuned at the lowest target
     assert [r["lr"] for r in tuning] == [0.01, 0.05]
     chosen = [r for r in tuning if r["chosen"]]
     assert len(chosen) == 1
@@ -191,7 +191,10 @@ def test_outputs_summary_and_figures(study, tmp_path):
         ({"tolerance": 2.0}, ValueError, r"The 'tolerance' parameter of optimizer_study must be a float in \(0, 1\)"),
         ({"lrs": {"sgd": -1.0}}, ValueError, r"The 'lrs' entry for 'sgd' of optimizer_study must be a float > 0"),
         ({"lrs": {"lion": 1e-3}}, ValueError, r"The 'lrs' parameter of optimizer_study has unknown optimizers \['lion'\]"),
-        ({"lrs": [0.1]}, TypeError, r"The 'lrs' parameter of optimizer_study must be a mapping"),
+        ({"lrs": [0.1]}, TypeError, r"The 'lrs' parameter of optimizer_study must be a mapping \{optimizer: lr\} or \{sparsity type: \{optimizer: lr\}\}"),
+        ({"lrs": {"dense": {"sgd": 0.1}, "adam": 0.1}}, ValueError, r"The 'lrs' parameter of optimizer_study mixes sparsity types and other keys \['adam'\]"),
+        ({"lrs": {"dense": {"sgd": 0}}}, ValueError, r"The 'lrs\['dense'\]' entry for 'sgd' of optimizer_study must be a float > 0"),
+        ({"tune_target": 1.5}, ValueError, r"The 'tune_target' parameter of optimizer_study must be None or a float in \(0, 1\). Got 1.5"),
         ({"example_inputs": torch.zeros(1, 16)}, ValueError, r"The 'example_inputs' parameter of optimizer_study must be a tensor with at least 2 samples"),
     ],
 )
@@ -220,10 +223,14 @@ def test_study_rejects_bad_factory_and_data():
 def test_tuning_with_a_loader_needs_val_data():
     X, y = _data(64, 0)
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y), batch_size=16)
-    with pytest.raises(ValueError, match=r"tuning the learning rates of \['adam'\] needs validation data"):
+    with pytest.raises(ValueError, match=r"tuning the learning rates \{'unstructured': \['adam'\], 'structured': \['adam'\]\} needs validation data"):
         opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd", "adam"), lrs={"sgd": 0.1}, progress=False, dense_baseline=False)
-    with pytest.raises(ValueError, match=r"tuning the learning rates of \['sgd'\] needs validation data"):
-        opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd",), lrs={"sgd": 0.1}, progress=False)
+    with pytest.raises(ValueError, match=r"tuning the learning rates \{'dense': \['sgd'\]\} needs validation data"):
+        opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd",), lrs={"unstructured": {"sgd": 0.1}, "structured": {"sgd": 0.1}}, progress=False)
+    # every lr given: a loader is fine
+    rows = opt_exp.optimizer_study(_factory, loader, (X, y), optimizers=("sgd",), sparsity_types=("unstructured",), targets=(0.5,), seeds=(0,),
+                                   epochs=1, lrs={"sgd": 0.1}, latency_batch_sizes=(1,), latency_repeats=1, kkt_samples=20, progress=False)
+    assert [r["sparsity_type"] for r in rows] == ["dense", "unstructured"]
 
 
 def test_tuning_raises_when_every_lr_diverges():
@@ -244,7 +251,6 @@ def test_config_validation_messages():
         ({"val_fraction": 1.5}, r"The 'val_fraction' parameter of the optimizers experiment must be a float in \(0, 1\). Got 1.5"),
         ({"threshold": -1.0}, r"The 'threshold' parameter of the optimizers experiment must be a float > 0. Got -1.0"),
         ({"momentum": 1.0}, r"The 'momentum' parameter of the optimizers experiment must be a float in \[0, 1\). Got 1.0"),
-        ({"tune_type": "dense"}, r"The 'tune_type' parameter of the optimizers experiment must be one of"),
         ({"tune_seed": -2}, r"The 'tune_seed' parameter of the optimizers experiment must be an int >= 0. Got -2"),
         ({"lr_grid": {"sgd": ()}}, r"The 'lr_grid' entry for 'sgd' of the optimizers experiment must be a non-empty list of floats > 0"),
         ({"lr_grid": {}}, r"The 'lr_grid' parameter of the optimizers experiment has no grid for \['sgd', 'adam', 'adamw', 'adamw_decoupled', 'adagrad'\]"),
@@ -263,9 +269,12 @@ def test_cli_lr_option_is_parsed_and_validated():
 
     parser = argparse.ArgumentParser()
     opt_exp.add_arguments(parser)
-    cfg = opt_exp.config_from_args(parser.parse_args(["--quick", "--lr", "sgd=0.03", "adam=1e-3", "--targets", "0.5"]))
-    assert cfg.lrs == {"sgd": 0.03, "adam": 1e-3} and cfg.targets == (0.5,) and cfg.seeds == (0,) and cfg.n_train == 10_000
-    with pytest.raises(ValueError, match=r"The '--lr' option of spred run optimizers takes OPT=LR pairs such as sgd=0.03. Got 'sgd'"):
+    cfg = opt_exp.config_from_args(parser.parse_args(["--quick", "--lr", "sgd=0.03", "structured:sgd=0.1", "--targets", "0.5"]))
+    assert cfg.lrs == {"unstructured": {"sgd": 0.03}, "structured": {"sgd": 0.1}, "dense": {"sgd": 0.03}}
+    assert cfg.targets == (0.5,) and cfg.seeds == (0,) and cfg.n_train == 10_000
+    with pytest.raises(ValueError, match=r"The '--lr' option of spred run optimizers takes a type among \['unstructured', 'structured', 'dense'\] before ':'. Got 'pruned:sgd=1'"):
+        opt_exp.config_from_args(parser.parse_args(["--lr", "pruned:sgd=1"]))
+    with pytest.raises(ValueError, match=r"The '--lr' option of spred run optimizers takes \[TYPE:\]OPT=LR pairs such as sgd=0.03. Got 'sgd'"):
         opt_exp.config_from_args(parser.parse_args(["--lr", "sgd"]))
     with pytest.raises(ValueError, match=r"The '--lr' option of spred run optimizers needs a number after '='. Got 'sgd=fast'"):
         opt_exp.config_from_args(parser.parse_args(["--lr", "sgd=fast"]))
@@ -296,7 +305,8 @@ def test_command_on_mnist_writes_csv_figures_config_and_table(data_home, tmp_pat
     assert code == 0
     text = printed.getvalue()
     assert "**mnist, unstructured**" in text and "**mnist, structured**" in text
-    assert "Learning rates on mnist (spred): sgd 0.05 (tuned)" in text and "Learning rates on mnist (dense): sgd 0.05 (tuned)" in text
+    for kind in ("unstructured", "structured", "dense"):
+        assert f"Learning rates on mnist ({kind}): sgd 0.05 (tuned)" in text
     for name in ("optimizers.csv", "optimizers_summary.csv", "optimizers_lr_tuning.csv", "summary.md", "config.json",
                  "optimizers_mnist_unstructured.png", "optimizers_mnist_structured.png"):  # fmt: skip
         assert (out / name).is_file(), name
@@ -304,8 +314,9 @@ def test_command_on_mnist_writes_csv_figures_config_and_table(data_home, tmp_pat
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 and {r["sparsity_type"] for r in rows} == {"dense", "unstructured", "structured"}
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["spred_version"] == spred.__version__ and cfg["learning_rates"] == {"mnist": {"spred": {"sgd": 0.05}, "dense": {"sgd": 0.05}}}
-    assert [(r["sparsity_type"], r["chosen"]) for r in cfg["lr_tuning"]] == [("unstructured", True), ("dense", True)]
+    assert cfg["spred_version"] == spred.__version__
+    assert cfg["learning_rates"] == {"mnist": {"unstructured": {"sgd": 0.05}, "structured": {"sgd": 0.05}, "dense": {"sgd": 0.05}}}
+    assert [(r["sparsity_type"], r["chosen"]) for r in cfg["lr_tuning"]] == [("unstructured", True), ("structured", True), ("dense", True)]
     assert cfg["config"]["lr_grid"]["sgd"] == [0.05]
 
 

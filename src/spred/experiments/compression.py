@@ -889,6 +889,12 @@ def comparisons(summary: Sequence[Mapping]) -> list[str]:
     return lines
 
 
+def _null_formatter():
+    from matplotlib.ticker import NullFormatter
+
+    return NullFormatter()
+
+
 def plot(rows: Sequence[Mapping], structured: Sequence[Mapping], path: str | Path) -> Path:
     """Test error against compression ratio per method (one panel per model), and the structured speed-ups."""
     _common.import_matplotlib()
@@ -920,11 +926,14 @@ def plot(rows: Sequence[Mapping], structured: Sequence[Mapping], path: str | Pat
         for ref, (ratio, err) in PUBLISHED.get(model, {}).items():
             ax.plot([ratio], [err], marker="*", ms=12, ls="none", color="black" if ref == "Sparse VD" else "grey", label=f"{ref} (published)")
         ax.set_xscale("log")
+        ticks = sorted({float(r["target_ratio"]) for r in mine if r["method"] != "dense"} | {r for r, _ in PUBLISHED.get(model, {}).values()})
+        ax.set_xticks(ticks, [f"{t:g}x" for t in ticks])
+        ax.xaxis.set_minor_formatter(_null_formatter())
         ax.set_xlabel("compression ratio (all weights and biases / nonzero)")
         ax.set_ylabel("test error (%)")
         size = mine[0]["train_size"] if mine else ""
-        ax.set_title(f"{model} ({size} training images)")
-        ax.legend(fontsize="small")
+        ax.set_title(f"{model} ({size} training images, mean ± std over seeds)", fontsize="medium")
+        ax.legend(fontsize="x-small", ncols=2)
     if structured:
         ax = axes[-1]
         cases = list(dict.fromkeys((r["method"], float(r["lam_exponent"])) for r in structured))
@@ -933,15 +942,14 @@ def plot(rows: Sequence[Mapping], structured: Sequence[Mapping], path: str | Pat
         for j, (key, label) in enumerate(keys):
             vals = [np.mean([float(r[key]) for r in structured if (r["method"], float(r["lam_exponent"])) == c]) for c in cases]
             ax.bar(np.arange(len(cases)) + (j - 1) * width, vals, width=width, label=label)
-        for i, c in enumerate(cases):
-            err = np.mean([100 * float(r["test_error"]) for r in structured if (r["method"], float(r["lam_exponent"])) == c])
-            ax.annotate(f"{err:.2f}% err", (i, 1.0), xytext=(0, -14), textcoords="offset points", ha="center", fontsize="small")
+        errs = [np.mean([100 * float(r["test_error"]) for r in structured if (r["method"], float(r["lam_exponent"])) == c]) for c in cases]
         ax.set_yscale("log")
-        ax.set_xticks(np.arange(len(cases)), [f"{LABELS[m]}\nexponent {e:g}" for m, e in cases], fontsize="small")
+        ax.set_ylim(top=ax.get_ylim()[1] * 4)
+        ax.set_xticks(np.arange(len(cases)), [f"{LABELS[m]}, exp. {e:g}\n{err:.2f}% error" for (m, e), err in zip(cases, errs)], fontsize="x-small")
         ax.axhline(1.0, color="grey", lw=1)
         ax.set_ylabel("x (pruned module vs collapsed)")
-        ax.set_title(f"structured {structured[0]['model']}: channels removed")
-        ax.legend(fontsize="small")
+        ax.set_title(f"structured {structured[0]['model']}: channels removed", fontsize="medium")
+        ax.legend(fontsize="x-small", ncols=3, loc="upper center")
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path

@@ -29,11 +29,17 @@ and :func:`spred.kkt_residual`. The controller counts entries, not groups, so fo
 structured runs it is given ``threshold / sqrt(largest group size)``: an entry below it
 lies in a group that the collapse at ``threshold`` removes (see ``docs/optimizers.md``).
 
-Learning rates are tuned once per optimizer on a validation split of the training
-data (the last ``val_fraction`` of a seeded permutation), at one sparsity level
-(``tune_type``, ``tune_target``), seed ``tune_seed``, over ``lr_grid``; the learning
-rate with the best validation accuracy among the runs that reached the target is
-kept for every run of that optimizer (dense baselines included). Given ``lrs`` skip it.
+Learning rates are tuned once per optimizer and sparsity type (and for the dense
+baselines) on a validation split of the training data (the last ``val_fraction`` of a
+seeded permutation), seed ``tune_seed``, over ``lr_grid``, at the lowest target (or
+``tune_target``); the learning rate with the best validation accuracy among the runs
+that reached the target is kept for every run of that optimizer and type. Tuning at
+the lowest target matters: a learning rate can make low targets unreachable (Adam at
+lr 1e-2 left 22 of the 64 hidden units of the MNIST CNN dead within two epochs, and
+every lam > 0 then zeroes their weights at Adam's normalised speed: 49% of zeros at
+lam = 1e-5). Per type, because the group scalars of structured spred see summed
+gradients: SGD at lr 0.3 was the best unstructured choice and diverged structured.
+Given ``lrs`` skip the tuning.
 
 KKT. On a fixed batch of training data (eval mode) the gradient ``g = dL/dv`` is
 compared with the L1 (group-L1) subdifferential: ``kkt_relative`` is
@@ -114,18 +120,19 @@ _MARKERS = {"sgd": "o", "adam": "s", "adamw": "^", "adamw_decoupled": "v", "adag
 DENSE_OF = {"sgd": "sgd", "adam": "adam", "adamw": "adamw", "adamw_decoupled": "adamw", "adagrad": "adagrad"}
 _TORCH_NAME = {"sgd": "sgd", "adam": "adam", "adamw": "adamw", "adagrad": "adagrad"}
 
-# Half-decade grids. A first pass one step lower (SGD 0.01-0.1, Adam 3e-4-3e-3, Adagrad 3e-3-3e-2) picked the
-# top of every grid on MNIST (quick settings), so the grids were moved up by one step; a second pass picked the
-# top again for SGD and decoupled AdamW, whose grids got one more step, and the dense SGD baseline picked the
-# bottom (0.03), so SGD's grid spans 0.01 to 1. spred's SGD steps on v are ~10x smaller than dense ones with the
-# default split (u = c, w = v / c with c^2 = rms(v): the step on v scales with u^2 + w^2 ~ 2 rms(v)).
+# Half-decade grids of three values. On MNIST (quick settings) a first pass one step lower (SGD 0.01-0.1, Adam
+# 3e-4-3e-3, Adagrad 3e-3-3e-2) picked the top of every grid, so the grids moved up; in a second pass SGD 1.0
+# diverged (spred), decoupled AdamW 3e-2 was worse than 1e-2 and dense SGD preferred 0.03 to 0.1 and 0.3.
+# spred's SGD steps on v are ~10x smaller than dense ones with the default split (u = c, w = v / c with
+# c^2 = rms(v): a step on v scales with u^2 + w^2 ~ 2 rms(v)), hence one grid spans both.
 DEFAULT_LR_GRID = {
-    "sgd": (0.01, 0.03, 0.1, 0.3, 1.0),
+    "sgd": (0.03, 0.1, 0.3),
     "adam": (1e-3, 3e-3, 1e-2),
     "adamw": (1e-3, 3e-3, 1e-2),
-    "adamw_decoupled": (1e-3, 3e-3, 1e-2, 3e-2),
+    "adamw_decoupled": (3e-3, 1e-2, 3e-2),
     "adagrad": (1e-2, 3e-2, 1e-1),
 }
+KINDS = (*SPARSITY_TYPES, "dense")
 # lam at the start of training; the controller moves it by up to 1000x in half of training.
 # Start low: zeros made by overshooting do not come back. With 1e-4, Adam (lr 1e-3) zeroed 67% of the weights of
 # the MNIST CNN for targets of 20%, 40% and 60% alike: its normalised step drives every weight whose gradient is
@@ -133,15 +140,15 @@ DEFAULT_LR_GRID = {
 DEFAULT_INITIAL_LAMS = {"sgd": 1e-5, "adam": 1e-5, "adamw": 1e-5, "adamw_decoupled": 1e-2, "adagrad": 1e-5}
 
 CSV_COLUMNS = (
-    "dataset", "optimizer", "sparsity_type", "target", "seed", "lr", "lr_source", "epochs", "threshold",
+    "dataset", "optimizer", "sparsity_type", "target", "seed", "lr", "lr_source", "epochs", "diverged", "threshold",
     "controller_threshold", "lam_initial", "lam_final", "weight_sparsity", "sparsity_error", "reached_target",
     "param_sparsity", "zero_channels", "n_channels", "channel_sparsity", "compression_ratio", "test_acc",
     "test_acc_before_collapse", "dense_test_acc", "train_seconds", "params_total", "params_nonzero", "params_pruned",
     "macs_dense", "macs_pruned", "latency_dense_b1", "latency_collapsed_b1", "latency_pruned_b1", "latency_dense_bmax",
     "latency_collapsed_bmax", "latency_pruned_bmax", "latency_batch", "pruned_max_abs_diff", "kkt_max", "kkt_relative",
-    "lam_fit", "lam_fit_ratio", "kkt_median", "zero_violations", "n_zero_units", "n_nonzero_units",
+    "lam_fit", "lam_fit_ratio", "kkt_median", "zero_violations", "n_zero_units", "n_nonzero_units", "cpu_seconds",
 )  # fmt: skip
-TUNING_COLUMNS = ("optimizer", "lr", "val_acc", "weight_sparsity", "reached_target", "chosen", "sparsity_type", "target", "seed", "epochs")
+TUNING_COLUMNS = ("optimizer", "lr", "val_acc", "weight_sparsity", "reached_target", "chosen", "sparsity_type", "target", "seed", "epochs", "cpu_seconds")
 
 
 # --------------------------------------------------------------------------- the network
@@ -217,14 +224,14 @@ class OptimizersConfig:
     fashion_test_size : float
     threshold : float
         ``|v| <= threshold`` (group norm for structured) counts as zero.
-    lrs : dict of str to float
-        Fixed learning rates; optimizers not listed are tuned on ``lr_grid``.
-    dense_lrs : dict of str to float
-        Fixed learning rates of the dense baselines; the others are tuned (plain model, same grid).
+    lrs : dict
+        Fixed learning rates, ``{optimizer: lr}`` (every sparsity type and the dense
+        baseline) or ``{"unstructured" | "structured" | "dense": {optimizer: lr}}``;
+        the ones not given are tuned on ``lr_grid``.
     lr_grid : dict of str to tuple of float
-    tune_type, tune_target, tune_seed, val_fraction
-        Where the learning rates are tuned: sparsity type, target, seed and the
-        fraction of the training data held out for validation.
+    tune_target, tune_seed, val_fraction
+        Where the learning rates are tuned: target (None: the lowest of ``targets``),
+        seed and the fraction of the training data held out for validation.
     initial_lams : dict of str to float
         lam at the start of every run, per optimizer.
     momentum : float
@@ -250,11 +257,9 @@ class OptimizersConfig:
     n_train: int | None = None
     fashion_test_size: float = 0.25
     threshold: float = 1e-3
-    lrs: dict[str, float] = field(default_factory=dict)
-    dense_lrs: dict[str, float] = field(default_factory=dict)
+    lrs: dict = field(default_factory=dict)
     lr_grid: dict[str, tuple[float, ...]] = field(default_factory=lambda: dict(DEFAULT_LR_GRID))
-    tune_type: str = "unstructured"
-    tune_target: float = 0.6
+    tune_target: float | None = None
     tune_seed: int = 0
     val_fraction: float = 0.1
     initial_lams: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_INITIAL_LAMS))
@@ -311,6 +316,21 @@ def _check_lr_map(values, name: str, who: str, *, grid: bool = False) -> dict:
     return out
 
 
+def _nested_lrs(lrs, who: str) -> dict[str, dict[str, float]]:
+    """``{kind: {optimizer: lr}}`` for every kind, from a flat ``{optimizer: lr}`` or a nested mapping."""
+    if not isinstance(lrs, Mapping):
+        raise TypeError(f"The 'lrs' parameter of {who} must be a mapping {{optimizer: lr}} or {{sparsity type: {{optimizer: lr}}}}. Got {type(lrs).__name__} instead.")
+    if any(k in KINDS for k in lrs):
+        unknown = sorted(set(lrs) - set(KINDS))
+        if unknown:
+            raise ValueError(f"The 'lrs' parameter of {who} mixes sparsity types and other keys {unknown}; nested keys must be among {list(KINDS)}.")
+        out = {k: _check_lr_map(v, f"lrs['{k}']", who) for k, v in lrs.items()}
+    else:
+        flat = _check_lr_map(lrs, "lrs", who)
+        out = {k: dict(flat) for k in KINDS}
+    return {k: out.get(k, {}) for k in KINDS}
+
+
 def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     """Validate a config; every message names the field and the value."""
     who = "the optimizers experiment"
@@ -326,20 +346,19 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
         raise ValueError(f"The 'n_train' parameter of {who} must be None or an int >= 2. Got {cfg.n_train!r} instead.")
     for name, lo, hi in (("fashion_test_size", 0, 1), ("val_fraction", 0, 1), ("tune_target", 0, 1), ("tolerance", 0, 1)):
         value = getattr(cfg, name)
+        if name == "tune_target" and value is None:
+            continue
         if not (_is_real(value) and lo < value < hi):
             raise ValueError(f"The '{name}' parameter of {who} must be a float in ({lo}, {hi}). Got {value!r} instead.")
     if not (_is_real(cfg.threshold) and cfg.threshold > 0):
         raise ValueError(f"The 'threshold' parameter of {who} must be a float > 0. Got {cfg.threshold!r} instead.")
     if not (_is_real(cfg.momentum) and 0 <= cfg.momentum < 1):
         raise ValueError(f"The 'momentum' parameter of {who} must be a float in [0, 1). Got {cfg.momentum!r} instead.")
-    if cfg.tune_type not in SPARSITY_TYPES:
-        raise ValueError(f"The 'tune_type' parameter of {who} must be one of {list(SPARSITY_TYPES)}. Got {cfg.tune_type!r} instead.")
     if not _is_int(cfg.tune_seed):
         raise ValueError(f"The 'tune_seed' parameter of {who} must be an int >= 0. Got {cfg.tune_seed!r} instead.")
-    _check_lr_map(cfg.lrs, "lrs", who)
-    _check_lr_map(cfg.dense_lrs, "dense_lrs", who)
+    lrs = _nested_lrs(cfg.lrs, who)
     grid = _check_lr_map(cfg.lr_grid, "lr_grid", who, grid=True)
-    missing = [o for o in cfg.optimizers if o not in cfg.lrs and o not in grid]
+    missing = [o for o in cfg.optimizers if o not in grid and not all(o in lrs[k] for k in cfg.sparsity_types)]
     if missing:
         raise ValueError(f"The 'lr_grid' parameter of {who} has no grid for {missing}, which have no fixed 'lrs' either.")
     _check_lr_map(cfg.initial_lams, "initial_lams", who)
@@ -604,7 +623,7 @@ def _quiet_epochs():
 def _evaluate(setup: _Setup, model: nn.Module, data) -> float:
     from spred.train import evaluate
 
-    acc = evaluate(model, data, setup.loss_fn, device=setup.device)["acc"]
+    acc = evaluate(model, data, setup.loss_fn)["acc"]  # where the model is (the CPU after training)
     return math.nan if acc is None else float(acc)
 
 
@@ -622,7 +641,7 @@ def _dense_row(setup: _Setup, optimizer: str, lr: float, lr_source: str, seed: i
     row = {c: math.nan for c in CSV_COLUMNS}
     row.update({
         "dataset": setup.dataset, "optimizer": optimizer, "sparsity_type": "dense", "target": 0.0, "seed": seed, "lr": lr,
-        "lr_source": lr_source, "epochs": setup.epochs, "threshold": setup.threshold, "weight_sparsity": 0.0, "reached_target": True,
+        "lr_source": lr_source, "epochs": setup.epochs, "diverged": False, "threshold": setup.threshold, "weight_sparsity": 0.0, "reached_target": True,
         "test_acc": acc, "test_acc_before_collapse": acc, "dense_test_acc": acc, "train_seconds": result.wall_time_s,
         "params_total": n_params, "params_nonzero": count_parameters(model, nonzero=True), "macs_dense": count_flops(model, setup.example_inputs[:1]),
         "latency_dense_b1": lat[b_lo], "latency_dense_bmax": lat[b_hi], "latency_batch": b_hi,
@@ -663,7 +682,8 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
     reached = report.sparsified_sparsity
     row = {
         "dataset": setup.dataset, "optimizer": optimizer, "sparsity_type": sparsity_type, "target": target, "seed": seed,
-        "lr": lr, "lr_source": lr_source, "epochs": setup.epochs, "threshold": setup.threshold, "controller_threshold": controller_thr,
+        "lr": lr, "lr_source": lr_source, "epochs": setup.epochs, "diverged": False, "threshold": setup.threshold,
+        "controller_threshold": controller_thr,
         "lam_initial": initial_lam, "lam_final": lam_final, "weight_sparsity": reached, "sparsity_error": reached - target,
         "reached_target": bool(abs(reached - target) <= setup.tolerance), "param_sparsity": report.sparsity,
         "zero_channels": zero_ch, "n_channels": n_ch, "channel_sparsity": zero_ch / n_ch if n_ch else math.nan,
@@ -749,6 +769,7 @@ def tune_learning_rates(
     jobs = [(o, lr) for o in optimizers for lr in grid[o]]
     bar = tqdm(jobs, desc="tuning lr", unit="run", disable=not progress)
     for optimizer, lr in bar:
+        cpu = time.process_time()
         with _common.torch_seed(seed):
             model = model_factory()
         try:
@@ -767,7 +788,8 @@ def tune_learning_rates(
             sparsity, acc = math.nan, math.nan
         rows.append({"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
                      "reached_target": dense or bool(abs(sparsity - target) <= tolerance), "chosen": False,
-                     "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": epochs})  # fmt: skip
+                     "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": epochs,
+                     "cpu_seconds": time.process_time() - cpu})  # fmt: skip
         logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", optimizer, sparsity_type, lr, acc, sparsity)
     for optimizer in optimizers:
         own = [r for r in rows if r["optimizer"] == optimizer and math.isfinite(r["val_acc"])]
@@ -793,8 +815,7 @@ def optimizer_study(
     targets: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
     seeds: Sequence[int] = (0, 1, 2),
     epochs: int = 10,
-    lrs: Mapping[str, float] | None = None,
-    dense_lrs: Mapping[str, float] | None = None,
+    lrs: Mapping | None = None,
     lr_grid: Mapping[str, Sequence[float]] | None = None,
     val_data=None,
     val_fraction: float = 0.1,
@@ -808,8 +829,7 @@ def optimizer_study(
     latency_batch_sizes: Sequence[int] = (1, 256),
     latency_repeats: int = 30,
     dense_baseline: bool = True,
-    tune_type: str = "unstructured",
-    tune_target: float = 0.6,
+    tune_target: float | None = None,
     tune_seed: int = 0,
     loss_fn: Callable | None = None,
     device=None,
@@ -841,12 +861,11 @@ def optimizer_study(
     targets : sequence of float in (0, 1)
     seeds : sequence of int
     epochs : int, default=10
-    lrs : mapping of str to float, optional
-        Fixed learning rates; optimizers not listed are tuned with
-        :func:`tune_learning_rates` on ``lr_grid``.
-    dense_lrs : mapping of str to float, optional
-        Fixed learning rates of the dense baselines (keys ``"sgd"``, ``"adam"``,
-        ``"adamw"``, ``"adagrad"``); the others are tuned on the plain model.
+    lrs : mapping, optional
+        Fixed learning rates: ``{optimizer: lr}`` for every sparsity type and the dense
+        baseline, or ``{"unstructured" | "structured" | "dense": {optimizer: lr}}``.
+        Those not given are tuned with :func:`tune_learning_rates` on ``lr_grid``, per
+        sparsity type (and on the plain model for the dense baselines).
     lr_grid : mapping of str to sequence of float, optional
         Default: ``DEFAULT_LR_GRID``.
     val_data : (X, y) tuple or DataLoader, optional
@@ -872,8 +891,11 @@ def optimizer_study(
     latency_repeats : int, default=30
     dense_baseline : bool, default=True
         Also train every optimizer without spred (rows with ``sparsity_type="dense"``).
-    tune_type, tune_target, tune_seed
-        Where the learning rates are tuned.
+    tune_target : float, optional
+        The target at which the learning rates are tuned. Default: the lowest of
+        ``targets`` (a learning rate that reaches it reaches the higher ones too; the
+        converse fails when a large learning rate kills units, whose weights every lam > 0 zeroes).
+    tune_seed : int, default=0
     loss_fn : callable, default=cross-entropy
     device : torch.device or str, optional
         Where to train; evaluation, pruning and timing run on the CPU.
@@ -912,8 +934,11 @@ def optimizer_study(
         raise ValueError(f"The 'threshold' parameter of {who} must be a float > 0 (the controller counts |v| <= threshold as zero). Got {threshold!r} instead.")
     if not (_is_real(tolerance) and 0 < tolerance < 1):
         raise ValueError(f"The 'tolerance' parameter of {who} must be a float in (0, 1). Got {tolerance!r} instead.")
-    lrs = _check_lr_map({} if lrs is None else lrs, "lrs", who)
-    dense_lrs = _check_lr_map({} if dense_lrs is None else dense_lrs, "dense_lrs", who)
+    lrs = _nested_lrs({} if lrs is None else lrs, who)
+    if tune_target is None:
+        tune_target = min(targets)
+    elif not (_is_real(tune_target) and 0 < tune_target < 1):
+        raise ValueError(f"The 'tune_target' parameter of {who} must be None or a float in (0, 1). Got {tune_target!r} instead.")
     lams = {**DEFAULT_INITIAL_LAMS, **_check_lr_map({} if initial_lams is None else initial_lams, "initial_lams", who)}
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     probe = model_factory()
@@ -927,44 +952,50 @@ def optimizer_study(
         raise ValueError(f"The 'example_inputs' parameter of {who} must be a tensor with at least 2 samples (pruning reads the constants zero channels emit from them).")
     example_inputs = example_inputs.cpu()
 
-    dense_opts = list(dict.fromkeys(DENSE_OF[o] for o in optimizers)) if dense_baseline else []
-    sources = {o: "given" for o in lrs}
-    dense_sources = {o: "given" for o in dense_lrs}
-    missing = [o for o in optimizers if o not in lrs]
-    missing_dense = [o for o in dense_opts if o not in dense_lrs]
-    if missing or missing_dense:
+    wanted = {kind: list(optimizers) for kind in sparsity_types}
+    if dense_baseline:
+        wanted["dense"] = list(dict.fromkeys(DENSE_OF[o] for o in optimizers))
+    sources = {kind: {o: "given" for o in lrs[kind]} for kind in KINDS}
+    missing = {kind: [o for o in names if o not in lrs[kind]] for kind, names in wanted.items()}
+    missing = {kind: names for kind, names in missing.items() if names}
+    if missing:
         if val_data is None:
             if not _is_tensor_pair(train_data):
-                raise ValueError(f"tuning the learning rates of {missing + missing_dense} needs validation data: pass val_data=..., or lrs={{...}} and dense_lrs={{...}} for every optimizer.")
+                raise ValueError(f"tuning the learning rates {missing} needs validation data: pass val_data=..., or lrs={{...}} for every optimizer.")
             tune_train, val_data = _validation_split(train_data, val_fraction)
         else:
             tune_train = train_data
         common = {"lr_grid": lr_grid, "seed": tune_seed, "epochs": epochs, "batch_size": batch_size, "threshold": threshold, "momentum": momentum,
                   "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress}  # fmt: skip
-        for names, kind, lr_map, source_map in ((missing, tune_type, lrs, sources), (missing_dense, "dense", dense_lrs, dense_sources)):
-            if not names:
-                continue
+        for kind, names in missing.items():
             chosen, tune_rows = tune_learning_rates(model_factory, tune_train, val_data, optimizers=names, sparsity_type=kind, target=tune_target, **common)
             if tuning is not None:
                 tuning.extend(tune_rows)
-            lr_map.update(chosen)
-            source_map.update({o: "tuned" for o in chosen})
+            lrs[kind].update(chosen)
+            sources[kind].update({o: "tuned" for o in chosen})
 
     kkt_x, kkt_y = _first_samples(train_data, kkt_samples)
     setup = _Setup(
         model_factory, train_data, test_data, (kkt_x.cpu(), kkt_y.cpu()), example_inputs, epochs, batch_size, threshold, momentum, loss_fn,
         tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset,
     )  # fmt: skip
-    jobs = [("dense", o, None, s) for o in dense_opts for s in seeds]
+    jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
     jobs += [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
     rows = []
     bar = tqdm(jobs, desc=f"optimizers ({dataset})", unit="run", disable=not progress)
     for kind, optimizer, target, seed in bar:
         bar.set_postfix(opt=optimizer, type=kind, target=target, seed=seed, refresh=False)
-        if kind == "dense":
-            row = _dense_row(setup, optimizer, dense_lrs[optimizer], dense_sources[optimizer], seed)
-        else:
-            row = _sparse_row(setup, optimizer, kind, target, lrs[optimizer], sources[optimizer], seed, lams[optimizer])
+        lr, source = lrs[kind][optimizer], sources[kind][optimizer]
+        cpu = time.process_time()
+        try:
+            if kind == "dense":
+                row = _dense_row(setup, optimizer, lr, source, seed)
+            else:
+                row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+        except FloatingPointError as exc:  # a diverged run is a result: recorded, not raised
+            logger.warning("%s %s %s target %s seed %d diverged: %s", dataset, optimizer, kind, target, seed, exc)
+            row = _diverged_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+        row["cpu_seconds"] = time.process_time() - cpu
         logger.info(
             "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
             dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
@@ -972,6 +1003,16 @@ def optimizer_study(
         rows.append(row)
     _attach_dense(rows)
     return rows
+
+
+def _diverged_row(setup: _Setup, optimizer: str, kind: str, target, lr: float, source: str, seed: int, initial_lam: float) -> dict:
+    row = {c: math.nan for c in CSV_COLUMNS}
+    row.update({
+        "dataset": setup.dataset, "optimizer": optimizer, "sparsity_type": kind, "target": 0.0 if target is None else target, "seed": seed,
+        "lr": lr, "lr_source": source, "epochs": setup.epochs, "diverged": True, "threshold": setup.threshold,
+        "lam_initial": math.nan if kind == "dense" else initial_lam, "reached_target": False,
+    })  # fmt: skip
+    return row
 
 
 def _attach_dense(rows: list[dict]) -> None:
@@ -1033,7 +1074,7 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
     out = []
     for (dataset, kind, optimizer, target), rs in groups.items():
         row = {"dataset": dataset, "sparsity_type": kind, "optimizer": optimizer, "target": target, "lr": rs[0]["lr"], "n_seeds": len(rs),
-               "n_reached": sum(bool(r["reached_target"]) for r in rs)}  # fmt: skip
+               "n_reached": sum(bool(r["reached_target"]) for r in rs), "n_diverged": sum(bool(r["diverged"]) for r in rs)}  # fmt: skip
         for name, get in SUMMARY_METRICS.items():
             row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(get(r) for r in rs)
         out.append(row)
@@ -1142,7 +1183,7 @@ class OptimizersResults:
     rows: list[dict]
     summary: list[dict]
     tuning: list[dict]
-    lrs: dict[str, dict[str, dict[str, float]]]  # dataset -> "spred" / "dense" -> optimizer -> lr
+    lrs: dict[str, dict[str, dict[str, float]]]  # dataset -> sparsity type or "dense" -> optimizer -> lr
     files: dict[str, Path]
     seconds: float
     cpu_seconds: float = math.nan  # CPU time of this process: the wall time on free cores, roughly, with one thread
@@ -1163,19 +1204,16 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
         tune_rows: list[dict] = []
         ds_rows = optimizer_study(
             StudyCNN, train, test, optimizers=cfg.optimizers, sparsity_types=cfg.sparsity_types, targets=cfg.targets,
-            seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, dense_lrs=cfg.dense_lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
+            seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
             batch_size=cfg.batch_size, threshold=cfg.threshold, momentum=cfg.momentum, initial_lams=cfg.initial_lams,
             tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
-            latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_type=cfg.tune_type,
+            latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline,
             tune_target=cfg.tune_target, tune_seed=cfg.tune_seed, dataset=dataset, progress=progress is not False, tuning=tune_rows,
         )  # fmt: skip
         for r in tune_rows:
             r["dataset"] = dataset
         tuning += tune_rows
-        chosen[dataset] = {
-            "spred": {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] != "dense"},
-            "dense": {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == "dense"},
-        }
+        chosen[dataset] = {kind: {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == kind} for kind in KINDS}
         rows += ds_rows
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     summary = summarise(rows)
@@ -1202,7 +1240,7 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
     parts = []
     for dataset, by_kind in results.lrs.items():
         for kind, lrs in by_kind.items():
-            tuned = {r["optimizer"] for r in results.tuning if r.get("dataset") == dataset and r["chosen"] and (r["sparsity_type"] == "dense") == (kind == "dense")}
+            tuned = {r["optimizer"] for r in results.tuning if r.get("dataset") == dataset and r["chosen"] and r["sparsity_type"] == kind}
             desc = ", ".join(f"{o} {lr:g}" + (" (tuned)" if o in tuned else " (given)") for o, lr in lrs.items())
             if desc:
                 parts.append(f"Learning rates on {dataset} ({kind}): {desc}.")
@@ -1218,9 +1256,11 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
         parts.append(f"Did not converge to the target (|reached - target| > {100 * cfg.tolerance:.0f} points) in {len(missed)} of "
                      f"{sum(r['sparsity_type'] != 'dense' for r in results.rows)} runs:")  # fmt: skip
         parts += [f"- {r['dataset']} {r['optimizer']} {r['sparsity_type']} target {100 * r['target']:.0f}% seed {r['seed']}: "
-                  f"reached {100 * r['weight_sparsity']:.1f}%" for r in missed]  # fmt: skip
+                  + ("diverged (training loss not finite)" if r["diverged"] else f"reached {100 * r['weight_sparsity']:.1f}%") for r in missed]  # fmt: skip
     else:
         parts.append(f"Every run reached its target within {100 * cfg.tolerance:.0f} points.")
+    diverged_dense = [r for r in results.rows if r["sparsity_type"] == "dense" and r["diverged"]]
+    parts += [f"- dense baseline {r['dataset']} {r['optimizer']} seed {r['seed']} diverged (training loss not finite)" for r in diverged_dense]
     return "\n".join(parts)
 
 
@@ -1234,22 +1274,29 @@ def add_arguments(parser) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per MNIST run (default 15; --quick: 8)")
     parser.add_argument("--fashion-epochs", dest="fashion_epochs", type=int, default=None, help="epochs per Fashion-MNIST run (default 40)")
     parser.add_argument("--n-train", dest="n_train", type=int, default=None, help="MNIST training images (default: all 60000; --quick: 10000)")
-    parser.add_argument("--lr", dest="lrs", nargs="+", default=None, metavar="OPT=LR", help="fixed learning rates, e.g. sgd=0.03 adam=1e-3 (others are tuned)")
+    parser.add_argument("--lr", dest="lrs", nargs="+", default=None, metavar="[TYPE:]OPT=LR",
+                        help="fixed learning rates, e.g. sgd=0.03 (every type) or structured:sgd=0.1 dense:sgd=0.03 (others are tuned)")
     parser.add_argument("--threshold", type=float, default=None, help="|v| <= threshold counts as zero (default 1e-3)")
 
 
-def _parse_lrs(items) -> dict[str, float] | None:
+def _parse_lrs(items) -> dict[str, dict[str, float]] | None:
+    """``--lr`` values as ``{kind: {optimizer: lr}}``; ``OPT=LR`` sets every kind."""
     if items is None:
         return None
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for item in items:
         name, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"The '--lr' option of spred run optimizers takes OPT=LR pairs such as sgd=0.03. Got {item!r} instead.")
+            raise ValueError(f"The '--lr' option of spred run optimizers takes [TYPE:]OPT=LR pairs such as sgd=0.03. Got {item!r} instead.")
         try:
-            out[name] = float(value)
+            lr = float(value)
         except ValueError as exc:
             raise ValueError(f"The '--lr' option of spred run optimizers needs a number after '='. Got {item!r} instead.") from exc
+        kind, colon, opt = name.rpartition(":")
+        if colon and kind not in KINDS:
+            raise ValueError(f"The '--lr' option of spred run optimizers takes a type among {list(KINDS)} before ':'. Got {item!r} instead.")
+        for k in [kind] if colon else KINDS:
+            out.setdefault(k, {})[opt] = lr
     return out
 
 
