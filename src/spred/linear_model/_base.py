@@ -2,7 +2,9 @@
 
 Like skglm's ``_glm_fit``: build the datafit (squared / logistic / multinomial) and
 the penalty (L1 / group), run a solver from :mod:`._solvers`, and hand back plain
-NumPy results. No estimator state is read here except the parameters passed in.
+NumPy results. The functions read no estimator state except the parameters passed in;
+:class:`SpredLinearMixin` holds what the two estimators share (parameter constraints,
+the minibatch wiring).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
 
+from sklearn.utils import check_random_state
+
+from ..utils._validation import Integral, Interval, Real, StrOptions
 from ._groups import check_group_weights, check_groups
 from ._solvers import (
     GroupPenalty,
@@ -27,6 +32,54 @@ from ._solvers import (
 )
 
 MINIBATCH_SOLVERS = ("sgd", "adam", "adagrad")
+
+
+def is_stochastic(est):
+    """``available_if`` check of ``partial_fit``: only the minibatch solvers stream."""
+    if est.solver not in MINIBATCH_SOLVERS:
+        raise AttributeError(
+            f"partial_fit is only available for the minibatch solvers {MINIBATCH_SOLVERS}; "
+            f"solver={est.solver!r} is a full-batch solver."
+        )
+    return True
+
+
+class SpredLinearMixin:
+    """What SpredLasso and SpredLogisticRegression share: parameters and minibatch wiring."""
+
+    _parameter_constraints: dict = {
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "fit_intercept": ["boolean"],
+        "groups": [None, Interval(Integral, 1, None, closed="left"), list, tuple, np.ndarray],
+        "group_weights": [None, StrOptions({"sqrt_size"}), "array-like"],
+        "solver": [StrOptions({"lbfgs", *MINIBATCH_SOLVERS})],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "tol": [Interval(Real, 0, None, closed="left")],
+        "batch_size": [None, Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "threshold": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
+        "warm_start": ["boolean"],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def _run_minibatch(self, X, y, *, loss, n_outputs, max_epochs, tol):
+        """Run (``partial_fit``: ``tol=None``, continue) the minibatch solver; set the
+        solver attributes and return ``(coef (p, K), intercept (K,))``."""
+        state, coef, intercept, epochs = fit_minibatch(
+            type(self).__name__, X, y, loss=loss, n_outputs=n_outputs, alpha=self.alpha,
+            fit_intercept=self.fit_intercept, groups=self.groups,
+            group_weights=self.group_weights, solver=self.solver,
+            learning_rate=self.learning_rate, batch_size=self.batch_size,
+            max_epochs=max_epochs, tol=tol, threshold=self.threshold,
+            random_state=check_random_state(self.random_state),
+            state=getattr(self, "_minibatch_state", None), polish=tol is not None)
+        self._minibatch_state = state
+        # partial_fit counts the epochs seen so far; fit the epochs of this call
+        self.n_iter_ = int(getattr(self, "n_iter_", 0) + epochs) if tol is None else int(epochs)
+        self.stop_crit_ = float("nan")
+        self.alpha_max_ = float("nan")
+        return coef, intercept
 
 
 def _column_means(X):
@@ -242,7 +295,9 @@ def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, 
     v = state.coef()  # (p, K)
     b = state.intercept()
     _check_finite(name, v)
-    G = minibatch_grad(loss, X, y, v, b)
+    G = state.grad_estimate() if tol is None else None  # streaming: the running average over chunks
+    if G is None or X.shape[0] >= state.GRAD_HORIZON:
+        G = minibatch_grad(loss, X, y, v, b)  # all the data given, at the final iterate
     thr = threshold if threshold != "auto" else 1e-3 * (np.abs(v).max() if v.size else 0.0)
     if state.group_spec is None:
         v = decide_zeros(v, G, alpha, thr)

@@ -7,27 +7,16 @@ import warnings
 import numpy as np
 from sklearn.base import RegressorMixin, _fit_context
 from sklearn.linear_model._base import LinearModel
-from sklearn.utils import check_random_state
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..utils._validation import Integral, Interval, Real, StrOptions
-from ._base import MINIBATCH_SOLVERS, fit_full_batch, fit_minibatch
+from ._base import SpredLinearMixin, fit_full_batch, is_stochastic
 from ._path import spred_path
 
 __all__ = ["SpredLasso"]
 
 
-def _is_stochastic(est):
-    if est.solver not in MINIBATCH_SOLVERS:
-        raise AttributeError(
-            f"partial_fit is only available for the minibatch solvers {MINIBATCH_SOLVERS}; "
-            f"solver={est.solver!r} is a full-batch solver."
-        )
-    return True
-
-
-class SpredLasso(RegressorMixin, LinearModel):
+class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
     """Lasso and group lasso solved by sparsity by redundancy (spred).
 
     Minimises exactly scikit-learn's Lasso objective::
@@ -132,22 +121,6 @@ class SpredLasso(RegressorMixin, LinearModel):
     [0, 1]
     """
 
-    _parameter_constraints: dict = {
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "fit_intercept": ["boolean"],
-        "groups": [None, Interval(Integral, 1, None, closed="left"), list, tuple, np.ndarray],
-        "group_weights": [None, StrOptions({"sqrt_size"}), "array-like"],
-        "solver": [StrOptions({"lbfgs", *MINIBATCH_SOLVERS})],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [None, Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "threshold": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
-        "warm_start": ["boolean"],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-    }
-
     path = staticmethod(spred_path)
 
     def __init__(self, alpha=1.0, *, fit_intercept=True, groups=None, group_weights=None,
@@ -221,27 +194,13 @@ class SpredLasso(RegressorMixin, LinearModel):
         return self._fit_stochastic(X, y, max_epochs=self.max_iter, tol=self.tol)
 
     def _fit_stochastic(self, X, y, *, max_epochs, tol):
-        state, coef, intercept, epochs = fit_minibatch(
-            type(self).__name__, X, y, loss="squared", n_outputs=1, alpha=self.alpha,
-            fit_intercept=self.fit_intercept, groups=self.groups,
-            group_weights=self.group_weights, solver=self.solver,
-            learning_rate=self.learning_rate, batch_size=self.batch_size,
-            max_epochs=max_epochs, tol=tol, threshold=self.threshold,
-            random_state=check_random_state(self.random_state),
-            state=getattr(self, "_minibatch_state", None), polish=tol is not None)
-        self._minibatch_state = state
+        coef, intercept = self._run_minibatch(X, y, loss="squared", n_outputs=1, max_epochs=max_epochs, tol=tol)
         self.coef_ = coef[:, 0]
         self.intercept_ = float(intercept[0]) if self.fit_intercept else 0.0
-        if tol is None:  # partial_fit: count the epochs seen so far
-            self.n_iter_ = int(getattr(self, "n_iter_", 0) + epochs)
-        else:
-            self.n_iter_ = int(epochs)
         self.dual_gap_ = float("nan")
-        self.stop_crit_ = float("nan")
-        self.alpha_max_ = float("nan")
         return self
 
-    @available_if(_is_stochastic)
+    @available_if(is_stochastic)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y):
         """Run one epoch of the minibatch solver on ``(X, y)``, continuing the last state.

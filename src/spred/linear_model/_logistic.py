@@ -5,21 +5,18 @@ from __future__ import annotations
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.linear_model._base import LinearClassifierMixin, SparseCoefMixin
-from sklearn.utils import check_random_state
 from sklearn.utils.extmath import softmax
 from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from ..utils._validation import Integral, Interval, Real, StrOptions
-from ._base import MINIBATCH_SOLVERS, encode_classes, fit_full_batch, fit_minibatch
-from ._lasso import _is_stochastic
+from ._base import SpredLinearMixin, encode_classes, fit_full_batch, is_stochastic
 from ._path import spred_path
 
 __all__ = ["SpredLogisticRegression"]
 
 
-class SpredLogisticRegression(LinearClassifierMixin, SparseCoefMixin, BaseEstimator):
+class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoefMixin, BaseEstimator):
     """L1-penalised (or group-L1) logistic regression solved by spred.
 
     Minimises the mean cross-entropy plus an L1 penalty::
@@ -106,22 +103,6 @@ class SpredLogisticRegression(LinearClassifierMixin, SparseCoefMixin, BaseEstima
     [0, 1]
     """
 
-    _parameter_constraints: dict = {
-        "alpha": [Interval(Real, 0, None, closed="left")],
-        "fit_intercept": ["boolean"],
-        "groups": [None, Interval(Integral, 1, None, closed="left"), list, tuple, np.ndarray],
-        "group_weights": [None, StrOptions({"sqrt_size"}), "array-like"],
-        "solver": [StrOptions({"lbfgs", *MINIBATCH_SOLVERS})],
-        "max_iter": [Interval(Integral, 1, None, closed="left")],
-        "tol": [Interval(Real, 0, None, closed="left")],
-        "batch_size": [None, Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "threshold": [StrOptions({"auto"}), Interval(Real, 0, None, closed="left")],
-        "warm_start": ["boolean"],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-    }
-
     path = staticmethod(spred_path)
 
     def __init__(self, alpha=0.01, *, fit_intercept=True, groups=None, group_weights=None,
@@ -197,27 +178,13 @@ class SpredLogisticRegression(LinearClassifierMixin, SparseCoefMixin, BaseEstima
 
     def _fit_stochastic(self, X, y_enc, *, max_epochs, tol):
         K = self.classes_.size
-        loss = "logistic" if K == 2 else "multinomial"
-        state, coef, intercept, epochs = fit_minibatch(
-            type(self).__name__, X, y_enc, loss=loss, n_outputs=1 if K == 2 else K,
-            alpha=self.alpha, fit_intercept=self.fit_intercept, groups=self.groups,
-            group_weights=self.group_weights, solver=self.solver,
-            learning_rate=self.learning_rate, batch_size=self.batch_size,
-            max_epochs=max_epochs, tol=tol, threshold=self.threshold,
-            random_state=check_random_state(self.random_state),
-            state=getattr(self, "_minibatch_state", None), polish=tol is not None)
-        self._minibatch_state = state
+        coef, intercept = self._run_minibatch(X, y_enc, loss="logistic" if K == 2 else "multinomial",
+                                              n_outputs=1 if K == 2 else K, max_epochs=max_epochs, tol=tol)
         self.coef_ = coef.T.copy()
         self.intercept_ = intercept.copy() if self.fit_intercept else np.zeros(coef.shape[1])
-        if tol is None:
-            self.n_iter_ = int(getattr(self, "n_iter_", 0) + epochs)
-        else:
-            self.n_iter_ = int(epochs)
-        self.stop_crit_ = float("nan")
-        self.alpha_max_ = float("nan")
         return self
 
-    @available_if(_is_stochastic)
+    @available_if(is_stochastic)
     @_fit_context(prefer_skip_nested_validation=True)
     def partial_fit(self, X, y, classes=None):
         """Run one epoch of the minibatch solver on ``(X, y)``, continuing the last state.

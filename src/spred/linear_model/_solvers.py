@@ -1161,16 +1161,45 @@ class MinibatchState:
         cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad}[optimizer]
         self.opt = cls(groups_, lr=learning_rate)
         self.n_seen = 0
+        # Running estimate of the data-fit gradient dL/dv: an exponential moving average
+        # of the minibatch gradients over about GRAD_HORIZON samples (bias-corrected).
+        self._g_sum = torch.zeros((n_features, K), dtype=dt)
+        self._g_weight = 0.0
 
     def _v(self):
         if self.group is None:
             return self.u * self.w
         return self.u[self.group[0]][:, None] * self.w
 
+    GRAD_HORIZON = 16384  # samples averaged by the running gradient estimate
+
+    def _track_grad(self, batch):
+        """Fold this step's dL/dv (held in ``self._v_last.grad``) into the running estimate."""
+        g, self._v_last = self._v_last.grad, None  # no graph kept between steps (picklable state)
+        if g is None:
+            return
+        rho = max(0.0, 1.0 - batch / self.GRAD_HORIZON)
+        self._g_sum.mul_(rho).add_(g, alpha=1.0 - rho)
+        self._g_weight = rho * self._g_weight + (1.0 - rho)
+
+    def grad_estimate(self):
+        """The running average of the minibatch gradients dL/dv (NumPy), or None before any step.
+
+        Averages about ``GRAD_HORIZON`` recent samples, so it is much less noisy than
+        the gradient on one chunk; the zero decisions of ``partial_fit`` use it.
+        """
+        if self._g_weight <= 0:
+            return None
+        return (self._g_sum / self._g_weight).numpy().copy()
+
     def _loss(self, X, y):
         import torch
 
-        z = X @ self._v() + self.b
+        v = self._v()
+        if v.requires_grad:
+            v.retain_grad()
+        self._v_last = v
+        z = X @ v + self.b
         if self.loss == "squared":
             loss = 0.5 * ((z[:, 0] - y) ** 2).mean()
         elif self.loss == "logistic":
@@ -1203,6 +1232,7 @@ class MinibatchState:
                 self.opt.zero_grad(set_to_none=True)
                 loss = self._loss(Xt[idx], yt[idx])
                 loss.backward()
+                self._track_grad(len(idx))
                 self.opt.step()
             if not bool(torch.isfinite(self._v()).all()):
                 raise FloatingPointError(
