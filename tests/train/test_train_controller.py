@@ -63,6 +63,21 @@ def test_measured_sparsity_is_the_sparsity_report_s():
     assert ahead == now  # no trend yet
 
 
+def test_grouped_tensors_are_measured_by_whole_groups():
+    """Small entries inside a live group are not zeros: collapse keeps them, so the controller must too."""
+    net = spred.sparsify(nn.Linear(100, 10), lam=1e-3, groups="out")
+    s, w = spred.factors(net)
+    with torch.no_grad():
+        s.fill_(1.0)
+        w.fill_(0.1)
+        w[:3] = 1e-6  # 3 of 10 neurons: group norm 1e-5 <= 1e-4
+        w[3:, :50] = 1e-6  # half the entries of every live neuron are tiny too
+    controller = SparsityController(TargetSparsity(0.5), threshold=1e-4, steps_per_epoch=10, total_epochs=5)
+    now, ahead = controller.measure(net, step=10)
+    assert now == spred.sparsity_report(net, threshold=1e-4).sparsified_sparsity == pytest.approx(0.3)
+    assert ahead == now
+
+
 def test_a_shrinking_weight_is_predicted_to_vanish():
     net = spred.sparsify(nn.Linear(4, 1, bias=False), lam=1e-3)
     u, w = spred.factors(net)
@@ -129,6 +144,21 @@ def test_controller_reaches_the_target(seed, optimizer, lr):
     assert final["sparsity"] == spred.sparsity_report(net, threshold=1e-3).sparsified_sparsity
     assert final["lam"] > 10 * 1e-3 and final["target"] == 0.8
     assert result.history[0]["sparsity"] < 0.5  # it got there by raising lam, not from the start
+
+
+@pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-2)])
+def test_controller_reaches_a_group_target(optimizer, lr):
+    """groups="in" (one group per input feature): 70% of the features removed within 2 points."""
+    X, y = sparse_regression(0)
+    net = spred.sparsify(nn.Linear(100, 10), lam=1e-3, groups="in")
+    result = fit(
+        net, (X, y), epochs=40, optimizer=optimizer, lr=lr, batch_size=32, loss_fn=half_mse,
+        target_sparsity=0.7, threshold=1e-3, seed=0, progress=False,
+    )
+    report = spred.sparsity_report(net, threshold=1e-3)
+    assert result.history[-1]["sparsity"] == report.sparsified_sparsity == pytest.approx(0.7, abs=0.02)
+    zero_features = (net.weight.detach().norm(dim=0) <= 1e-3).sum().item()
+    assert zero_features == pytest.approx(70, abs=2)
 
 
 def test_per_tensor_lam_keeps_its_ratios_and_the_bounds_hold():

@@ -40,14 +40,16 @@ __all__ = [
 ]
 
 
-def add_common_arguments(parser: argparse.ArgumentParser, name: str) -> None:
+def add_common_arguments(parser: argparse.ArgumentParser, name: str, quick_help: str = "a smaller version (fewer seeds and epochs)") -> None:
     """Add the options every experiment understands to ``parser``.
+
+    ``quick_help`` says what ``--quick`` runs (each experiment states its own preset).
 
     ``--seeds`` and ``--config`` default to ``None`` so that :func:`resolve_config`
     can tell an option given on the command line from one left at its default.
     """
     parser.add_argument("--out", default=None, metavar="DIR", help=f"output folder (default: results/{name})")
-    parser.add_argument("--quick", action="store_true", help="a small version that runs in seconds (for tests)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, metavar="SEED", help="random seeds (repetitions)")
     parser.add_argument("--config", default=None, metavar="FILE", help="JSON file of config values (the command line wins)")
     parser.add_argument("--no-plot", action="store_true", help="write the CSV and config only, no figures")

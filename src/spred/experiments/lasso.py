@@ -940,7 +940,7 @@ def _parse_main_lrs(items: Sequence[str] | None) -> dict[str, float] | None:
 
 def add_arguments(parser) -> None:
     """Options of ``spred run lasso``."""
-    _common.add_common_arguments(parser, NAME)
+    _common.add_common_arguments(parser, NAME, "a small problem (60 x 20, 5 alphas, one seed) that runs in seconds")
     parser.add_argument("--steps", dest="n_steps", type=int, default=None, help="full-batch steps per run (default 3000)")
     parser.add_argument("--n-alphas", type=int, default=None, help="size of the alpha grid (default 20)")
     parser.add_argument("--lrs", type=float, nargs="+", default=None, help="learning rates (default 1 0.1 0.01 0.001)")

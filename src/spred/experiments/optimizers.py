@@ -24,10 +24,9 @@ Sparsity types: ``unstructured`` (one factor per weight, every Linear / Conv wei
 layer, whose outputs are the classes, stays dense).
 
 Zeros. A weight counts as zero when ``|v| <= threshold`` (a group when its norm is);
-the same threshold is used for :func:`spred.collapse`, :func:`spred.sparsity_report`
-and :func:`spred.kkt_residual`. The controller counts entries, not groups, so for the
-structured runs it is given ``threshold / sqrt(largest group size)``: an entry below it
-lies in a group that the collapse at ``threshold`` removes (see ``docs/optimizers.md``).
+the same threshold is used by the target-sparsity controller (which counts whole groups
+for grouped tensors), :func:`spred.collapse`, :func:`spred.sparsity_report` and
+:func:`spred.kkt_residual`.
 
 Learning rates are tuned once per optimizer and sparsity type (and for the dense
 baselines) on a validation split of the training data (the last ``val_fraction`` of a
@@ -141,7 +140,7 @@ DEFAULT_INITIAL_LAMS = {"sgd": 1e-5, "adam": 1e-5, "adamw": 1e-5, "adamw_decoupl
 
 CSV_COLUMNS = (
     "dataset", "optimizer", "sparsity_type", "target", "seed", "lr", "lr_source", "epochs", "diverged", "threshold",
-    "controller_threshold", "lam_initial", "lam_final", "weight_sparsity", "sparsity_error", "reached_target",
+    "lam_initial", "lam_final", "weight_sparsity", "sparsity_error", "reached_target",
     "param_sparsity", "zero_channels", "n_channels", "channel_sparsity", "compression_ratio", "test_acc",
     "test_acc_before_collapse", "dense_test_acc", "train_seconds", "params_total", "params_nonzero", "params_pruned",
     "macs_dense", "macs_pruned", "latency_dense_b1", "latency_collapsed_b1", "latency_pruned_b1", "latency_dense_bmax",
@@ -442,13 +441,12 @@ def _last_layer(model: nn.Module, include=(nn.Linear, nn.Conv1d, nn.Conv2d)) -> 
     return names[-1]
 
 
-def _sparsify(model: nn.Module, sparsity_type: str, lam: float, output_layer: str) -> float:
-    """Sparsify in place; returns the largest group size (1 for unstructured)."""
+def _sparsify(model: nn.Module, sparsity_type: str, lam: float, output_layer: str) -> None:
+    """Sparsify in place: every weight, or one group per filter / neuron but the output layer's."""
     if sparsity_type == "unstructured":
         spred.sparsify(model, lam)
-        return 1
-    spred.sparsify(model, lam, groups="out", exclude=(output_layer,))
-    return max(getattr(t.module, t.tensor_name)[0].numel() for t in spred.nn.sparsified_tensors(model))
+    else:
+        spred.sparsify(model, lam, groups="out", exclude=(output_layer,))
 
 
 def _grad_wrt_weights(model: nn.Module, loss_fn, batch) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
@@ -658,10 +656,8 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
         model = setup.model_factory()
     dense = _copy_plain(model)
     output_layer = _last_layer(model)
-    group_size = _sparsify(model, sparsity_type, initial_lam, output_layer)
-    # The controller counts entries: for groups, an entry below threshold / sqrt(group size) lies in a removable group.
-    controller_thr = setup.threshold / math.sqrt(group_size)
-    result = _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=controller_thr), controller_thr)
+    _sparsify(model, sparsity_type, initial_lam, output_layer)
+    result = _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=setup.threshold), setup.threshold)
     model.cpu()
     acc_before = _evaluate(setup, model, setup.test_data)
     report = spred.sparsity_report(model, threshold=setup.threshold)
@@ -683,7 +679,6 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
     row = {
         "dataset": setup.dataset, "optimizer": optimizer, "sparsity_type": sparsity_type, "target": target, "seed": seed,
         "lr": lr, "lr_source": lr_source, "epochs": setup.epochs, "diverged": False, "threshold": setup.threshold,
-        "controller_threshold": controller_thr,
         "lam_initial": initial_lam, "lam_final": lam_final, "weight_sparsity": reached, "sparsity_error": reached - target,
         "reached_target": bool(abs(reached - target) <= setup.tolerance), "param_sparsity": report.sparsity,
         "zero_channels": zero_ch, "n_channels": n_ch, "channel_sparsity": zero_ch / n_ch if n_ch else math.nan,
@@ -778,8 +773,8 @@ def tune_learning_rates(
                 model.cpu()
                 sparsity, acc = 0.0, _evaluate(setup, model, val_data)
             else:
-                thr = threshold / math.sqrt(_sparsify(model, sparsity_type, lams[optimizer], _last_layer(model)))
-                _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=thr), thr)
+                _sparsify(model, sparsity_type, lams[optimizer], _last_layer(model))
+                _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=threshold), threshold)
                 model.cpu()
                 sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
                 acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
@@ -1266,7 +1261,7 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
 
 def add_arguments(parser) -> None:
     """Options of ``spred run optimizers``."""
-    _common.add_common_arguments(parser, NAME)
+    _common.add_common_arguments(parser, NAME, "MNIST only, 10,000 images, 8 epochs, one seed (about 20 minutes on one core)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help="datasets (default: mnist fashion_mnist)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None, help="optimizers (default: all)")
     parser.add_argument("--types", dest="sparsity_types", nargs="+", choices=SPARSITY_TYPES, default=None, help="sparsity types (default: both)")

@@ -12,8 +12,9 @@ Users think in "90% sparse", not in lam. Two facts shape the design:
   whose inputs died gets no gradient. Lowering lam afterwards barely helps.
 
 So the controller predicts. Every ``update_every`` steps it reads ``|v|`` of every
-sparsified weight and keeps, per weight, two moving averages (fast and slow) of the
-slope of ``log|v|``. A weight counts as a *predicted* zero when it is zero now or
+sparsified weight (the group norm ``||v_g||`` for grouped tensors, whose zeros come by
+whole groups: a group counts with all its entries) and keeps, per weight or group, two
+moving averages (fast and slow) of the slope of ``log|v|``. A weight counts as a *predicted* zero when it is zero now or
 when the slower of the two trends carries it below the threshold by the end of
 training (a weight settling on a nonzero value decelerates, and the fast average
 sees that first). lam then moves multiplicatively::
@@ -38,6 +39,7 @@ from numbers import Real
 import torch
 
 from spred.nn import get_lam, set_lam, sparsified_tensors
+from spred.nn._parametrizations import group_norms
 
 logger = logging.getLogger("spred")
 
@@ -64,7 +66,8 @@ def _check_real(value, name: str, lo: float, hi: float, *, lo_open: bool = False
 class TargetSparsity:
     """Reach ``target`` zeros among the sparsified weights by adapting lam during :func:`~spred.train.fit`.
 
-    A weight counts as zero when ``|v| <= threshold`` (the fraction is
+    A weight counts as zero when ``|v| <= threshold`` (for grouped tensors, when the
+    norm of its group is; the fraction is
     :attr:`spred.SparsityReport.sparsified_sparsity`). See the module docstring of
     ``spred.train._controller`` and ``docs/training.md`` for the update rule.
 
@@ -253,7 +256,10 @@ class SparsityController:
         log_thr = math.log(self.threshold)
         zeros = predicted = numel = 0
         for t in sparsified_tensors(model):
-            v = getattr(t.module, t.tensor_name).detach().abs()
+            raw = getattr(t.module, t.tensor_name).detach()
+            # grouped tensors: the group norm decides and a group counts with all its entries,
+            # as in collapse and sparsity_report (where an exact 0 inside a live group also counts)
+            v = group_norms(raw, t.spred.groups, t.spred.out_dim)
             log_v = v.float().clamp_min(self.threshold * 1e-6).log()  # exact zeros stay finite
             prev = self.prev_log.get(t.name)
             if prev is not None:
@@ -270,9 +276,12 @@ class SparsityController:
             trend = self.trends.get(t.name)
             if trend is not None:
                 ahead = zero | (log_v + horizon * trend.max(dim=0).values.clamp_max(0) <= log_thr)
+            if t.spred.groups is not None:
+                exact = raw == 0
+                zero, ahead = zero.expand_as(raw) | exact, ahead.expand_as(raw) | exact
             zeros += int(zero.sum())
             predicted += int(ahead.sum())
-            numel += v.numel()
+            numel += raw.numel()
         return zeros / numel, predicted / numel
 
     def step(self, model, optimizer, step: int, penalty_in_loss: bool) -> None:
