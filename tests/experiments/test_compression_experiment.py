@@ -187,7 +187,7 @@ def _tiny_784(seed):
 
 
 def test_structured_prunes_to_a_smaller_module_with_equal_outputs(tiny_models):
-    cfg = dataclasses.replace(C.check_config(TINY), structured_epochs=2, structured_finetune_epochs=1, structured_sparsity=0.6,
+    cfg = dataclasses.replace(C.check_config(TINY), structured_epochs=6, structured_finetune_epochs=1, structured_sparsity=0.6,
                               latency_repeats=3, lam=1e-4, structured_lam_exponents=(0.0, 1.0))  # fmt: skip
     rows = C.run_structured(cfg, 0, _images())
     assert [(r["method"], r["lam_exponent"]) for r in rows] == [("spred_group", 0.0), ("spred_group", 1.0), ("filter_norm", 0.0), ("filter_norm", 1.0)]
