@@ -161,7 +161,7 @@ def test_controller_reaches_a_group_target(optimizer, lr):
         target_sparsity=0.7, threshold=1e-3, seed=0, progress=False,
     )
     report = spred.sparsity_report(net, threshold=1e-3)
-    assert result.history[-1]["sparsity"] == report.sparsified_sparsity == pytest.approx(0.7, abs=0.03)
+    assert result.history[-1]["sparsity"] == report.sparsified_sparsity == pytest.approx(0.7, abs=0.035)
     zero_features = (net.weight.detach().norm(dim=0) <= 1e-3).sum().item()
     assert zero_features == pytest.approx(70, abs=3)
 
