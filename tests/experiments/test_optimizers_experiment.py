@@ -204,6 +204,27 @@ def test_study_rejects_bad_parameters(kwargs, error, match):
         opt_exp.optimizer_study(_factory, _data(64, 0), _data(32, 1), **args)
 
 
+def test_worker_processes_give_the_same_rows():
+    """n_jobs=2 runs the jobs in spawned workers: every run seeds itself, so the rows equal the sequential ones."""
+    import functools
+
+    from spred.models import MLP
+
+    factory = functools.partial(MLP, 16, (32,), 3)  # picklable, unlike a test-module function
+    kwargs = dict(optimizers=("sgd", "adam"), sparsity_types=("unstructured",), targets=(0.3,), seeds=(0, 1), epochs=3, batch_size=64,
+                  lrs={"sgd": 0.05, "adam": 3e-3}, latency_batch_sizes=(1,), latency_repeats=1, kkt_samples=128, progress=False)  # fmt: skip
+    one = opt_exp.optimizer_study(factory, _data(512, 0), _data(128, 1), **kwargs)
+    two = opt_exp.optimizer_study(factory, _data(512, 0), _data(128, 1), n_jobs=2, **kwargs)
+    assert len(one) == len(two) == 8
+    for a, b in zip(one, two):
+        for key in ("sparsity_type", "optimizer", "seed", "weight_sparsity", "test_acc", "lam_final", "kkt_max"):
+            assert a[key] == b[key] or (math.isnan(a[key]) and math.isnan(b[key])), key
+    with pytest.raises(TypeError, match=r"n_jobs=2 runs the jobs in worker processes, which needs a picklable model factory"):
+        opt_exp.optimizer_study(lambda: factory(), _data(512, 0), _data(128, 1), n_jobs=2, **kwargs)
+    with pytest.raises(ValueError, match=r"The 'n_jobs' parameter of optimizer_study must be an int >= 1. Got 0 instead."):
+        opt_exp.optimizer_study(factory, _data(512, 0), _data(128, 1), n_jobs=0, **kwargs)
+
+
 def test_study_rejects_bad_factory_and_data():
     with pytest.raises(TypeError, match=r"The 'model_factory' parameter of optimizer_study must be a callable that builds a fresh model \(e.g. lambda: MyNet\(\)\), not a model. Got Linear"):
         opt_exp.optimizer_study(nn.Linear(2, 2), _data(64, 0), _data(32, 1))

@@ -710,6 +710,36 @@ def _copy_plain(model: nn.Module) -> nn.Module:
 # --------------------------------------------------------------------------- learning rates
 
 
+def _tune_job(shared, job) -> dict:
+    """One tuning run (module level, so that worker processes can run it)."""
+    from spred.train import TargetSparsity
+
+    setup, val_data, sparsity_type, target, lams, seed = shared
+    optimizer, lr = job
+    dense, threshold = sparsity_type == "dense", setup.threshold
+    cpu = time.process_time()
+    with _common.torch_seed(seed):
+        model = setup.model_factory()
+    try:
+        if dense:
+            _train(setup, model, optimizer, lr, seed, None, threshold)
+            model.cpu()
+            sparsity, acc = 0.0, _evaluate(setup, model, val_data)
+        else:
+            _sparsify(model, sparsity_type, lams[optimizer], _last_layer(model))
+            _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=threshold), threshold)
+            model.cpu()
+            sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
+            acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
+    except FloatingPointError as exc:  # a learning rate that diverges is a result, not an error
+        logger.info("tuning %s lr %g diverged: %s", optimizer, lr, exc)
+        sparsity, acc = math.nan, math.nan
+    return {"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
+            "reached_target": dense or bool(abs(sparsity - target) <= setup.tolerance), "chosen": False,
+            "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": setup.epochs,
+            "cpu_seconds": time.process_time() - cpu}  # fmt: skip
+
+
 def tune_learning_rates(
     model_factory: Callable[[], nn.Module],
     train_data,
@@ -729,6 +759,7 @@ def tune_learning_rates(
     loss_fn: Callable | None = None,
     device=None,
     progress: bool = True,
+    n_jobs: int = 1,
 ) -> tuple[dict[str, float], list[dict]]:
     """Pick one learning rate per optimizer: the best validation accuracy at one sparsity level.
 
@@ -748,44 +779,19 @@ def tune_learning_rates(
     rows : list of dict
         One row per (optimizer, lr): ``val_acc``, ``weight_sparsity``, ``reached_target``, ``chosen``.
     """
-    from tqdm.auto import tqdm
-
-    from spred.train import TargetSparsity
-
     optimizers = _check_names(optimizers, OPTIMIZERS, "optimizers", "tune_learning_rates")
     if sparsity_type not in (*SPARSITY_TYPES, "dense"):
         raise ValueError(f"The 'sparsity_type' parameter of tune_learning_rates must be one of {[*SPARSITY_TYPES, 'dense']}. Got {sparsity_type!r} instead.")
-    dense = sparsity_type == "dense"
     grid = _check_lr_map(dict(DEFAULT_LR_GRID if lr_grid is None else lr_grid), "lr_grid", "tune_learning_rates", grid=True)
     lams = {**DEFAULT_INITIAL_LAMS, **dict(initial_lams or {})}
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
     setup = _Setup(model_factory, train_data, val_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, tolerance, device, "tuning")
     rows, chosen = [], {}
     jobs = [(o, lr) for o in optimizers for lr in grid[o]]
-    bar = tqdm(jobs, desc="tuning lr", unit="run", disable=not progress)
-    for optimizer, lr in bar:
-        cpu = time.process_time()
-        with _common.torch_seed(seed):
-            model = model_factory()
-        try:
-            if dense:
-                _train(setup, model, optimizer, lr, seed, None, threshold)
-                model.cpu()
-                sparsity, acc = 0.0, _evaluate(setup, model, val_data)
-            else:
-                _sparsify(model, sparsity_type, lams[optimizer], _last_layer(model))
-                _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=threshold), threshold)
-                model.cpu()
-                sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
-                acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
-        except FloatingPointError as exc:  # a learning rate that diverges is a result, not an error
-            logger.info("tuning %s lr %g diverged: %s", optimizer, lr, exc)
-            sparsity, acc = math.nan, math.nan
-        rows.append({"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
-                     "reached_target": dense or bool(abs(sparsity - target) <= tolerance), "chosen": False,
-                     "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": epochs,
-                     "cpu_seconds": time.process_time() - cpu})  # fmt: skip
-        logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", optimizer, sparsity_type, lr, acc, sparsity)
+    shared = (setup, val_data, sparsity_type, target, lams, seed)
+    for _, row in _common.map_jobs(_tune_job, shared, jobs, n_jobs=n_jobs, progress=progress, desc="tuning lr"):
+        rows.append(row)
+        logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", row["optimizer"], sparsity_type, row["lr"], row["val_acc"], row["weight_sparsity"])
     for optimizer in optimizers:
         own = [r for r in rows if r["optimizer"] == optimizer and math.isfinite(r["val_acc"])]
         pool = [r for r in own if r["reached_target"]] or own
@@ -830,6 +836,7 @@ def optimizer_study(
     device=None,
     dataset: str = "custom",
     progress: bool = True,
+    n_jobs: int = 1,
     tuning: list | None = None,
 ) -> list[dict]:
     """Compare optimizers under unstructured and structured spred on your own model.
@@ -898,6 +905,10 @@ def optimizer_study(
         Written into every row.
     progress : bool, default=True
         A tqdm bar over the runs.
+    n_jobs : int, default=1
+        Worker processes for the runs (and the tuning); every run seeds itself, so the
+        results do not depend on it, only the wall time (and the timings' noise) does.
+        Needs a picklable ``model_factory``, data and ``loss_fn``.
     tuning : list, optional
         If given, the tuning rows (see :func:`tune_learning_rates`) are appended to it.
 
@@ -911,8 +922,6 @@ def optimizer_study(
     >>> rows = optimizer_study(lambda: MyNet(), (X, y), (X_test, y_test), optimizers=("sgd", "adam"),
     ...                        targets=(0.5, 0.9), seeds=(0,), lrs={"sgd": 0.05, "adam": 1e-3})  # doctest: +SKIP
     """
-    from tqdm.auto import tqdm
-
     who = "optimizer_study"
     if not callable(model_factory) or isinstance(model_factory, nn.Module):
         raise TypeError(f"The 'model_factory' parameter of {who} must be a callable that builds a fresh model (e.g. lambda: MyNet()), not a model. Got {type(model_factory).__name__} instead.")
@@ -927,6 +936,8 @@ def optimizer_study(
             raise ValueError(f"The '{name}' parameter of {who} must be an int >= 1. Got {value!r} instead.")
     if not (_is_real(threshold) and threshold > 0):
         raise ValueError(f"The 'threshold' parameter of {who} must be a float > 0 (the controller counts |v| <= threshold as zero). Got {threshold!r} instead.")
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"The 'n_jobs' parameter of {who} must be an int >= 1. Got {n_jobs!r} instead.")
     if not (_is_real(tolerance) and 0 < tolerance < 1):
         raise ValueError(f"The 'tolerance' parameter of {who} must be a float in (0, 1). Got {tolerance!r} instead.")
     lrs = _nested_lrs({} if lrs is None else lrs, who)
@@ -961,7 +972,8 @@ def optimizer_study(
         else:
             tune_train = train_data
         common = {"lr_grid": lr_grid, "seed": tune_seed, "epochs": epochs, "batch_size": batch_size, "threshold": threshold, "momentum": momentum,
-                  "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress}  # fmt: skip
+                  "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress,
+                  "n_jobs": n_jobs}  # fmt: skip
         for kind, names in missing.items():
             chosen, tune_rows = tune_learning_rates(model_factory, tune_train, val_data, optimizers=names, sparsity_type=kind, target=tune_target, **common)
             if tuning is not None:
@@ -977,20 +989,13 @@ def optimizer_study(
     jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
     jobs += [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
     rows = []
-    bar = tqdm(jobs, desc=f"optimizers ({dataset})", unit="run", disable=not progress)
-    for kind, optimizer, target, seed in bar:
-        bar.set_postfix(opt=optimizer, type=kind, target=target, seed=seed, refresh=False)
-        lr, source = lrs[kind][optimizer], sources[kind][optimizer]
-        cpu = time.process_time()
-        try:
-            if kind == "dense":
-                row = _dense_row(setup, optimizer, lr, source, seed)
-            else:
-                row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
-        except FloatingPointError as exc:  # a diverged run is a result: recorded, not raised
-            logger.warning("%s %s %s target %s seed %d diverged: %s", dataset, optimizer, kind, target, seed, exc)
-            row = _diverged_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
-        row["cpu_seconds"] = time.process_time() - cpu
+    shared = (setup, lrs, sources, lams)
+    for (kind, optimizer, target, seed), row in _common.map_jobs(
+        _study_job, shared, jobs, n_jobs=n_jobs, progress=progress, desc=f"optimizers ({dataset})",
+        postfix=lambda j: {"type": j[0], "opt": j[1], "target": j[2], "seed": j[3]},
+    ):
+        if row["diverged"]:
+            logger.warning("%s %s %s target %s seed %d diverged", dataset, optimizer, kind, target, seed)
         logger.info(
             "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
             dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
@@ -998,6 +1003,24 @@ def optimizer_study(
         rows.append(row)
     _attach_dense(rows)
     return rows
+
+
+def _study_job(shared, job) -> dict:
+    """One run of the study (module level, so that worker processes can run it)."""
+    setup, lrs, sources, lams = shared
+    kind, optimizer, target, seed = job
+    lr, source = lrs[kind][optimizer], sources[kind][optimizer]
+    cpu = time.process_time()
+    try:
+        if kind == "dense":
+            row = _dense_row(setup, optimizer, lr, source, seed)
+        else:
+            row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+    except FloatingPointError as exc:  # a diverged run is a result: recorded, not raised
+        logger.info("%s %s target %s seed %d diverged: %s", optimizer, kind, target, seed, exc)
+        row = _diverged_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+    row["cpu_seconds"] = time.process_time() - cpu
+    return row
 
 
 def _diverged_row(setup: _Setup, optimizer: str, kind: str, target, lr: float, source: str, seed: int, initial_lam: float) -> dict:
@@ -1185,8 +1208,11 @@ class OptimizersResults:
 
 
 def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot_figure: bool = True, progress: bool | None = None,
-                   data_home=None) -> OptimizersResults:  # fmt: skip
-    """Run the study on every dataset of ``cfg`` and write the outputs (see the module docstring)."""
+                   data_home=None, n_jobs: int = 1) -> OptimizersResults:  # fmt: skip
+    """Run the study on every dataset of ``cfg`` and write the outputs (see the module docstring).
+
+    ``n_jobs`` worker processes run the independent runs side by side (see :func:`optimizer_study`).
+    """
     cfg = check_config(cfg)
     out_dir = _common.prepare_out_dir(out, NAME)
     start, cpu_start = time.perf_counter(), time.process_time()
@@ -1204,6 +1230,7 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
             tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
             latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline,
             tune_target=cfg.tune_target, tune_seed=cfg.tune_seed, dataset=dataset, progress=progress is not False, tuning=tune_rows,
+            n_jobs=n_jobs,
         )  # fmt: skip
         for r in tune_rows:
             r["dataset"] = dataset
@@ -1272,6 +1299,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--lr", dest="lrs", nargs="+", default=None, metavar="[TYPE:]OPT=LR",
                         help="fixed learning rates, e.g. sgd=0.03 (every type) or structured:sgd=0.1 dense:sgd=0.03 (others are tuned)")
     parser.add_argument("--threshold", type=float, default=None, help="|v| <= threshold counts as zero (default 1e-3)")
+    parser.add_argument("--jobs", type=int, default=1, metavar="N",
+                        help="worker processes running the runs side by side (default 1; results do not depend on it)")
 
 
 def _parse_lrs(items) -> dict[str, dict[str, float]] | None:
@@ -1310,7 +1339,9 @@ def run(args) -> int:
     """``spred run optimizers``: run, write the outputs, print the tables; returns the exit code."""
     cfg = config_from_args(args)
     with _common.num_threads(args.threads):
-        results = run_experiment(cfg, args.out, plot_figure=not args.no_plot)
+        if args.jobs < 1:
+            raise ValueError(f"The '--jobs' option of spred run optimizers must be an int >= 1. Got {args.jobs} instead.")
+        results = run_experiment(cfg, args.out, plot_figure=not args.no_plot, n_jobs=args.jobs)
         text = report(results, cfg)
     print(text)
     print()
