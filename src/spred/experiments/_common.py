@@ -267,9 +267,12 @@ def map_jobs(fn: Callable[[Any, Any], Any], shared: Any, jobs: Sequence[Any], *,
     With ``n_jobs > 1`` the jobs run in that many worker processes (started with
     ``spawn``; ``shared`` is sent once to each worker, each job is pickled), every
     worker with ``threads`` torch threads. ``fn`` must then be a module-level function
-    and ``shared`` and the jobs picklable. Each job must seed itself: results do not
-    depend on which worker ran it. Timings measured inside jobs that run side by side
-    share the machine's memory bandwidth and are noisier than sequential ones.
+    and ``shared`` and the jobs picklable (functions defined in ``__main__`` or a notebook
+    are not loadable by spawned workers). torch sends tensors in ``shared`` through shared
+    memory (``/dev/shm``; a container may need a larger one for big datasets). Each job
+    must seed itself: results do not depend on which worker ran it. A failing job cancels
+    the queued ones and its exception is raised here. Timings measured inside jobs that
+    run side by side share the machine's memory bandwidth and are noisier than sequential ones.
     """
     from tqdm.auto import tqdm
 
@@ -286,6 +289,7 @@ def map_jobs(fn: Callable[[Any, Any], Any], shared: Any, jobs: Sequence[Any], *,
         import multiprocessing
         import pickle
         from concurrent.futures import ProcessPoolExecutor
+        from concurrent.futures.process import BrokenProcessPool
 
         try:
             pickle.dumps((fn, shared))
@@ -296,12 +300,24 @@ def map_jobs(fn: Callable[[Any, Any], Any], shared: Any, jobs: Sequence[Any], *,
                 "Use n_jobs=1 to run in this process."
             ) from exc
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx, initializer=_worker_init,
-                                 initargs=(shared, threads)) as pool:
+        pool = ProcessPoolExecutor(max_workers=min(n_jobs, len(jobs)), mp_context=ctx, initializer=_worker_init, initargs=(shared, threads))
+        try:
             futures = [pool.submit(_worker_call, fn, job) for job in jobs]
             for job, future in zip(jobs, futures):
-                result = future.result()
+                try:
+                    result = future.result()
+                except BrokenProcessPool as exc:
+                    raise RuntimeError(
+                        f"a worker process of n_jobs={n_jobs} died. Functions and classes defined in a notebook or in the "
+                        "script being run (__main__) cannot be loaded by spawned workers: define the model factory and "
+                        "loss in an importable module, guard the script with `if __name__ == \"__main__\":`, or use n_jobs=1."
+                    ) from exc
                 bar.update()
                 yield job, result
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # a failed job stops the rest (no waiting for queued jobs)
+            raise
+        else:
+            pool.shutdown(wait=True)
     finally:
         bar.close()

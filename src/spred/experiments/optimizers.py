@@ -771,6 +771,7 @@ def tune_learning_rates(
     ``sparsity_type="dense"`` tunes the plain model instead (no spred, no target; for the
     dense baselines: a learning rate tuned under spred need not suit the plain model, whose
     gradient steps are scaled differently; ``"adamw_decoupled"`` is then plain AdamW).
+    ``n_jobs`` worker processes run the grid side by side, as in :func:`optimizer_study`.
 
     Returns
     -------
@@ -779,6 +780,8 @@ def tune_learning_rates(
     rows : list of dict
         One row per (optimizer, lr): ``val_acc``, ``weight_sparsity``, ``reached_target``, ``chosen``.
     """
+    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs < 1:
+        raise ValueError(f"The 'n_jobs' parameter of tune_learning_rates must be an int >= 1. Got {n_jobs!r} instead.")
     optimizers = _check_names(optimizers, OPTIMIZERS, "optimizers", "tune_learning_rates")
     if sparsity_type not in (*SPARSITY_TYPES, "dense"):
         raise ValueError(f"The 'sparsity_type' parameter of tune_learning_rates must be one of {[*SPARSITY_TYPES, 'dense']}. Got {sparsity_type!r} instead.")
@@ -789,7 +792,7 @@ def tune_learning_rates(
     rows, chosen = [], {}
     jobs = [(o, lr) for o in optimizers for lr in grid[o]]
     shared = (setup, val_data, sparsity_type, target, lams, seed)
-    for _, row in _common.map_jobs(_tune_job, shared, jobs, n_jobs=n_jobs, progress=progress, desc="tuning lr"):
+    for _, row in _common.map_jobs(_tune_job, shared, jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress, desc="tuning lr"):
         rows.append(row)
         logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", row["optimizer"], sparsity_type, row["lr"], row["val_acc"], row["weight_sparsity"])
     for optimizer in optimizers:
@@ -991,11 +994,11 @@ def optimizer_study(
     rows = []
     shared = (setup, lrs, sources, lams)
     for (kind, optimizer, target, seed), row in _common.map_jobs(
-        _study_job, shared, jobs, n_jobs=n_jobs, progress=progress, desc=f"optimizers ({dataset})",
+        _study_job, shared, jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress, desc=f"optimizers ({dataset})",
         postfix=lambda j: {"type": j[0], "opt": j[1], "target": j[2], "seed": j[3]},
     ):
         if row["diverged"]:
-            logger.warning("%s %s %s target %s seed %d diverged", dataset, optimizer, kind, target, seed)
+            logger.warning("%s %s %s target %s seed %d diverged (non-finite loss)", dataset, optimizer, kind, target, seed)
         logger.info(
             "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
             dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
@@ -1204,7 +1207,7 @@ class OptimizersResults:
     lrs: dict[str, dict[str, dict[str, float]]]  # dataset -> sparsity type or "dense" -> optimizer -> lr
     files: dict[str, Path]
     seconds: float
-    cpu_seconds: float = math.nan  # CPU time of this process: the wall time on free cores, roughly, with one thread
+    cpu_seconds: float = math.nan  # CPU time of this process and its workers: the wall time on one free core, roughly
 
 
 def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot_figure: bool = True, progress: bool | None = None,
@@ -1238,6 +1241,8 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
         chosen[dataset] = {kind: {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == kind} for kind in KINDS}
         rows += ds_rows
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    if n_jobs > 1:  # the runs' CPU time was spent in the workers
+        cpu_seconds += sum(r["cpu_seconds"] for r in [*rows, *tuning] if math.isfinite(r.get("cpu_seconds", math.nan)))
     summary = summarise(rows)
     files = {
         "runs": _common.write_csv(rows, out_dir / "optimizers.csv", CSV_COLUMNS),
@@ -1252,7 +1257,8 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
     results = OptimizersResults(rows, summary, tuning, chosen, files, seconds, cpu_seconds)
     (out_dir / "summary.md").write_text(report(results, cfg) + "\n")
     files["markdown"] = out_dir / "summary.md"
-    extra = {"learning_rates": chosen, "lr_tuning": tuning, "wall_seconds": seconds, "cpu_seconds": cpu_seconds, "torch_threads": torch.get_num_threads()}
+    extra = {"learning_rates": chosen, "lr_tuning": tuning, "wall_seconds": seconds, "cpu_seconds": cpu_seconds, "torch_threads": torch.get_num_threads(),
+             "n_jobs": n_jobs}
     files["config"] = _common.write_config(out_dir / "config.json", cfg, experiment=NAME, extra=extra)
     return results
 

@@ -247,7 +247,8 @@ def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, 
     objective on ``(X, y)`` has not improved by more than ``tol`` (relative) for
     ``n_iter_no_change`` epochs (pass ``tol=None`` to run all epochs). Returns
     ``(state, coef, intercept, n_epochs)`` where ``coef`` has exact zeros decided by
-    :func:`~._solvers.decide_zeros` (threshold plus KKT on ``(X, y)``). With
+    :func:`~._solvers.decide_zeros` (threshold plus KKT with the gradient on ``(X, y)``,
+    or, for ``tol=None`` (``partial_fit``), the running minibatch average). With
     ``polish=True`` (the full data is in memory, as in ``fit``) the minibatch solution
     then warm-starts the working-set solver on ``(X, y)`` for at most
     ``polish_max_iter`` L-BFGS iterations, which makes the zeros exact and the KKT

@@ -53,7 +53,8 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
         ``"adagrad"``: minibatch PyTorch optimizers on the spred factors with
         *coupled* weight decay ``alpha`` (exactly the L1 penalty), for data streamed
         through :meth:`partial_fit`; there, zeros are decided by ``threshold`` plus
-        the KKT check on the chunk given. ``fit`` with a minibatch solver has the
+        a KKT check with the running average of the minibatch gradients (about the
+        last 16,000 samples). ``fit`` with a minibatch solver has the
         full data, so it finishes with the exact polish of the full-batch solver
         (warm-started from the minibatch solution, at most 200 L-BFGS iterations).
     max_iter : int, default=1000
@@ -73,8 +74,9 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
         Step size of the stochastic solvers.
     threshold : "auto" or float, default="auto"
         Stochastic solvers only: coefficients with ``|w_j| <= threshold`` *and*
-        ``|grad_j| <= alpha`` on the data given are set to exactly zero (before the
-        polish in ``fit``; the only zero rule in ``partial_fit``). ``"auto"`` uses
+        ``|grad_j| <= alpha`` are set to exactly zero, with ``grad`` the gradient on
+        the full data in ``fit`` (before its polish) and the running average of the
+        minibatch gradients in ``partial_fit`` (the only zero rule there). ``"auto"`` uses
         ``1e-3 * max|w|``.
     warm_start : bool, default=False
         Reuse the previous solution as initialisation (full-batch solver).
@@ -206,7 +208,9 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
         """Run one epoch of the minibatch solver on ``(X, y)``, continuing the last state.
 
         Only available for ``solver in ("sgd", "adam", "adagrad")``. Zeros of
-        ``coef_`` are decided by ``threshold`` plus the KKT check on this chunk.
+        ``coef_`` are decided by ``threshold`` plus a KKT check with the running
+        average of the minibatch gradients over about the last 16,000 samples
+        (the chunk's own gradient when it has at least that many rows).
 
         Parameters
         ----------
