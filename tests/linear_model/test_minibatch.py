@@ -47,8 +47,9 @@ def test_running_gradient_estimate_matches_the_full_gradient_at_a_fixed_point():
 
     X, y, _ = _stream_problem(2, n=4000)
     m = SpredLasso(alpha=0.1, solver="sgd", learning_rate=1e-12, batch_size=100, random_state=0)
-    for chunk in np.array_split(np.arange(4000), 40):
-        m.partial_fit(X[chunk], y[chunk])
+    for _ in range(3):  # the estimate averages the last half of the stream: 6000 samples here
+        for chunk in np.array_split(np.arange(4000), 40):
+            m.partial_fit(X[chunk], y[chunk])
     state = m._minibatch_state
     G = minibatch_grad("squared", X, y, state.coef(), state.intercept())
     est = state.grad_estimate()

@@ -148,7 +148,7 @@ def test_controller_reaches_the_target(seed, optimizer, lr):
 
 @pytest.mark.parametrize("optimizer, lr", [("sgd", 0.05), ("adam", 1e-2)])
 def test_controller_reaches_a_group_target(optimizer, lr):
-    """groups="in" (one group per input feature): 70% of the features removed within 3 points.
+    """groups="in" (one group per input feature): 70% of the features removed, at most 3 too many.
 
     Zeros come by whole groups of 1%; over seeds 0-3 both optimizers ended at 0.70-0.73
     (the controller closes in late, in the hold phase, and can take one to three groups too many)."""
@@ -161,9 +161,9 @@ def test_controller_reaches_a_group_target(optimizer, lr):
         target_sparsity=0.7, threshold=1e-3, seed=0, progress=False,
     )
     report = spred.sparsity_report(net, threshold=1e-3)
-    assert result.history[-1]["sparsity"] == report.sparsified_sparsity == pytest.approx(0.7, abs=0.035)
     zero_features = (net.weight.detach().norm(dim=0) <= 1e-3).sum().item()
-    assert zero_features == pytest.approx(70, abs=3)
+    assert result.history[-1]["sparsity"] == report.sparsified_sparsity == zero_features / 100
+    assert 70 <= zero_features <= 73
 
 
 def test_per_tensor_lam_keeps_its_ratios_and_the_bounds_hold():

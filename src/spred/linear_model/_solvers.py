@@ -1165,6 +1165,7 @@ class MinibatchState:
         # of the minibatch gradients over about GRAD_HORIZON samples (bias-corrected).
         self._g_sum = torch.zeros((n_features, K), dtype=dt)
         self._g_weight = 0.0
+        self._g_samples = 0
 
     def _v(self):
         if self.group is None:
@@ -1178,15 +1179,20 @@ class MinibatchState:
         g, self._v_last = self._v_last.grad, None  # no graph kept between steps (picklable state)
         if g is None:
             return
-        rho = max(0.0, 1.0 - batch / self.GRAD_HORIZON)
+        # the horizon is the most recent half of the stream, at most GRAD_HORIZON samples, so that
+        # the first gradients (at the starting point) leave the average on short streams too
+        self._g_samples += batch
+        horizon = min(self.GRAD_HORIZON, max(self._g_samples / 2, batch))
+        rho = max(0.0, 1.0 - batch / horizon)
         self._g_sum.mul_(rho).add_(g, alpha=1.0 - rho)
         self._g_weight = rho * self._g_weight + (1.0 - rho)
 
     def grad_estimate(self):
         """The running average of the minibatch gradients dL/dv (NumPy), or None before any step.
 
-        Averages about ``GRAD_HORIZON`` recent samples, so it is much less noisy than
-        the gradient on one chunk; the zero decisions of ``partial_fit`` use it.
+        Averages about the most recent half of the stream, at most ``GRAD_HORIZON``
+        samples, so it is much less noisy than the gradient on one chunk; the zero
+        decisions of ``partial_fit`` use it.
         """
         if self._g_weight <= 0:
             return None

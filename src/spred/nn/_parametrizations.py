@@ -48,6 +48,13 @@ def group_norms(v: torch.Tensor, groups: str | None, out_dim: int = 0) -> torch.
     return torch.linalg.vector_norm(v, dim=_reduce_dims(v.dim(), groups, out_dim), keepdim=True)
 
 
+def zero_mask(v: torch.Tensor, groups: str | None, out_dim: int, threshold: float) -> torch.Tensor:
+    """Where ``v`` counts as zero: ``|v| <= threshold`` elementwise, or every entry of a
+    group whose norm is ``<= threshold``; an exact 0 always counts. The one rule that
+    ``collapse``, ``sparsity_report``, ``fit``'s history and the controller share."""
+    return (group_norms(v, groups, out_dim) <= threshold).expand_as(v) | (v == 0)
+
+
 def balanced_split(v: torch.Tensor, groups: str | None = None, depth: int = 2, out_dim: int = 0) -> tuple[torch.Tensor, ...]:
     """Factors of ``v`` at balance: every factor has the same (group) norm ``|v_g|^(1/D)``.
 

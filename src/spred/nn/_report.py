@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spred.nn._parametrizations import group_norms
+from spred.nn._parametrizations import group_norms, zero_mask
 from spred.nn._sparsify import _require, sparsified_tensors
 
 
@@ -157,7 +157,7 @@ def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityRepo
         groups = spred.groups if spred is not None else None
         out_dim = spred.out_dim if spred is not None else int(isinstance(module, nn.modules.conv._ConvTransposeNd))
         # Zero where collapse(threshold) would write a zero (whole groups for grouped tensors), or already 0.
-        zero = (group_norms(v, groups, out_dim) <= threshold).expand_as(v) | (v == 0)
+        zero = zero_mask(v, groups, out_dim, threshold)
         n_groups, zero_groups = _zero_groups(v, zero, groups, out_dim)
         rows.append(
             TensorSparsity(name, tuple(v.shape), v.numel(), int(zero.sum()), groups, n_groups, zero_groups, None if spred is None else spred.lam)

@@ -251,7 +251,8 @@ class SparsityController:
     # ---------------------------------------------------------------- measurement
     @torch.no_grad()
     def measure(self, model, step: int) -> tuple[float, float]:
-        """The fraction of sparsified weights with ``|v| <= threshold`` now, and predicted ``horizon`` steps ahead."""
+        """The fraction of sparsified weights that are zero now (``|v| <= threshold``, or a whole group whose
+        norm is: :func:`spred.nn._parametrizations.zero_mask`), and predicted ``horizon`` steps ahead."""
         horizon, slow = self.horizon(step), self.config.trend_decay
         log_thr = math.log(self.threshold)
         zeros = predicted = numel = 0

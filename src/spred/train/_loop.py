@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spred.nn import check_optimizer, is_sparsified, param_groups, penalty, sparsified_tensors
-from spred.nn._parametrizations import group_norms
+from spred.nn._parametrizations import zero_mask
 from spred.nn._sparsify import SparsifiedTensor
 from spred.train._checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from spred.train._controller import SparsityController, TargetSparsity
@@ -419,7 +419,7 @@ def _train_epoch(run: _Run, prog: _Progress, batches, n_batches: int, epoch: int
 
 @torch.no_grad()
 def _sparsity(run: _Run, threshold: float) -> float:
-    """Fraction of the sparsified weights (of all parameters for a plain model) with ``|v| <= threshold``.
+    """Fraction of the sparsified weights (of all parameters for a plain model) that are zero at ``threshold``.
 
     The same number as ``spred.sparsity_report(model, threshold=threshold)``'s
     ``sparsified_sparsity`` (``sparsity``), without the per-tensor report.
@@ -431,7 +431,7 @@ def _sparsity(run: _Run, threshold: float) -> float:
     zeros = numel = 0
     for t in run.tensors:  # grouped tensors: whole groups, as collapse decides
         v = getattr(t.module, t.tensor_name)
-        zero = (group_norms(v, t.spred.groups, t.spred.out_dim) <= threshold).expand_as(v) | (v == 0)
+        zero = zero_mask(v, t.spred.groups, t.spred.out_dim, threshold)
         zeros += int(zero.sum())
         numel += v.numel()
     return zeros / numel if numel else 0.0
