@@ -1294,7 +1294,7 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
 
 def add_arguments(parser) -> None:
     """Options of ``spred run optimizers``."""
-    _common.add_common_arguments(parser, NAME, "MNIST only, 10,000 images, 8 epochs, one seed (about 20 minutes on one core)")
+    _common.add_common_arguments(parser, NAME, "MNIST only, 10,000 images, 8 epochs, one seed (about 10 minutes on 2 cores with --jobs 2)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help="datasets (default: mnist fashion_mnist)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None, help="optimizers (default: all)")
     parser.add_argument("--types", dest="sparsity_types", nargs="+", choices=SPARSITY_TYPES, default=None, help="sparsity types (default: both)")
