@@ -63,8 +63,8 @@ class SpredLinearMixin:
         "verbose": ["verbose"],
     }
 
-    def _run_minibatch(self, X, y, *, loss, n_outputs, max_epochs, tol):
-        """Run (``partial_fit``: ``tol=None``, continue) the minibatch solver; set the
+    def _run_minibatch(self, X, y, *, loss, n_outputs, max_epochs, tol, streaming=False):
+        """Run (``streaming=True``: ``partial_fit``, continue) the minibatch solver; set the
         solver attributes and return ``(coef (p, K), intercept (K,))``."""
         state, coef, intercept, epochs = fit_minibatch(
             type(self).__name__, X, y, loss=loss, n_outputs=n_outputs, alpha=self.alpha,
@@ -73,10 +73,10 @@ class SpredLinearMixin:
             learning_rate=self.learning_rate, batch_size=self.batch_size,
             max_epochs=max_epochs, tol=tol, threshold=self.threshold,
             random_state=check_random_state(self.random_state),
-            state=getattr(self, "_minibatch_state", None), polish=tol is not None)
+            state=getattr(self, "_minibatch_state", None), polish=not streaming, streaming=streaming)
         self._minibatch_state = state
         # partial_fit counts the epochs seen so far; fit the epochs of this call
-        self.n_iter_ = int(getattr(self, "n_iter_", 0) + epochs) if tol is None else int(epochs)
+        self.n_iter_ = int(getattr(self, "n_iter_", 0) + epochs) if streaming else int(epochs)
         self.stop_crit_ = float("nan")
         self.alpha_max_ = float("nan")
         return coef, intercept
@@ -240,7 +240,7 @@ def _objective(loss, X, y, coef, intercept, penalty_value):
 
 def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, group_weights,
                   solver, learning_rate, batch_size, max_epochs, tol, threshold, random_state,
-                  state=None, n_iter_no_change=5, polish=False, polish_max_iter=200):
+                  state=None, n_iter_no_change=5, polish=False, polish_max_iter=200, streaming=False):
     """Run (or continue) the minibatch spred solver.
 
     Runs up to ``max_epochs`` epochs of minibatch steps; stops early when the
@@ -248,7 +248,7 @@ def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, 
     ``n_iter_no_change`` epochs (pass ``tol=None`` to run all epochs). Returns
     ``(state, coef, intercept, n_epochs)`` where ``coef`` has exact zeros decided by
     :func:`~._solvers.decide_zeros` (threshold plus KKT with the gradient on ``(X, y)``,
-    or, for ``tol=None`` (``partial_fit``), the running minibatch average). With
+    or, with ``streaming=True`` (``partial_fit``), the running minibatch average). With
     ``polish=True`` (the full data is in memory, as in ``fit``) the minibatch solution
     then warm-starts the working-set solver on ``(X, y)`` for at most
     ``polish_max_iter`` L-BFGS iterations, which makes the zeros exact and the KKT
@@ -296,7 +296,7 @@ def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, 
     v = state.coef()  # (p, K)
     b = state.intercept()
     _check_finite(name, v)
-    G = state.grad_estimate() if tol is None else None  # streaming: the running average over chunks
+    G = state.grad_estimate() if streaming else None  # streaming: the running average over chunks
     if G is None or X.shape[0] >= state.GRAD_HORIZON:
         G = minibatch_grad(loss, X, y, v, b)  # all the data given, at the final iterate
     thr = threshold if threshold != "auto" else 1e-3 * (np.abs(v).max() if v.size else 0.0)

@@ -195,8 +195,9 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
         self._minibatch_state = None
         return self._fit_stochastic(X, y, max_epochs=self.max_iter, tol=self.tol)
 
-    def _fit_stochastic(self, X, y, *, max_epochs, tol):
-        coef, intercept = self._run_minibatch(X, y, loss="squared", n_outputs=1, max_epochs=max_epochs, tol=tol)
+    def _fit_stochastic(self, X, y, *, max_epochs, tol, streaming=False):
+        coef, intercept = self._run_minibatch(X, y, loss="squared", n_outputs=1, max_epochs=max_epochs, tol=tol,
+                                              streaming=streaming)
         self.coef_ = coef[:, 0]
         self.intercept_ = float(intercept[0]) if self.fit_intercept else 0.0
         self.dual_gap_ = float("nan")
@@ -229,7 +230,7 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
         if first:
             self._warn_alpha_zero()
             self.n_iter_ = 0
-        return self._fit_stochastic(X, y, max_epochs=1, tol=None)
+        return self._fit_stochastic(X, y, max_epochs=1, tol=None, streaming=True)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

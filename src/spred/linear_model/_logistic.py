@@ -176,10 +176,11 @@ class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoe
         self.alpha_max_ = float(out["alpha_max"])
         return self
 
-    def _fit_stochastic(self, X, y_enc, *, max_epochs, tol):
+    def _fit_stochastic(self, X, y_enc, *, max_epochs, tol, streaming=False):
         K = self.classes_.size
         coef, intercept = self._run_minibatch(X, y_enc, loss="logistic" if K == 2 else "multinomial",
-                                              n_outputs=1 if K == 2 else K, max_epochs=max_epochs, tol=tol)
+                                              n_outputs=1 if K == 2 else K, max_epochs=max_epochs, tol=tol,
+                                              streaming=streaming)
         self.coef_ = coef.T.copy()
         self.intercept_ = intercept.copy() if self.fit_intercept else np.zeros(coef.shape[1])
         return self
@@ -220,7 +221,7 @@ class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoe
                 f"{self.classes_.tolist()}."
             )
         y_enc = np.searchsorted(self.classes_, y)
-        return self._fit_stochastic(X, y_enc, max_epochs=1, tol=None)
+        return self._fit_stochastic(X, y_enc, max_epochs=1, tol=None, streaming=True)
 
     def predict_proba(self, X):
         """Class probabilities (sigmoid for binary, softmax for multinomial).
