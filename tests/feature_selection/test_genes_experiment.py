@@ -84,3 +84,33 @@ def test_run_experiment_writes_every_output(data_home, tmp_path, monkeypatch):
     assert config["experiment"] == "genes" and "spred_version" in config and config["datasets_run"] == ["lung_discrete"]
     text = genes.report(results, cfg)
     assert "| spred linear |" in text and "Average rank over 1 datasets" in text
+
+
+
+@pytest.mark.data
+def test_hsic_lasso_singular_step_takes_the_package_fallback_under_numpy2(data_home, monkeypatch):
+    """On nci9's split 2 a LARS step of pyHSICLasso is singular. The package's fallback catches
+    ``np.linalg.linalg.LinAlgError``, gone in NumPy 2, so the run died with AttributeError (a
+    15-split run lost at its last split). The wrapper restores that path, seeds it, and leaves
+    NumPy as it found it (about 20 s)."""
+    import contextlib
+
+    from sklearn.preprocessing import StandardScaler
+
+    from spred.datasets import load_dataset
+    from spred.experiments import _baselines_fs as B
+
+    monkeypatch.setenv("SPRED_DATA", str(data_home))
+    cfg = genes.GenesConfig()
+    X, y = load_dataset("nci9", return_X_y=True)
+    train, _ = next(StratifiedShuffleSplit(n_splits=1, test_size=cfg.test_size, random_state=2).split(X, y))
+    Xtr = StandardScaler().fit_transform(X[train])
+    had_alias = hasattr(np.linalg, "linalg")
+    state = np.random.get_state()[1].copy()
+    out = B.select_hsic_lasso(Xtr, y[train], None, (10, 50), 2, cfg)
+    assert [len(out[k].indices) for k in (10, 50)] == [10, 50]
+    assert hasattr(np.linalg, "linalg") == had_alias and np.array_equal(np.random.get_state()[1], state)
+    if not had_alias:  # the failure it guards against, without the shim
+        monkeypatch.setattr(B, "_hsic_numpy_compat", lambda seed: contextlib.nullcontext())
+        with pytest.raises(AttributeError, match="linalg"):
+            B.select_hsic_lasso(Xtr, y[train], None, (10, 50), 2, cfg)

@@ -19,6 +19,7 @@ import io
 import logging
 import math
 import time
+import types
 import warnings
 from dataclasses import dataclass
 
@@ -85,6 +86,29 @@ def select_random(X, y, X_test, ks, seed, cfg) -> dict[int, Selection]:
     return _from_ranking(order, ks, time.perf_counter() - t)
 
 
+@contextlib.contextmanager
+def _hsic_numpy_compat(seed: int):
+    """Let pyHSICLasso's fallback for a singular LARS step run under NumPy 2, reproducibly.
+
+    Its ``nlars`` catches ``np.linalg.linalg.LinAlgError``, a path NumPy 2 removed, so a
+    singular system (e.g. a split with duplicated genes) raised ``AttributeError``
+    instead of taking the package's own fallback (a 1e-9 jitter drawn from NumPy's
+    global generator). The alias is restored afterwards, and the global generator is
+    seeded inside and given back its state.
+    """
+    missing = not hasattr(np.linalg, "linalg")
+    if missing:
+        np.linalg.linalg = types.SimpleNamespace(LinAlgError=np.linalg.LinAlgError)
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+        if missing:
+            del np.linalg.linalg
+
+
 def select_hsic_lasso(X, y, X_test, ks, seed, cfg) -> dict[int, Selection]:
     """HSIC-Lasso (pyHSICLasso, block HSIC with the package defaults B=20, M=3; one job).
 
@@ -97,7 +121,7 @@ def select_hsic_lasso(X, y, X_test, ks, seed, cfg) -> dict[int, Selection]:
 
     t = time.perf_counter()
     model = HSICLasso()
-    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings(), _hsic_numpy_compat(seed):
         warnings.simplefilter("ignore")  # "B must be an exact divisor of the number of samples"
         model.input(np.asarray(X, dtype=np.float64), np.asarray(y))
         model.classification(num_feat=max(ks), B=cfg.hsic_block, M=cfg.hsic_permutations, n_jobs=1)
