@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spred.nn._parametrizations import group_norms
+from spred.nn._parametrizations import zero_mask
 from spred.nn._sparsify import _require
 
 logger = logging.getLogger("spred")
@@ -68,7 +68,7 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
         _restore_position(t.module._parameters, t.tensor_name, getattr(spred, "position", 0))
         weight = getattr(t.module, t.tensor_name)
         with torch.no_grad():
-            mask = (group_norms(weight, spred.groups, spred.out_dim) <= threshold).expand_as(weight)
+            mask = zero_mask(weight, spred.groups, spred.out_dim, threshold)
             written += int((mask & (weight != 0)).sum())
             weight.masked_fill_(mask, 0.0)
     logger.debug("collapse wrote %d exact zeros (threshold %g)", written, threshold)

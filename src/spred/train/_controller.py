@@ -14,7 +14,8 @@ Users think in "90% sparse", not in lam. Two facts shape the design:
 So the controller predicts. Every ``update_every`` steps it reads ``|v|`` of every
 sparsified weight (the group norm ``||v_g||`` for grouped tensors, whose zeros come by
 whole groups: a group counts with all its entries) and keeps, per weight or group, two
-moving averages (fast and slow) of the slope of ``log|v|``. A weight counts as a *predicted* zero when it is zero now or
+moving averages (fast and slow) of the slope of ``log|v|``. A weight counts as a
+*predicted* zero when it is zero now or
 when the slower of the two trends carries it below the threshold by the end of
 training (a weight settling on a nonzero value decelerates, and the fast average
 sees that first). lam then moves multiplicatively::
