@@ -167,7 +167,7 @@ def test_run_experiment_writes_csv_figure_config_and_table(tmp_path, tiny_models
     assert config["spred_version"] == spred.__version__ and config["config"]["ratios"] == {"lenet300100": [5.0]}
     text = (tmp_path / "summary.md").read_text()
     assert "| model | target | method |" in text and "spred at 5.0x" not in text and "lenet300100 at 5x" in text
-    assert "| method | lam exponent | seed | widths |" in text
+    assert "| method | target | lam exponent | seed | widths |" in text and "| spred (groups) | 50% | 0.5 | 0 |" in text
     assert res.summary and {r["method"] for r in res.summary} == {"dense", "spred", "magnitude"}
 
 
@@ -187,11 +187,14 @@ def _tiny_784(seed):
 
 
 def test_structured_prunes_to_a_smaller_module_with_equal_outputs(tiny_models):
-    cfg = dataclasses.replace(C.check_config(TINY), structured_epochs=6, structured_finetune_epochs=1, structured_sparsity=0.6,
+    cfg = dataclasses.replace(C.check_config(TINY), structured_epochs=6, structured_finetune_epochs=1, structured_sparsity=(0.3, 0.6),
                               latency_repeats=3, lam=1e-4, structured_lam_exponents=(0.0, 1.0))  # fmt: skip
     rows = C.run_structured(cfg, 0, _images())
-    assert [(r["method"], r["lam_exponent"]) for r in rows] == [("spred_group", 0.0), ("spred_group", 1.0), ("filter_norm", 0.0), ("filter_norm", 1.0)]
-    for spred_row, baseline in zip(rows[:2], rows[2:]):
+    runs = [(0.3, 0.0), (0.3, 1.0), (0.6, 0.0), (0.6, 1.0)]
+    assert [(r["method"], r["target_sparsity"], r["lam_exponent"]) for r in rows] == [("spred_group", *k) for k in runs] + [("filter_norm", *k) for k in runs]
+    for gentle, steep in zip(rows[:2], rows[2:4]):  # a higher target removes more
+        assert steep["params_pruned"] < gentle["params_pruned"] and steep["flop_ratio"] >= gentle["flop_ratio"]
+    for spred_row, baseline in zip(rows[:4], rows[4:]):
         assert spred_row["params_pruned"] < spred_row["params"] and spred_row["flop_ratio"] > 1
         assert spred_row["test_error"] == pytest.approx(spred_row["test_error_collapsed"], abs=1e-3)
         assert baseline["widths_after"] == spred_row["widths_after"]  # the baseline is pruned to the same widths
@@ -400,7 +403,9 @@ def _args(*argv):
 def test_quick_preset_resolves():
     cfg = C.config_from_args(_args("--quick"))
     assert cfg.models == ("lenet300100",) and cfg.seeds == (0,) and cfg.train_size == 10_000
-    assert cfg.ratios == {"lenet300100": (12.0, 68.0)} and cfg.structured
+    assert cfg.ratios == {"lenet300100": (12.0, 68.0)} and cfg.structured and cfg.structured_sparsity == (0.5, 0.95)
+    assert C.config_from_args(_args("--quick", "--structured-sparsity", "0.7")).structured_sparsity == (0.7,)
+    assert C.check_config(dataclasses.replace(TINY, structured_sparsity=0.9)).structured_sparsity == (0.9,)
 
 
 def test_resnet18_on_cifar10_resolves_and_needs_the_data_path():
@@ -449,7 +454,10 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"gmp_start": 0.8}, ValueError, r"The 'gmp_start' parameter of CompressionConfig must be smaller than 'ramp'"),
         ({"structured": 1}, TypeError, r"The 'structured' parameter of CompressionConfig must be a bool"),
         ({"structured_model": "smallvgg"}, ValueError, r"The 'structured_model' parameter of CompressionConfig must be 'lenet5caffe'"),
-        ({"structured_sparsity": 1.0}, ValueError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float in \(0, 1\)"),
+        ({"structured_sparsity": 1.0}, ValueError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple of floats in \(0, 1\). Got 1.0"),
+        ({"structured_sparsity": (0.5, 0.0)}, ValueError, r"The 'structured_sparsity' parameter of CompressionConfig must be .* Got \(0.5, 0.0\)"),
+        ({"structured_sparsity": ()}, TypeError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple"),
+        ({"structured_sparsity": "0.9"}, TypeError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple"),
         ({"structured_lam_exponents": 0.5}, TypeError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple"),
         ({"structured_lam_exponents": (2.0,)}, ValueError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple of floats in \[0, 1\]. Got \(2.0,\)"),
         ({"controller_margin": -0.1}, ValueError, r"The 'controller_margin' parameter of CompressionConfig must be a float in \[0.0, 1.0\]"),

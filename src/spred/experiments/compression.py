@@ -181,8 +181,10 @@ class CompressionConfig:
         Also run the structured (channel) experiment.
     structured_model : str
         The CNN of the structured experiment (``lenet5caffe``).
-    structured_sparsity : float
-        Target fraction of zeros (weights in removed channels) among the grouped weights.
+    structured_sparsity : float or tuple of float
+        Target fractions of zeros (weights in removed channels) among the grouped
+        weights: one structured spred run per value and exponent, from a gentle
+        operating point (where latency follows FLOPs) to an extreme one.
     structured_lam_exponents : tuple of float
         One structured spred run per value ``e``: lam of each grouped layer is
         ``lam * positions**e``, with ``positions`` the output positions per sample
@@ -222,7 +224,7 @@ class CompressionConfig:
     l1_lam: float | None = None
     structured: bool = True
     structured_model: str = "lenet5caffe"
-    structured_sparsity: float = 0.95
+    structured_sparsity: tuple[float, ...] = (0.5, 0.8, 0.95)
     structured_lam_exponents: tuple[float, ...] = (0.0, 0.5)
     structured_epochs: int | None = None
     structured_finetune_epochs: int | None = None
@@ -242,6 +244,7 @@ QUICK = {
     "structured_epochs": 10,
     "structured_finetune_epochs": 3,
     "structured_lam_exponents": (0.5,),
+    "structured_sparsity": (0.5, 0.95),
     "latency_repeats": 20,
     "seeds": (0,),
 }
@@ -284,7 +287,7 @@ def _check_choices(cfg, name: str, choices: Sequence[str]) -> None:
 
 
 def check_config(cfg: CompressionConfig) -> CompressionConfig:
-    """Validate every field of ``cfg``; return it with ``ratios`` normalised to tuples of floats.
+    """Validate every field of ``cfg``; return it with ``ratios`` and ``structured_sparsity`` as tuples of floats.
 
     Raises
     ------
@@ -348,9 +351,13 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
         raise _err(TypeError, "structured", "a bool", cfg.structured)
     if cfg.structured_model != "lenet5caffe":
         raise _err(ValueError, "structured_model", "'lenet5caffe' (a CNN whose zero channels prune_channels removes exactly)", cfg.structured_model)
-    _check_real(cfg, "structured_sparsity", 0.0, 1.0, low_open=True)
-    if cfg.structured_sparsity >= 1:
-        raise _err(ValueError, "structured_sparsity", "a float in (0, 1)", cfg.structured_sparsity)
+    sparsity = cfg.structured_sparsity
+    if isinstance(sparsity, Real) and not isinstance(sparsity, bool):
+        sparsity = (sparsity,)
+    if isinstance(sparsity, str) or not isinstance(sparsity, Sequence) or not sparsity:
+        raise _err(TypeError, "structured_sparsity", "a float or a non-empty tuple of floats in (0, 1)", cfg.structured_sparsity)
+    if any(isinstance(s, bool) or not isinstance(s, Real) or not 0 < s < 1 for s in sparsity):
+        raise _err(ValueError, "structured_sparsity", "a float or a non-empty tuple of floats in (0, 1)", cfg.structured_sparsity)
     if isinstance(cfg.seeds, str) or not isinstance(cfg.seeds, Sequence) or not cfg.seeds:
         raise _err(TypeError, "seeds", "a non-empty tuple of ints >= 0", cfg.seeds)
     if any(isinstance(s, bool) or not isinstance(s, Integral) or s < 0 for s in cfg.seeds) or len(set(cfg.seeds)) != len(cfg.seeds):
@@ -364,7 +371,7 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     if "resnet18" in cfg.models and cfg.cifar10 is None:
         raise ValueError("The 'resnet18' model runs on CIFAR-10: pass --cifar10 PATH (the folder of the python batches, "
                          "https://www.cs.toronto.edu/~kriz/cifar.html); a GPU (--device cuda) is recommended.")  # fmt: skip
-    return _replace(cfg, ratios=ratios)
+    return _replace(cfg, ratios=ratios, structured_sparsity=tuple(float(s) for s in sparsity))
 
 
 def _replace(cfg: CompressionConfig, **values) -> CompressionConfig:
@@ -703,7 +710,7 @@ def _layer_lams(model: nn.Module, layers: Sequence[str], lam: float, exponent: f
     return {f"{n}.weight": lam * positions[n] ** exponent for n in layers}
 
 
-def _structured_row(ctx: _Context, method: str, collapsed: nn.Module, err_collapsed: float, seconds: float, epochs: int, names) -> dict:
+def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.Module, err_collapsed: float, seconds: float, epochs: int, names) -> dict:
     from spred.compress import compare_latency, count_flops, count_parameters, prune_channels
 
     cfg, x = ctx.cfg, ctx.data.X_test
@@ -721,7 +728,7 @@ def _structured_row(ctx: _Context, method: str, collapsed: nn.Module, err_collap
     params_pruned = count_parameters(pruned, nonzero=True)
     widths_before, widths_after = _widths(collapsed, names), _widths(pruned, names)
     return {
-        "model": ctx.model_name, "method": method, "seed": ctx.seed, "target_sparsity": cfg.structured_sparsity,
+        "model": ctx.model_name, "method": method, "seed": ctx.seed, "target_sparsity": sparsity,
         "widths_before": "-".join(map(str, widths_before)), "widths_after": "-".join(map(str, widths_after)),
         "params": ctx.total, "params_pruned": params_pruned, "compression_ratio": ctx.total / params_pruned,
         "flops": flops, "flops_pruned": flops_pruned, "flop_ratio": flops / flops_pruned,
@@ -735,13 +742,13 @@ def _structured_row(ctx: _Context, method: str, collapsed: nn.Module, err_collap
     }  # fmt: skip
 
 
-def _spred_structured(ctx: _Context, hidden: Sequence[str], exponent: float) -> dict:
+def _spred_structured(ctx: _Context, hidden: Sequence[str], sparsity: float, exponent: float) -> dict:
     from spred.train import TargetSparsity
 
     cfg, name = ctx.cfg, ctx.model_name
     model = build_model(name, ctx.seed)
     spred.sparsify(model, _layer_lams(model, hidden, cfg.lam, exponent, ctx.data.example), groups="out")
-    target = TargetSparsity(cfg.structured_sparsity, ramp_epochs=cfg.ramp * cfg.epochs)
+    target = TargetSparsity(sparsity, ramp_epochs=cfg.ramp * cfg.epochs)
     result = ctx.fit(model, cfg.epochs, lr=ctx.lr("spred"), target_sparsity=target, threshold=cfg.threshold)
     collapsed = spred.collapse(model, threshold=cfg.threshold)
     with torch.no_grad():  # a removed channel takes its bias along (spred penalises weights only)
@@ -752,14 +759,15 @@ def _spred_structured(ctx: _Context, hidden: Sequence[str], exponent: float) -> 
     seconds = result.wall_time_s
     if cfg.finetune_epochs:
         seconds += ctx.fit(collapsed, cfg.finetune_epochs, lr=cfg.finetune_lr, mask=bp.keep_masks(collapsed), scheduler="cosine").wall_time_s
-    row = _structured_row(ctx, "spred_group", collapsed, ctx.test_error(collapsed), seconds, cfg.epochs + cfg.finetune_epochs, hidden)
+    row = _structured_row(ctx, "spred_group", sparsity, collapsed, ctx.test_error(collapsed), seconds, cfg.epochs + cfg.finetune_epochs, hidden)
     return {**row, "lam_exponent": exponent}
 
 
-def _filter_norm(ctx: _Context, dense: nn.Module, dense_seconds: float, hidden: Sequence[str], widths: Sequence[int], exponent: float) -> dict:
+def _filter_norm(ctx: _Context, dense: nn.Module, dense_seconds: float, hidden: Sequence[str], spred_row: Mapping) -> dict:
     cfg = ctx.cfg
     model = copy.deepcopy(dense)
     modules = dict(model.named_modules())
+    widths = [int(w) for w in spred_row["widths_after"].split("-")]
     masks = {}
     with torch.no_grad():
         for n, width in zip(hidden, widths):
@@ -773,16 +781,16 @@ def _filter_norm(ctx: _Context, dense: nn.Module, dense_seconds: float, hidden: 
     seconds = dense_seconds
     if cfg.finetune_epochs:
         seconds += ctx.fit(model, cfg.finetune_epochs, lr=cfg.finetune_lr, mask=masks, scheduler="cosine").wall_time_s
-    row = _structured_row(ctx, "filter_norm", model, ctx.test_error(model), seconds, cfg.epochs + cfg.finetune_epochs, hidden)
-    return {**row, "lam_exponent": exponent}
+    row = _structured_row(ctx, "filter_norm", spred_row["target_sparsity"], model, ctx.test_error(model), seconds, cfg.epochs + cfg.finetune_epochs, hidden)
+    return {**row, "lam_exponent": spred_row["lam_exponent"]}
 
 
 def run_structured(cfg: CompressionConfig, seed: int, data: Data, *, progress: bool = False) -> list[dict]:
     """Channel sparsity: spred with ``groups="out"`` and a filter-norm baseline at the same widths.
 
-    spred, once per ``structured_lam_exponents``: sparsify every conv filter and
-    hidden neuron (not the output layer) with one group each (lam weighted by
-    ``positions**exponent``), train to ``structured_sparsity`` with the controller,
+    spred, once per ``structured_sparsity`` and ``structured_lam_exponents``: sparsify
+    every conv filter and hidden neuron (not the output layer) with one group each (lam
+    weighted by ``positions**exponent``), train to the target sparsity with the controller,
     collapse, zero the biases of the zero channels (a removed channel takes its bias
     along), fine-tune with those zeros frozen, then
     :func:`spred.compress.prune_channels`. The baseline trains the dense network for
@@ -793,6 +801,7 @@ def run_structured(cfg: CompressionConfig, seed: int, data: Data, *, progress: b
     """
     from spred.compress import count_parameters
 
+    cfg = check_config(cfg)
     name = cfg.structured_model
     epochs = cfg.structured_epochs or cfg.epochs
     ft = cfg.finetune_epochs if cfg.structured_finetune_epochs is None else cfg.structured_finetune_epochs
@@ -801,16 +810,16 @@ def run_structured(cfg: CompressionConfig, seed: int, data: Data, *, progress: b
     ctx = _Context(sub, name, seed, data, count_parameters(probe), None, progress)
     hidden = [n[: -len(".weight")] for n in bp.prunable_weights(probe)][:-1]
     rows = []
-    for exponent in cfg.structured_lam_exponents:
-        with _common.torch_seed(seed):
-            rows.append(_spred_structured(ctx, hidden, exponent))
+    for sparsity in cfg.structured_sparsity:
+        for exponent in cfg.structured_lam_exponents:
+            with _common.torch_seed(seed):
+                rows.append(_spred_structured(ctx, hidden, sparsity, exponent))
     with _common.torch_seed(seed):
         dense = build_model(name, seed)
         dense_seconds = ctx.fit(dense, epochs, lr=ctx.lr("magnitude")).wall_time_s
     for row in list(rows):
         with _common.torch_seed(seed):
-            widths = [int(w) for w in row["widths_after"].split("-")]
-            rows.append(_filter_norm(ctx, dense, dense_seconds, hidden, widths, row["lam_exponent"]))
+            rows.append(_filter_norm(ctx, dense, dense_seconds, hidden, row))
     return rows
 
 
@@ -860,7 +869,7 @@ def summary_table(summary: Sequence[Mapping]) -> str:
 def structured_table(rows: Sequence[Mapping]) -> str:
     """Markdown: one line per structured run."""
     return _common.markdown_table(rows, [
-        ("method", lambda r: LABELS[r["method"]]), ("lam exponent", "lam_exponent"), ("seed", "seed"), ("widths", lambda r: f"{r['widths_before']} -> {r['widths_after']}"),
+        ("method", lambda r: LABELS[r["method"]]), ("target", lambda r: f"{100 * float(r['target_sparsity']):g}%"), ("lam exponent", "lam_exponent"), ("seed", "seed"), ("widths", lambda r: f"{r['widths_before']} -> {r['widths_after']}"),
         ("params", lambda r: f"{r['params']} -> {r['params_pruned']} ({r['compression_ratio']:.1f}x)"),
         ("FLOPs", lambda r: f"{r['flop_ratio']:.2f}x fewer"),
         ("speed-up b1", lambda r: f"{r['speedup_b1']:.2f}x"), ("speed-up b256", lambda r: f"{r['speedup_b256']:.2f}x"),
@@ -895,13 +904,55 @@ def _null_formatter():
     return NullFormatter()
 
 
+def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
+    """Speed-up against FLOP reduction (with the 0.7x target line) and test error against FLOP reduction."""
+    groups = defaultdict(list)
+    for r in structured:
+        groups[(r["method"], float(r["lam_exponent"]), float(r["target_sparsity"]))].append(r)
+
+    def mean(rs, key, scale=1.0):
+        return float(np.mean([scale * float(r[key]) for r in rs]))
+
+    exponents = sorted({k[1] for k in groups})
+    markers = dict(zip(exponents, "osD^v"))
+    spred_runs = sorted((k, rs) for k, rs in groups.items() if k[0] == "spred_group")
+    top = max(mean(rs, "flop_ratio") for _, rs in spred_runs)
+    line = np.geomspace(1.0, top * 1.5, 50)
+    ax_speed.plot(line, line, color="grey", lw=1, label="speed-up = FLOP reduction")
+    ax_speed.plot(line, 0.7 * line, color="grey", lw=1, ls="--", label="target: 0.7 x FLOP reduction")
+    for batch, colour in (("b256", "tab:red"), ("b1", "tab:blue")):
+        for (_, e, sp), rs in spred_runs:
+            x, y = mean(rs, "flop_ratio"), mean(rs, f"speedup_{batch}")
+            ax_speed.plot([x], [y], marker=markers[e], color=colour, ls="none",
+                          label=f"batch {batch[1:]}, exp. {e:g}" if sp == spred_runs[0][0][2] else None)  # fmt: skip
+            if batch == "b256":
+                ax_speed.annotate(f"{100 * sp:g}%", (x, y), textcoords="offset points", xytext=(4, -10), fontsize="x-small")
+    for ax in (ax_speed, ax_error):
+        ax.set_xscale("log")
+        ax.set_xlabel("FLOP reduction (x, collapsed / pruned)")
+    ax_speed.set_yscale("log")
+    ax_speed.set_ylabel("measured speed-up (x, median)")
+    ax_speed.set_title(f"structured {structured[0]['model']}: latency after prune_channels", fontsize="medium")
+    ax_speed.legend(fontsize="x-small")
+    for method, colour in (("spred_group", "tab:red"), ("filter_norm", "tab:grey")):
+        for e in exponents:
+            pts = sorted((mean(rs, "flop_ratio"), mean(rs, "test_error", 100), float(np.std([100 * float(r["test_error"]) for r in rs])))
+                         for k, rs in groups.items() if k[0] == method and k[1] == e)  # fmt: skip
+            if pts:
+                xs, ys, es = zip(*pts)
+                ax_error.errorbar(xs, ys, yerr=es, marker=markers[e], capsize=3, color=colour, label=f"{LABELS[method]}, exp. {e:g}")
+    ax_error.set_ylabel("test error (%, mean ± std over seeds)")
+    ax_error.set_title("same widths: spred groups vs filter norm", fontsize="medium")
+    ax_error.legend(fontsize="x-small")
+
+
 def plot(rows: Sequence[Mapping], structured: Sequence[Mapping], path: str | Path) -> Path:
-    """Test error against compression ratio per method (one panel per model), and the structured speed-ups."""
+    """Test error against compression ratio per method (one panel per model), and the structured latency and error."""
     _common.import_matplotlib()
     from matplotlib.figure import Figure
 
     models = list(dict.fromkeys(r["model"] for r in rows))
-    n_panels = len(models) + (1 if structured else 0)
+    n_panels = len(models) + (2 if structured else 0)
     fig = Figure(figsize=(5.2 * n_panels, 4.2), layout="constrained")
     axes = fig.subplots(1, n_panels, squeeze=False)[0]
     colours = dict(zip(METHODS, ("tab:red", "tab:blue", "tab:cyan", "tab:green", "tab:purple", "tab:orange")))
@@ -935,21 +986,7 @@ def plot(rows: Sequence[Mapping], structured: Sequence[Mapping], path: str | Pat
         ax.set_title(f"{model} ({size} training images, mean ± std over seeds)", fontsize="medium")
         ax.legend(fontsize="x-small", ncols=2)
     if structured:
-        ax = axes[-1]
-        cases = list(dict.fromkeys((r["method"], float(r["lam_exponent"])) for r in structured))
-        keys = (("flop_ratio", "FLOP reduction"), ("speedup_b1", "speed-up, batch 1"), ("speedup_b256", "speed-up, batch 256"))
-        width = 0.8 / len(keys)
-        for j, (key, label) in enumerate(keys):
-            vals = [np.mean([float(r[key]) for r in structured if (r["method"], float(r["lam_exponent"])) == c]) for c in cases]
-            ax.bar(np.arange(len(cases)) + (j - 1) * width, vals, width=width, label=label)
-        errs = [np.mean([100 * float(r["test_error"]) for r in structured if (r["method"], float(r["lam_exponent"])) == c]) for c in cases]
-        ax.set_yscale("log")
-        ax.set_ylim(top=ax.get_ylim()[1] * 4)
-        ax.set_xticks(np.arange(len(cases)), [f"{LABELS[m]}, exp. {e:g}\n{err:.2f}% error" for (m, e), err in zip(cases, errs)], fontsize="x-small")
-        ax.axhline(1.0, color="grey", lw=1)
-        ax.set_ylabel("x (pruned module vs collapsed)")
-        ax.set_title(f"structured {structured[0]['model']}: channels removed", fontsize="medium")
-        ax.legend(fontsize="x-small", ncols=3, loc="upper center")
+        _plot_structured(axes[-2], axes[-1], structured)
     path = Path(path)
     fig.savefig(path, dpi=120)
     return path
@@ -1052,6 +1089,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     parser.add_argument("--cifar10", default=None, metavar="PATH", help="CIFAR-10 python batches (for resnet18)")
     parser.add_argument("--no-structured", action="store_true", help="skip the structured (channel) experiment")
+    parser.add_argument("--structured-sparsity", type=float, nargs="+", default=None, metavar="S",
+                        help="target fractions of zeros of the structured runs (default: 0.5 0.8 0.95)")
 
 
 def config_from_args(args) -> CompressionConfig:
@@ -1060,6 +1099,7 @@ def config_from_args(args) -> CompressionConfig:
         "seeds": args.seeds, "models": args.models, "methods": args.methods, "epochs": args.epochs,
         "finetune_epochs": args.finetune_epochs, "train_size": args.train_size, "device": args.device, "cifar10": args.cifar10,
         "structured": False if args.no_structured else None,
+        "structured_sparsity": None if args.structured_sparsity is None else tuple(args.structured_sparsity),
     }  # fmt: skip
     cfg = _common.resolve_config(CompressionConfig, quick=args.quick, quick_values=QUICK, config_file=args.config, cli_values=cli)
     if args.ratios is not None:
