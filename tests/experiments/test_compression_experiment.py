@@ -171,6 +171,17 @@ def test_run_experiment_writes_csv_figure_config_and_table(tmp_path, tiny_models
     assert res.summary and {r["method"] for r in res.summary} == {"dense", "spred", "magnitude"}
 
 
+def test_structured_only_run_writes_its_csv_figure_and_table(tmp_path, monkeypatch):
+    monkeypatch.setattr(C, "load_data", lambda dataset, **kw: _images())
+    cfg = dataclasses.replace(TINY, models=(), structured=True, structured_epochs=1, structured_finetune_epochs=1,
+                              structured_sparsity=(0.5,), structured_lam_exponents=(0.5,), latency_repeats=2)  # fmt: skip
+    res = C.run_experiment(cfg, tmp_path, progress=False)
+    assert not res.rows and [r["method"] for r in res.structured] == ["spred_group", "filter_norm"]
+    assert (tmp_path / "compression_structured.csv").is_file() and not (tmp_path / "compression.csv").exists()
+    assert (tmp_path / "compression.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Unstructured" not in (tmp_path / "summary.md").read_text()
+
+
 def _images(n: int = 256) -> C.Data:
     g = torch.Generator().manual_seed(1)
     X = torch.rand(2 * n, 1, 28, 28, generator=g)
@@ -406,6 +417,12 @@ def test_quick_preset_resolves():
     assert cfg.ratios == {"lenet300100": (12.0, 68.0)} and cfg.structured and cfg.structured_sparsity == (0.5, 0.95)
     assert C.config_from_args(_args("--quick", "--structured-sparsity", "0.7")).structured_sparsity == (0.7,)
     assert C.check_config(dataclasses.replace(TINY, structured_sparsity=0.9)).structured_sparsity == (0.9,)
+    only = C.config_from_args(_args("--quick", "--structured-only", "--structured-sparsity", "0.5", "0.8"))
+    assert only.models == () and only.structured and only.structured_sparsity == (0.5, 0.8) and only.train_size == 10_000
+    with pytest.raises(ValueError, match="--structured-only runs the structured LeNet-5 only: drop --models"):
+        C.config_from_args(_args("--structured-only", "--models", "lenet300100"))
+    with pytest.raises(TypeError, match="The 'models' parameter of CompressionConfig must be a non-empty tuple"):
+        C.check_config(dataclasses.replace(TINY, models=(), structured=False))
 
 
 def test_resnet18_on_cifar10_resolves_and_needs_the_data_path():

@@ -134,7 +134,8 @@ class CompressionConfig:
     Parameters
     ----------
     models : tuple of {"lenet300100", "lenet5caffe", "resnet18"}
-        Networks for the unstructured comparison (MNIST; ResNet-18 on CIFAR-10).
+        Networks for the unstructured comparison (MNIST; ResNet-18 on CIFAR-10);
+        empty for the structured experiment only.
     ratios : mapping of str to tuple of float
         Target compression ratios per model (every method runs at each of them).
     methods : tuple of str
@@ -296,7 +297,10 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     ValueError
         A field with a wrong value; the message names the field and the value.
     """
-    _check_choices(cfg, "models", MODELS)
+    if isinstance(cfg.models, Sequence) and not isinstance(cfg.models, str) and not cfg.models and cfg.structured is True:
+        pass  # the structured experiment only
+    else:
+        _check_choices(cfg, "models", MODELS)
     _check_choices(cfg, "methods", METHODS)
     if not isinstance(cfg.ratios, Mapping):
         raise _err(TypeError, "ratios", "a mapping model -> tuple of compression ratios", cfg.ratios)
@@ -1088,7 +1092,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-size", type=int, default=None, help="random subset of the training set")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     parser.add_argument("--cifar10", default=None, metavar="PATH", help="CIFAR-10 python batches (for resnet18)")
-    parser.add_argument("--no-structured", action="store_true", help="skip the structured (channel) experiment")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--no-structured", action="store_true", help="skip the structured (channel) experiment")
+    group.add_argument("--structured-only", action="store_true", help="run the structured (channel) experiment only")
     parser.add_argument("--structured-sparsity", type=float, nargs="+", default=None, metavar="S",
                         help="target fractions of zeros of the structured runs (default: 0.5 0.8 0.95)")
 
@@ -1102,7 +1108,11 @@ def config_from_args(args) -> CompressionConfig:
         "structured_sparsity": None if args.structured_sparsity is None else tuple(args.structured_sparsity),
     }  # fmt: skip
     cfg = _common.resolve_config(CompressionConfig, quick=args.quick, quick_values=QUICK, config_file=args.config, cli_values=cli)
-    if args.ratios is not None:
+    if args.structured_only:
+        if args.models is not None or args.ratios is not None:
+            raise ValueError("--structured-only runs the structured LeNet-5 only: drop --models / --ratios.")
+        cfg = _replace(cfg, models=(), structured=True)
+    elif args.ratios is not None:
         cfg = _replace(cfg, ratios={m: tuple(args.ratios) for m in cfg.models})
     elif args.models is not None:
         cfg = _replace(cfg, ratios={m: tuple(cfg.ratios.get(m, DEFAULT_RATIOS[m])) for m in cfg.models})
