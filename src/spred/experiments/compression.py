@@ -931,9 +931,13 @@ def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
                           label=f"batch {batch[1:]}, exp. {e:g}" if sp == spred_runs[0][0][2] else None)  # fmt: skip
             if batch == "b256":
                 ax_speed.annotate(f"{100 * sp:g}%", (x, y), textcoords="offset points", xytext=(4, -10), fontsize="x-small")
+    from matplotlib.ticker import FuncFormatter
+
     for ax in (ax_speed, ax_error):
         ax.set_xscale("log")
-        ax.set_xlabel("FLOP reduction (x, collapsed / pruned)")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+        ax.xaxis.set_minor_formatter(_null_formatter())
+        ax.set_xlabel("FLOP reduction (collapsed / pruned)")
     ax_speed.set_yscale("log")
     ax_speed.set_ylabel("measured speed-up (x, median)")
     ax_speed.set_title(f"structured {structured[0]['model']}: latency after prune_channels", fontsize="medium")
