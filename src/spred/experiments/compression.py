@@ -185,7 +185,7 @@ class CompressionConfig:
     structured_sparsity : float or tuple of float
         Target fractions of zeros (weights in removed channels) among the grouped
         weights: one structured spred run per value and exponent, from a gentle
-        operating point (where latency follows FLOPs) to an extreme one.
+        operating point to an extreme one.
     structured_lam_exponents : tuple of float
         One structured spred run per value ``e``: lam of each grouped layer is
         ``lam * positions**e``, with ``positions`` the output positions per sample
@@ -910,6 +910,8 @@ def _null_formatter():
 
 def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
     """Speed-up against FLOP reduction (with the 0.7x target line) and test error against FLOP reduction."""
+    from matplotlib.ticker import FuncFormatter
+
     groups = defaultdict(list)
     for r in structured:
         groups[(r["method"], float(r["lam_exponent"]), float(r["target_sparsity"]))].append(r)
@@ -919,7 +921,7 @@ def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
 
     exponents = sorted({k[1] for k in groups})
     markers = dict(zip(exponents, "osD^v"))
-    spred_runs = sorted((k, rs) for k, rs in groups.items() if k[0] == "spred_group")
+    spred_runs = sorted(((k, rs) for k, rs in groups.items() if k[0] == "spred_group"), key=lambda kv: kv[0])
     top = max(mean(rs, "flop_ratio") for _, rs in spred_runs)
     line = np.geomspace(1.0, top * 1.5, 50)
     ax_speed.plot(line, line, color="grey", lw=1, label="speed-up = FLOP reduction")
@@ -931,8 +933,6 @@ def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
                           label=f"batch {batch[1:]}, exp. {e:g}" if sp == spred_runs[0][0][2] else None)  # fmt: skip
             if batch == "b256":
                 ax_speed.annotate(f"{100 * sp:g}%", (x, y), textcoords="offset points", xytext=(4, -10), fontsize="x-small")
-    from matplotlib.ticker import FuncFormatter
-
     for ax in (ax_speed, ax_error):
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
