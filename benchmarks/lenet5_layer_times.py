@@ -21,6 +21,8 @@ import time
 import torch
 from torch import nn
 
+from spred.compress import count_flops
+
 DENSE = (20, 50, 500)
 LAYERS = ("conv1", "pool1", "conv2", "pool2", "flatten", "fc1", "relu", "fc2")
 
@@ -29,10 +31,6 @@ def lenet5(c1: int, c2: int, hidden: int) -> nn.Sequential:
     """LeNet-5-Caffe (spred.models.LeNet5Caffe) with the given widths, as one flat Sequential."""
     return nn.Sequential(nn.Conv2d(1, c1, 5), nn.MaxPool2d(2), nn.Conv2d(c1, c2, 5), nn.MaxPool2d(2), nn.Flatten(),
                          nn.Linear(16 * c2, hidden), nn.ReLU(), nn.Linear(hidden, 10)).eval()  # fmt: skip
-
-
-def macs(c1: int, c2: int, hidden: int) -> int:
-    return 576 * 25 * c1 + 64 * 25 * c1 * c2 + 16 * c2 * hidden + 10 * hidden
 
 
 def layer_times(model: nn.Sequential, x: torch.Tensor, repeats: int) -> list[float]:
@@ -63,15 +61,16 @@ def main(argv=None) -> None:
     print("| widths | format | MACs/sample | " + " | ".join(LAYERS) + " | total | speed-up | FLOP reduction | speed-up / FLOP |")
     print("|---" * (len(LAYERS) + 7) + "|")
     dense_total = {}
+    macs = {w: count_flops(lenet5(*w), x[:1]) for w in widths}
     for fmt, memory_format in (("NCHW", torch.contiguous_format), ("channels_last", torch.channels_last)):
         xf = x.contiguous(memory_format=memory_format)
         for w in widths:
             ts = layer_times(lenet5(*w).to(memory_format=memory_format), xf, args.repeats)
             total = sum(ts)
             dense_total.setdefault(fmt, total)
-            speed, flop = dense_total[fmt] / total, macs(*DENSE) / macs(*w)
+            speed, flop = dense_total[fmt] / total, macs[DENSE] / macs[w]
             cells = " | ".join(f"{1e3 * t:.2f}" for t in ts)
-            print(f"| {'-'.join(map(str, w))} | {fmt} | {macs(*w):,} | {cells} | {1e3 * total:.2f} | {speed:.2f}x | {flop:.1f}x | {speed / flop:.2f} |")
+            print(f"| {'-'.join(map(str, w))} | {fmt} | {macs[w]:,} | {cells} | {1e3 * total:.2f} | {speed:.2f}x | {flop:.1f}x | {speed / flop:.2f} |")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,8 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     one sample for a per-sample count). A dense layer counts every weight at every
     position, so zeros still cost; a layer in CSR form (:func:`to_sparse`) counts its
     stored values only. Other operations (BatchNorm, activations, pooling, adds) are
-    not counted: they are cheap next to the matrix products.
+    not counted. They are usually cheap next to the matrix products, but not always:
+    on CPU the max-pools of a small CNN can take half its time (docs/compression.md).
 
     Parameters
     ----------

@@ -297,9 +297,7 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     ValueError
         A field with a wrong value; the message names the field and the value.
     """
-    if isinstance(cfg.models, Sequence) and not isinstance(cfg.models, str) and not cfg.models and cfg.structured is True:
-        pass  # the structured experiment only
-    else:
+    if not (cfg.models == () and cfg.structured is True):  # () with structured: the structured experiment only
         _check_choices(cfg, "models", MODELS)
     _check_choices(cfg, "methods", METHODS)
     if not isinstance(cfg.ratios, Mapping):
