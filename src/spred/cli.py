@@ -34,7 +34,7 @@ def _add(subparsers, name, module, help_text):
             return  # this command is not part of the installed version
         raise
     mod.add_arguments(parser)
-    parser.set_defaults(_run=mod.run)
+    parser.set_defaults(_run=mod.run, _config=getattr(mod, "config_from_args", None))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,6 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
+    if args._config is not None:  # a bad option or config file: one line, before any work starts
+        try:
+            args._config(args)
+        except (ValueError, TypeError) as exc:
+            print(f"spred: error: {exc}", file=sys.stderr)
+            return 2
     return int(args._run(args) or 0)
 
 

@@ -215,6 +215,23 @@ def test_structured_prunes_to_a_smaller_module_with_equal_outputs(tiny_models):
         assert r["speedup_b1"] > 0 and r["speedup_b256"] > 0 and set(r) == set(C.STRUCTURED_COLUMNS)
 
 
+def test_structured_smallvgg_loses_whole_channels_and_keeps_its_function(monkeypatch):
+    net = C.build_model("smallvgg", 0)  # the real one: MNIST input, no BatchNorm, every conv with a bias
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 32, 64, 64, 128, 128] and convs[0].in_channels == 1
+    assert all(c.bias is not None for c in convs) and not any(isinstance(m, nn.BatchNorm2d) for m in net.modules())
+    monkeypatch.setattr(C, "build_model", lambda name, seed: SmallVGG(in_channels=1, widths=(4, 8), batch_norm=False))
+    cfg = dataclasses.replace(C.check_config(TINY), models=(), structured=True, structured_model="smallvgg", structured_epochs=6,
+                              structured_finetune_epochs=1, structured_sparsity=(0.5,), structured_lam_exponents=(0.5,),
+                              latency_repeats=2, lam=1e-2)  # fmt: skip
+    rows = C.run_structured(cfg, 0, _images())
+    assert [r["method"] for r in rows] == ["spred_group", "filter_norm"]
+    for r in rows:
+        assert r["model"] == "smallvgg" and r["widths_before"] == "4-4-8-8" and r["widths_after"] != r["widths_before"]
+        assert r["params_pruned"] < r["params"] and r["flop_ratio"] > 1
+        assert r["max_abs_diff_fp64"] <= 1e-10 and r["max_abs_diff"] <= 1e-5
+
+
 def test_structured_lam_is_weighted_by_output_positions():
     lams = C._layer_lams(LeNet5Caffe(), ["features.0", "features.2", "classifier.1"], 1e-3, 0.5, torch.zeros(2, 1, 28, 28))
     assert lams == pytest.approx({"features.0.weight": 1e-3 * 24, "features.2.weight": 1e-3 * 8, "classifier.1.weight": 1e-3})
@@ -419,7 +436,7 @@ def test_quick_preset_resolves():
     assert C.check_config(dataclasses.replace(TINY, structured_sparsity=0.9)).structured_sparsity == (0.9,)
     only = C.config_from_args(_args("--quick", "--structured-only", "--structured-sparsity", "0.5", "0.8"))
     assert only.models == () and only.structured and only.structured_sparsity == (0.5, 0.8) and only.train_size == 10_000
-    with pytest.raises(ValueError, match="--structured-only runs the structured LeNet-5 only: drop --models"):
+    with pytest.raises(ValueError, match="--structured-only runs the structured CNN only: drop --models"):
         C.config_from_args(_args("--structured-only", "--models", "lenet300100"))
     with pytest.raises(TypeError, match="The 'models' parameter of CompressionConfig must be a non-empty tuple"):
         C.check_config(dataclasses.replace(TINY, models=(), structured=False))
@@ -470,7 +487,9 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"ramp": 1.5}, ValueError, r"The 'ramp' parameter of CompressionConfig must be a float in \(0.0, 1.0\]"),
         ({"gmp_start": 0.8}, ValueError, r"The 'gmp_start' parameter of CompressionConfig must be smaller than 'ramp'"),
         ({"structured": 1}, TypeError, r"The 'structured' parameter of CompressionConfig must be a bool"),
-        ({"structured_model": "smallvgg"}, ValueError, r"The 'structured_model' parameter of CompressionConfig must be 'lenet5caffe'"),
+        ({"structured_model": "resnet18"}, ValueError, r"The 'structured_model' parameter of CompressionConfig must be one of \('lenet5caffe', 'smallvgg'\)"),
+        ({"dense": 1}, TypeError, r"The 'dense' parameter of CompressionConfig must be a bool. Got 1 of type int"),
+        ({"dense": False}, ValueError, r"The 'dense' parameter of CompressionConfig must be True when 'methods' has 'magnitude'"),
         ({"structured_sparsity": 1.0}, ValueError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple of floats in \(0, 1\). Got 1.0"),
         ({"structured_sparsity": (0.5, 0.0)}, ValueError, r"The 'structured_sparsity' parameter of CompressionConfig must be .* Got \(0.5, 0.0\)"),
         ({"structured_sparsity": ()}, TypeError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple"),
@@ -487,6 +506,21 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
 def test_check_config_names_the_field_and_the_value(changes, kind, match):
     with pytest.raises(kind, match=match):
         C.check_config(dataclasses.replace(TINY, **changes))
+
+
+def test_no_dense_skips_the_reference_and_bad_options_exit_with_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(C, "build_model", lambda name, seed: _tiny(seed))
+    cfg = C.check_config(dataclasses.replace(TINY, dense=False, methods=("spred",), ratios={"lenet300100": (4.0,)}))
+    assert [r["method"] for r in C.run_unstructured(cfg, "lenet300100", 0, _synthetic())] == ["spred"]
+    assert C.config_from_args(_args("--no-dense", "--methods", "spred", "gmp")).dense is False
+    assert C.config_from_args(_args("--structured-only", "--structured-model", "smallvgg")).structured_model == "smallvgg"
+    from spred.cli import main
+
+    assert main(["run", "compression", "--methods", "magnitude", "--no-dense"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err == ("spred: error: The 'dense' parameter of CompressionConfig must be True when 'methods' has 'magnitude': "
+                            "one-shot magnitude pruning starts from the dense model. Drop 'magnitude' or keep the dense run.\n")
+    assert "Traceback" not in captured.out + captured.err
 
 
 def test_load_data_refuses_unknown_datasets():

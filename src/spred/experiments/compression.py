@@ -34,7 +34,7 @@ Protocol (``docs/compression.md`` has the long version and the numbers):
   score), removes dead units exactly (constants folded into the next bias), and
   fine-tunes with the zeros frozen from a fresh optimizer (``fit(mask=...)``).
   Each row records the training cost: epochs, pruning steps and wall time.
-* **Structured.** LeNet-5-Caffe with ``groups="out"`` (one penalty group per conv
+* **Structured.** LeNet-5-Caffe (or ``--structured-model smallvgg``) with ``groups="out"`` (one penalty group per conv
   filter and hidden neuron, not the output layer), trained to a target sparsity,
   collapsed, fine-tuned with frozen zeros, then physically pruned by
   :func:`spred.compress.prune_channels`. Reported: the outputs of the pruned module
@@ -103,7 +103,11 @@ LABELS = {"dense": "dense", "spred": "spred", "magnitude": "magnitude (one-shot)
           "synflow": "SynFlow", "str": "STR", "l1": "L1 in loss", "spred_group": "spred (groups)",
           "filter_norm": "filter norm"}  # fmt: skip
 MODELS = ("lenet300100", "lenet5caffe", "resnet18")
-DATASET = {"lenet300100": "mnist", "lenet5caffe": "mnist", "resnet18": "cifar10"}
+#: CNNs of the structured experiment (MNIST); zero channels of both are removed exactly.
+STRUCTURED_MODELS = ("lenet5caffe", "smallvgg")
+DATASET = {"lenet300100": "mnist", "lenet5caffe": "mnist", "resnet18": "cifar10", "smallvgg": "mnist"}
+#: Constructor options: SmallVGG on MNIST, without BatchNorm (each conv has a bias, zeroed with its channel).
+MODEL_KWARGS = {"smallvgg": {"in_channels": 1, "batch_norm": False}}
 DEFAULT_LRS = {"spred": 1e-2, "magnitude": 1e-3, "gmp": 3e-3, "synflow": 3e-3, "str": 3e-3, "l1": 3e-3}
 DEFAULT_RATIOS = {"lenet300100": (12.0, 68.0), "lenet5caffe": (12.0, 280.0), "resnet18": (10.0, 50.0)}
 #: Published (compression ratio, test error %) on MNIST; DESIGN.md section 4.
@@ -178,10 +182,17 @@ class CompressionConfig:
     l1_lam : float or None
         Strength of the L1 penalty of ``l1``; None: spred's final lam for the same
         model, ratio and seed (or ``lam`` when spred did not run).
+    dense : bool
+        Train the dense reference (its error and wall time in the table). Required by
+        ``magnitude``, which prunes that model.
     structured : bool
         Also run the structured (channel) experiment.
     structured_model : str
-        The CNN of the structured experiment (``lenet5caffe``).
+        The CNN of the structured experiment: ``lenet5caffe``, or ``smallvgg``
+        (:class:`spred.models.SmallVGG` on MNIST without BatchNorm, six 3x3 convs
+        32-32-64-64-128-128), whose inference time is in its convolutions, so that
+        removing channels shortens it in proportion; LeNet-5's time on a CPU is
+        mostly in its max-pools and first conv, which shrink little.
     structured_sparsity : float or tuple of float
         Target fractions of zeros (weights in removed channels) among the grouped
         weights: one structured spred run per value and exponent, from a gentle
@@ -223,6 +234,7 @@ class CompressionConfig:
     str_s_init: float = -6.0
     str_lam: float = 1e-5
     l1_lam: float | None = None
+    dense: bool = True
     structured: bool = True
     structured_model: str = "lenet5caffe"
     structured_sparsity: tuple[float, ...] = (0.5, 0.8, 0.95)
@@ -349,10 +361,14 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     _check_real(cfg, "str_s_init", -math.inf)
     _check_real(cfg, "str_lam", 0.0, low_open=True)
     _check_real(cfg, "l1_lam", 0.0, optional=True)
-    if not isinstance(cfg.structured, bool):
-        raise _err(TypeError, "structured", "a bool", cfg.structured)
-    if cfg.structured_model != "lenet5caffe":
-        raise _err(ValueError, "structured_model", "'lenet5caffe' (a CNN whose zero channels prune_channels removes exactly)", cfg.structured_model)
+    for name in ("dense", "structured"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise _err(TypeError, name, "a bool", getattr(cfg, name))
+    if not cfg.dense and "magnitude" in cfg.methods and cfg.models:
+        raise ValueError("The 'dense' parameter of CompressionConfig must be True when 'methods' has 'magnitude': one-shot "
+                         "magnitude pruning starts from the dense model. Drop 'magnitude' or keep the dense run.")
+    if cfg.structured_model not in STRUCTURED_MODELS:
+        raise _err(ValueError, "structured_model", f"one of {STRUCTURED_MODELS}", cfg.structured_model)
     sparsity = cfg.structured_sparsity
     if isinstance(sparsity, Real) and not isinstance(sparsity, bool):
         sparsity = (sparsity,)
@@ -456,7 +472,7 @@ def build_model(name: str, seed: int) -> nn.Module:
     """A reference network initialised from ``seed`` (ResNet-18 gets the CIFAR augmentation in front)."""
     from spred.models import build
 
-    model = build(name, seed=seed)
+    model = build(name, seed=seed, **MODEL_KWARGS.get(name, {}))
     if DATASET[name] == "cifar10":
         model = nn.Sequential(RandomCropFlip(), model)
     return model
@@ -679,7 +695,7 @@ def run_unstructured(cfg: CompressionConfig, model_name: str, seed: int, data: D
         probe = build_model(model_name, seed)
         chain = bp.find_chain(probe, data.example)
     ctx = _Context(cfg, model_name, seed, data, count_parameters(probe), chain, progress)
-    rows = [_run_dense(ctx)]
+    rows = [_run_dense(ctx)] if cfg.dense else []
     order = [m for m in METHODS if m in cfg.methods]
     for ratio in cfg.ratios[model_name]:
         budget = bp.max_nonzero(ctx.total, ratio)
@@ -1094,9 +1110,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("--train-size", type=int, default=None, help="random subset of the training set")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, ...")
     parser.add_argument("--cifar10", default=None, metavar="PATH", help="CIFAR-10 python batches (for resnet18)")
+    parser.add_argument("--no-dense", action="store_true",
+                        help="skip the dense reference (its error and time; not with --methods magnitude)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--no-structured", action="store_true", help="skip the structured (channel) experiment")
     group.add_argument("--structured-only", action="store_true", help="run the structured (channel) experiment only")
+    parser.add_argument("--structured-model", choices=STRUCTURED_MODELS, default=None,
+                        help="CNN of the structured runs (default lenet5caffe; smallvgg: conv 32-32-64-64-128-128, time in the convolutions)")
     parser.add_argument("--structured-sparsity", type=float, nargs="+", default=None, metavar="S",
                         help="target fractions of zeros of the structured runs (default: 0.5 0.8 0.95)")
 
@@ -1106,13 +1126,13 @@ def config_from_args(args) -> CompressionConfig:
     cli = {
         "seeds": args.seeds, "models": args.models, "methods": args.methods, "epochs": args.epochs,
         "finetune_epochs": args.finetune_epochs, "train_size": args.train_size, "device": args.device, "cifar10": args.cifar10,
-        "structured": False if args.no_structured else None,
-        "structured_sparsity": None if args.structured_sparsity is None else tuple(args.structured_sparsity),
+        "structured": False if args.no_structured else None, "dense": False if args.no_dense else None,
+        "structured_model": args.structured_model, "structured_sparsity": None if args.structured_sparsity is None else tuple(args.structured_sparsity),
     }  # fmt: skip
     cfg = _common.resolve_config(CompressionConfig, quick=args.quick, quick_values=QUICK, config_file=args.config, cli_values=cli)
     if args.structured_only:
         if args.models is not None or args.ratios is not None:
-            raise ValueError("--structured-only runs the structured LeNet-5 only: drop --models / --ratios.")
+            raise ValueError("--structured-only runs the structured CNN only: drop --models / --ratios.")
         cfg = _replace(cfg, models=(), structured=True)
     elif args.ratios is not None:
         cfg = _replace(cfg, ratios={m: tuple(args.ratios) for m in cfg.models})

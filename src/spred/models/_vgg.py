@@ -26,6 +26,11 @@ class SmallVGG(nn.Module):
     batch_norm : bool, default=True
         Without batch norm the convolutions carry a bias.
 
+    The convolutions start from He initialisation (``kaiming_normal_``, fan-out,
+    ReLU gain) with zero biases, as in the VGG paper's successors: without batch
+    norm, PyTorch's default initialisation shrinks the signal at every layer and
+    the network barely trains.
+
     Examples
     --------
     >>> import torch
@@ -59,6 +64,11 @@ class SmallVGG(nn.Module):
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.classifier = nn.Linear(channels, num_classes)
+        for m in self.features:
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x):
         return self.classifier(self.pool(self.features(x)).flatten(1))
