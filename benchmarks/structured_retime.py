@@ -24,7 +24,6 @@ import torch
 from torch import nn
 
 from spred.compress import compare_latency, count_flops, prune_channels
-from spred.experiments import _baselines_prune as bp
 from spred.experiments import compression as C
 from spred.experiments._common import read_csv
 
@@ -32,7 +31,7 @@ from spred.experiments._common import read_csv
 def rebuild(model_name: str, widths: list[int]) -> tuple[nn.Module, nn.Module]:
     """(collapsed, pruned): the model with channels beyond ``widths`` zeroed, and prune_channels' output."""
     model = C.build_model(model_name, 0).eval()
-    hidden = [n[: -len(".weight")] for n in bp.prunable_weights(model)][:-1]
+    hidden = C.grouped_layers(model)
     modules = dict(model.named_modules())
     if len(hidden) != len(widths):
         raise ValueError(f"{model_name} has {len(hidden)} grouped layers, the CSV row {len(widths)} widths")

@@ -190,9 +190,8 @@ class CompressionConfig:
     structured_model : str
         The CNN of the structured experiment: ``lenet5caffe``, or ``smallvgg``
         (:class:`spred.models.SmallVGG` on MNIST without BatchNorm, six 3x3 convs
-        32-32-64-64-128-128), whose inference time is in its convolutions, so that
-        removing channels shortens it in proportion; LeNet-5's time on a CPU is
-        mostly in its max-pools and first conv, which shrink little.
+        32-32-64-64-128-128), whose inference time is in its convolutions;
+        LeNet-5's time on a CPU is mostly in its max-pools and first conv.
     structured_sparsity : float or tuple of float
         Target fractions of zeros (weights in removed channels) among the grouped
         weights: one structured spred run per value and exponent, from a gentle
@@ -708,6 +707,11 @@ def run_unstructured(cfg: CompressionConfig, model_name: str, seed: int, data: D
 # --------------------------------------------------------------------------- structured
 
 
+def grouped_layers(model: nn.Module) -> list[str]:
+    """Names of the layers the structured runs group by output channel: every prunable layer but the last."""
+    return [n[: -len(".weight")] for n in bp.prunable_weights(model)][:-1]
+
+
 def _widths(model: nn.Module, names: Sequence[str]) -> list[int]:
     modules = dict(model.named_modules())
     return [modules[n].weight.shape[0] for n in names]
@@ -826,7 +830,7 @@ def run_structured(cfg: CompressionConfig, seed: int, data: Data, *, progress: b
     sub = _replace(cfg, epochs=epochs, finetune_epochs=ft)
     probe = build_model(name, seed)
     ctx = _Context(sub, name, seed, data, count_parameters(probe), None, progress)
-    hidden = [n[: -len(".weight")] for n in bp.prunable_weights(probe)][:-1]
+    hidden = grouped_layers(probe)
     rows = []
     for sparsity in cfg.structured_sparsity:
         for exponent in cfg.structured_lam_exponents:
