@@ -7,8 +7,9 @@ this script rebuilds every distinct (model, widths) of the CSV: the structured m
 (`compression.build_model`) with the channels beyond each layer's width zeroed (weight
 and bias), pruned by `spred.compress.prune_channels` exactly as in the experiment. It
 checks that the rebuilt module has the CSV's FLOPs, then times collapsed and pruned in
-turns (`compare_latency`, medians, batch 1 and 256) and prints speed-up / FLOP ratio
-next to the in-run figure.
+turns (`compare_latency`, medians, batch 1 and 256), in the default NCHW layout and in
+channels-last (NHWC, `channels_last=True`), and prints speed-up / FLOP ratio next to the
+in-run figure.
 
     python benchmarks/structured_retime.py RESULTS/compression_structured.csv [...] [--repeats 30] [--threads 1]
 
@@ -55,20 +56,24 @@ def main(argv=None) -> int:
     rows = [r for path in args.csv for r in read_csv(path)]
     in_run = defaultdict(list)
     for r in rows:
-        in_run[(r["model"], str(r["widths_after"]))].append((r["speedup_b256"], r["flop_ratio"]))
+        in_run[(r["model"], str(r["widths_after"]))].append((r["speedup_b256"], r.get("speedup_b256_cl", float("nan")), r["flop_ratio"]))
     x = torch.rand(256, 1, 28, 28, generator=torch.Generator().manual_seed(0))
     print(f"torch {torch.__version__}, {args.threads} thread(s), {args.repeats} timed runs per model (in turns), medians\n")
-    print("| model | widths after | FLOP ratio | speed-up b1 | speed-up b256 | b256 / FLOP ratio | in the run (b256 / FLOP) |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| model | widths after | FLOP ratio | layout | ms b256 collapsed -> pruned | speed-up b1 | speed-up b256 | b256 / FLOP ratio | in the run (b256 / FLOP) |")
+    print("|---|---|---:|---|---|---:|---:|---:|---|")
     for (model_name, widths), seen in sorted(in_run.items()):
         collapsed, pruned = rebuild(model_name, [int(w) for w in widths.split("-")])
         flop_ratio = count_flops(collapsed, x[:1]) / count_flops(pruned, x[:1])
-        if abs(flop_ratio - seen[0][1]) > 1e-6 * flop_ratio:
-            raise RuntimeError(f"rebuilt {model_name} {widths} has FLOP ratio {flop_ratio}, the CSV {seen[0][1]}")
-        lat = compare_latency({"collapsed": collapsed, "pruned": pruned}, x, batch_sizes=(1, 256), repeats=args.repeats)
-        s1, s256 = lat["collapsed"][1] / lat["pruned"][1], lat["collapsed"][256] / lat["pruned"][256]
-        before = ", ".join(f"{s / f:.2f}" for s, f in seen)
-        print(f"| {model_name} | {widths} | {flop_ratio:.2f}x | {s1:.2f}x | {s256:.2f}x | {s256 / flop_ratio:.2f} | {before} |", flush=True)
+        if abs(flop_ratio - seen[0][2]) > 1e-6 * flop_ratio:
+            raise RuntimeError(f"rebuilt {model_name} {widths} has FLOP ratio {flop_ratio}, the CSV {seen[0][2]}")
+        for layout, index in (("NCHW", 0), ("NHWC", 1)):
+            lat = compare_latency({"collapsed": collapsed, "pruned": pruned}, x, batch_sizes=(1, 256), repeats=args.repeats,
+                                  channels_last=layout == "NHWC")  # fmt: skip
+            s1, s256 = lat["collapsed"][1] / lat["pruned"][1], lat["collapsed"][256] / lat["pruned"][256]
+            before = ", ".join(f"{row[index] / row[2]:.2f}" for row in seen)
+            ms = f"{1e3 * lat['collapsed'][256]:.1f} -> {1e3 * lat['pruned'][256]:.1f}"
+            print(f"| {model_name} | {widths} | {flop_ratio:.2f}x | {layout} | {ms} | {s1:.2f}x | {s256:.2f}x | {s256 / flop_ratio:.2f} | {before} |",
+                  flush=True)  # fmt: skip
     return 0
 
 

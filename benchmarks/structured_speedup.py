@@ -9,10 +9,11 @@ parameters converges to; its constant output is then 0 and the channel is remova
 across zero padding. The collapsed (dense, with zeros) model and the pruned one are
 timed in turns (spred.compress.compare_latency) at batch 1 and 256 (eval, inference mode, fixed thread count).
 
-    python benchmarks/structured_speedup.py [--quick] [--fuse-bn] [--threads 1] [--seeds 0 1 2] [--out DIR]
+    python benchmarks/structured_speedup.py [--quick] [--fuse-bn] [--channels-last] [--threads 1] [--seeds 0 1 2] [--out DIR]
 
 With --fuse-bn, each BatchNorm is folded into the preceding convolution (torch.fx) in
-both models before timing, as a deployment pipeline would.
+both models before timing, as a deployment pipeline would. With --channels-last, both
+models and the input are timed in NHWC layout (compare_latency(channels_last=True)).
 
 Prints, per level: parameters and MACs before/after, the FLOP ratio (before/after),
 the measured speed-up (median ratio of back-to-back runs) at batch 1 and 256, speed-up / FLOP
@@ -89,7 +90,7 @@ def run(args) -> list[dict]:
         for batch in args.batches:
             reps = args.repeats if batch >= 64 else args.repeats_small
             medians, times = compare_latency({"collapsed": model, "pruned": pruned}, x, batch_sizes=(batch,), repeats=reps, warmup=2,
-                                             num_threads=args.threads, return_times=True)
+                                             num_threads=args.threads, channels_last=args.channels_last, return_times=True)
             med = {k: v[batch] for k, v in medians.items()}
             paired = statistics.median(ta / tb for ta, tb in zip(times["collapsed"][batch], times["pruned"][batch]))
             row[f"ms_collapsed_b{batch}"] = 1e3 * med["collapsed"]
@@ -131,6 +132,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats-small", type=int, default=60, help="timed runs per model for batches < 64 (cheap, noisier)")
     parser.add_argument("--repeats", type=int, default=7, help="timed runs per model for batches >= 64")
     parser.add_argument("--fuse-bn", action="store_true", help="fold BatchNorm into the convolutions of both models before timing")
+    parser.add_argument("--channels-last", action="store_true", help="time both models in channels-last (NHWC) layout")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks"))
     args = parser.parse_args(argv)
     args.levels = QUICK_LEVELS if args.quick else LEVELS
@@ -139,12 +141,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     rows = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
-    with open(args.out / f"structured_speedup{'_fused' if args.fuse_bn else ''}.csv", "w", newline="") as f:
+    with open(args.out / f"structured_speedup{'_fused' if args.fuse_bn else ''}{'_nhwc' if args.channels_last else ''}.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     print(f"torch {torch.__version__}, {args.threads} thread(s), seeds {args.seeds}, {args.repeats} timed runs per model at batch >= 64, {args.repeats_small} below (models in turns), "
-          f"input 3x32x32, widths {WIDTHS}, BatchNorm {'folded into the convs' if args.fuse_bn else 'separate'}\n")
+          f"input 3x32x32, widths {WIDTHS}, BatchNorm {'folded into the convs' if args.fuse_bn else 'separate'}, "
+          f"layout {'NHWC (channels-last)' if args.channels_last else 'NCHW'}\n")
     print(summarise(rows, args.batches))
     return 0
 

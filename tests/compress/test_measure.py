@@ -76,6 +76,32 @@ def test_compare_latency_times_models_in_turns():
     assert b.training and not a.training
 
 
+def test_channels_last_times_an_nhwc_copy_and_leaves_the_model_alone():
+    layouts = []
+
+    class Probe(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x, mask):
+            out = self.conv(x)
+            layouts.append((x.is_contiguous(memory_format=torch.channels_last), self.conv.weight.is_contiguous(memory_format=torch.channels_last),
+                            mask.dim()))  # fmt: skip
+            return out
+
+    model = Probe()
+    weight = model.conv.weight.detach().clone()
+    x = (torch.randn(2, 3, 5, 5), torch.ones(2, 7))  # a 2-D input is left as it is
+    medians = compare_latency({"m": model}, x, batch_sizes=(3,), repeats=2, warmup=1, channels_last=True)
+    assert set(medians) == {"m"} and layouts == [(True, True, 2)] * 3
+    assert model.conv.weight.is_contiguous() and not model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(model.conv.weight, weight, rtol=0, atol=0)
+    layouts.clear()
+    measure_latency(model, x, batch_sizes=(1,), repeats=1, warmup=0)
+    assert layouts == [(False, False, 2)]  # the default keeps NCHW
+
+
 def test_errors():
     model, x = nn.Linear(2, 2), torch.randn(1, 2)
     with pytest.raises(TypeError, match=r"'model' parameter of count_parameters must be a torch.nn.Module. Got int"):
@@ -96,6 +122,8 @@ def test_errors():
         measure_latency(model, x, warmup=1.5)
     with pytest.raises(ValueError, match=r"'num_threads' parameter of measure_latency must be an int >= 1. Got 0"):
         measure_latency(model, x, num_threads=0)
+    with pytest.raises(TypeError, match=r"'channels_last' parameter of measure_latency must be a bool. Got 'yes'"):
+        measure_latency(model, x, channels_last="yes")
     with pytest.raises(TypeError, match=r"'models' parameter of compare_latency must be a non-empty mapping of names to torch.nn.Module. Got \[\]"):
         compare_latency([], x)
     with pytest.raises(ValueError, match=r"'repeats' parameter of compare_latency must be an int >= 1. Got -1"):

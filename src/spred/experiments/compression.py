@@ -123,7 +123,8 @@ CSV_COLUMNS = (
 STRUCTURED_COLUMNS = (
     "model", "method", "seed", "target_sparsity", "lam_exponent", "widths_before", "widths_after", "params", "params_pruned",
     "compression_ratio", "flops", "flops_pruned", "flop_ratio", "latency_b1_ms", "latency_b1_pruned_ms",
-    "speedup_b1", "latency_b256_ms", "latency_b256_pruned_ms", "speedup_b256", "max_abs_diff", "max_rel_diff", "max_abs_diff_fp64",
+    "speedup_b1", "latency_b256_ms", "latency_b256_pruned_ms", "speedup_b256", "latency_b1_cl_ms", "latency_b1_cl_pruned_ms",
+    "speedup_b1_cl", "latency_b256_cl_ms", "latency_b256_cl_pruned_ms", "speedup_b256_cl", "max_abs_diff", "max_rel_diff", "max_abs_diff_fp64",
     "test_error_collapsed", "test_error", "epochs", "wall_s", "threads",
 )  # fmt: skip
 
@@ -746,7 +747,10 @@ def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.M
         diff64 = float((copy.deepcopy(pruned).double()(check.double()) - copy.deepcopy(collapsed).double()(check.double())).abs().max())
     one = x[:1].to(cfg.device)
     flops, flops_pruned = count_flops(collapsed, one), count_flops(pruned, one)
-    lat = compare_latency({"collapsed": collapsed, "pruned": pruned}, x[:256].to(cfg.device), batch_sizes=(1, 256), repeats=cfg.latency_repeats)
+    pair, batch = {"collapsed": collapsed, "pruned": pruned}, x[:256].to(cfg.device)
+    lat = compare_latency(pair, batch, batch_sizes=(1, 256), repeats=cfg.latency_repeats)
+    # the same in channels-last (NHWC) layout, the faster way to run a CNN on CPU
+    cl = compare_latency(pair, batch, batch_sizes=(1, 256), repeats=cfg.latency_repeats, channels_last=True)
     params_pruned = count_parameters(pruned, nonzero=True)
     widths_before, widths_after = _widths(collapsed, names), _widths(pruned, names)
     return {
@@ -757,7 +761,10 @@ def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.M
         "latency_b1_ms": 1e3 * lat["collapsed"][1], "latency_b1_pruned_ms": 1e3 * lat["pruned"][1],
         "speedup_b1": lat["collapsed"][1] / lat["pruned"][1],
         "latency_b256_ms": 1e3 * lat["collapsed"][256], "latency_b256_pruned_ms": 1e3 * lat["pruned"][256],
-        "speedup_b256": lat["collapsed"][256] / lat["pruned"][256], "max_abs_diff": diff,
+        "speedup_b256": lat["collapsed"][256] / lat["pruned"][256],
+        **{f"latency_b{b}_cl_ms": 1e3 * cl["collapsed"][b] for b in (1, 256)},
+        **{f"latency_b{b}_cl_pruned_ms": 1e3 * cl["pruned"][b] for b in (1, 256)},
+        **{f"speedup_b{b}_cl": cl["collapsed"][b] / cl["pruned"][b] for b in (1, 256)}, "max_abs_diff": diff,
         "max_rel_diff": diff / float(reference.abs().max()), "max_abs_diff_fp64": diff64,
         "test_error_collapsed": err_collapsed, "test_error": ctx.test_error(pruned), "epochs": epochs, "wall_s": seconds,
         "threads": torch.get_num_threads(),
@@ -888,14 +895,20 @@ def summary_table(summary: Sequence[Mapping]) -> str:
     ])  # fmt: skip
 
 
+def _opt(r: Mapping, key: str, unit: str, divisor: float = 1.0) -> str:
+    """``r[key] / divisor`` to two decimals, or "-" for a CSV written before ``key`` existed."""
+    return "-" if r.get(key) is None else f"{r[key] / divisor:.2f}{unit}"
+
+
 def structured_table(rows: Sequence[Mapping]) -> str:
     """Markdown: one line per structured run."""
     return _common.markdown_table(rows, [
         ("method", lambda r: LABELS[r["method"]]), ("target", lambda r: f"{100 * float(r['target_sparsity']):g}%"), ("lam exponent", "lam_exponent"), ("seed", "seed"), ("widths", lambda r: f"{r['widths_before']} -> {r['widths_after']}"),
         ("params", lambda r: f"{r['params']} -> {r['params_pruned']} ({r['compression_ratio']:.1f}x)"),
         ("FLOPs", lambda r: f"{r['flop_ratio']:.2f}x fewer"),
-        ("speed-up b1", lambda r: f"{r['speedup_b1']:.2f}x"), ("speed-up b256", lambda r: f"{r['speedup_b256']:.2f}x"),
-        ("b256 / FLOP ratio", lambda r: f"{r['speedup_b256'] / r['flop_ratio']:.2f}"),
+        ("speed-up b1 (NCHW / NHWC)", lambda r: f"{r['speedup_b1']:.2f}x / {_opt(r, 'speedup_b1_cl', 'x')}"),
+        ("speed-up b256 (NCHW / NHWC)", lambda r: f"{r['speedup_b256']:.2f}x / {_opt(r, 'speedup_b256_cl', 'x')}"),
+        ("b256 / FLOP ratio (NCHW / NHWC)", lambda r: f"{r['speedup_b256'] / r['flop_ratio']:.2f} / {_opt(r, 'speedup_b256_cl', '', r['flop_ratio'])}"),
         ("max abs diff (fp32 / fp64)", lambda r: f"{r['max_abs_diff']:.1e} / {r['max_abs_diff_fp64']:.0e}"), ("test error %", lambda r: _pct(r["test_error"])),
         ("epochs", "epochs"), ("wall s", lambda r: f"{r['wall_s']:.0f}"),
     ])  # fmt: skip
@@ -944,12 +957,15 @@ def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
     line = np.geomspace(1.0, top * 1.5, 50)
     ax_speed.plot(line, line, color="grey", lw=1, label="speed-up = FLOP reduction")
     ax_speed.plot(line, 0.7 * line, color="grey", lw=1, ls="--", label="target: 0.7 x FLOP reduction")
-    for batch, colour in (("b256", "tab:red"), ("b1", "tab:blue")):
+    new = "speedup_b256_cl" in structured[0]  # a CSV written before the channels-last columns has NCHW only
+    series = [("b256_cl", "tab:red", "batch 256, NHWC")] * new + [("b256", "tab:orange", "batch 256, NCHW")]
+    series += [("b1_cl", "tab:blue", "batch 1, NHWC") if new else ("b1", "tab:blue", "batch 1, NCHW")]
+    for key, colour, text in series:
         for (_, e, sp), rs in spred_runs:
-            x, y = mean(rs, "flop_ratio"), mean(rs, f"speedup_{batch}")
+            x, y = mean(rs, "flop_ratio"), mean(rs, f"speedup_{key}")
             ax_speed.plot([x], [y], marker=markers[e], color=colour, ls="none",
-                          label=f"batch {batch[1:]}, exp. {e:g}" if sp == spred_runs[0][0][2] else None)  # fmt: skip
-            if batch == "b256":
+                          label=f"{text}, exp. {e:g}" if sp == spred_runs[0][0][2] else None)  # fmt: skip
+            if key == series[0][0]:
                 ax_speed.annotate(f"{100 * sp:g}%", (x, y), textcoords="offset points", xytext=(4, -10), fontsize="x-small")
     for ax in (ax_speed, ax_error):
         ax.set_xscale("log")
