@@ -749,7 +749,7 @@ def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.M
     flops, flops_pruned = count_flops(collapsed, one), count_flops(pruned, one)
     pair, batch = {"collapsed": collapsed, "pruned": pruned}, x[:256].to(cfg.device)
     lat = compare_latency(pair, batch, batch_sizes=(1, 256), repeats=cfg.latency_repeats)
-    # the same in channels-last (NHWC) layout, the faster way to run a CNN on CPU
+    # the same in channels-last (NHWC) layout, often the faster way to run a CNN on CPU
     cl = compare_latency(pair, batch, batch_sizes=(1, 256), repeats=cfg.latency_repeats, channels_last=True)
     params_pruned = count_parameters(pruned, nonzero=True)
     widths_before, widths_after = _widths(collapsed, names), _widths(pruned, names)
@@ -957,9 +957,10 @@ def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
     line = np.geomspace(1.0, top * 1.5, 50)
     ax_speed.plot(line, line, color="grey", lw=1, label="speed-up = FLOP reduction")
     ax_speed.plot(line, 0.7 * line, color="grey", lw=1, ls="--", label="target: 0.7 x FLOP reduction")
-    new = "speedup_b256_cl" in structured[0]  # a CSV written before the channels-last columns has NCHW only
-    series = [("b256_cl", "tab:red", "batch 256, NHWC")] * new + [("b256", "tab:orange", "batch 256, NCHW")]
-    series += [("b1_cl", "tab:blue", "batch 1, NHWC") if new else ("b1", "tab:blue", "batch 1, NCHW")]
+    if "speedup_b256_cl" in structured[0]:
+        series = [("b256_cl", "tab:red", "batch 256, NHWC"), ("b256", "tab:orange", "batch 256, NCHW"), ("b1_cl", "tab:blue", "batch 1, NHWC")]
+    else:  # a CSV written before the channels-last columns: NCHW only
+        series = [("b256", "tab:orange", "batch 256, NCHW"), ("b1", "tab:blue", "batch 1, NCHW")]
     for key, colour, text in series:
         for (_, e, sp), rs in spred_runs:
             x, y = mean(rs, "flop_ratio"), mean(rs, f"speedup_{key}")
