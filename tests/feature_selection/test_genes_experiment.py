@@ -42,6 +42,30 @@ def test_every_method_returns_exactly_k(rng):
     assert all(np.isfinite(r["acc_own"]) == r["method"].startswith("spred") for r in rows)
 
 
+def test_a_failing_method_is_recorded_and_the_others_are_kept(monkeypatch, caplog):
+    X, y = make_classification(n_samples=50, n_features=30, n_informative=4, random_state=3)
+
+    def broken(*args):
+        raise np.linalg.LinAlgError("Singular matrix\nsecond line")
+
+    monkeypatch.setitem(genes.SELECTORS, "hsic_lasso", broken)
+    cfg = replace(genes.GenesConfig(), methods=("anova", "hsic_lasso", "random"), **TINY)
+    with caplog.at_level("WARNING", logger="spred"):
+        rows = genes.run_split("toy", X, y, 0, cfg)
+    assert "hsic_lasso failed on toy (seed 0), recorded as missing: LinAlgError: Singular matrix" in caplog.text
+    failed = [r for r in rows if r["method"] == "hsic_lasso"]
+    assert [r["k"] for r in failed] == list(cfg.ks)
+    assert all(r["error"] == "LinAlgError: Singular matrix" and np.isnan(r["acc_svm"]) and r["selected"] == "" for r in failed)
+    kept = [r for r in rows if r["method"] != "hsic_lasso"]
+    assert len(kept) == 2 * len(cfg.ks) and all(np.isfinite(r["acc_svm"]) and r["error"] == "" for r in kept)
+    summary = genes.summarise(rows)
+    ranks = genes.average_ranks(summary, list(cfg.methods))
+    assert {r["method"] for r in ranks} == {"anova", "random"}
+    assert all(r["n_failed"] == (r["method"] == "hsic_lasso") for r in summary)
+    results = genes.GenesResults(rows, summary, ranks, {}, 0.0)
+    assert "hsic_lasso on toy (seed 0): LinAlgError: Singular matrix" in genes.report(results, cfg)
+
+
 def test_average_ranks_share_ties():
     summary = [
         {"dataset": d, "method": m, "k": 10, "svm_mean": a, "logreg_mean": a}
@@ -84,7 +108,6 @@ def test_run_experiment_writes_every_output(data_home, tmp_path, monkeypatch):
     assert config["experiment"] == "genes" and "spred_version" in config and config["datasets_run"] == ["lung_discrete"]
     text = genes.report(results, cfg)
     assert "| spred linear |" in text and "Average rank over 1 datasets" in text
-
 
 
 @pytest.mark.data

@@ -21,7 +21,9 @@ Protocol (docs/feature_selection.md has the long version):
 Outputs under ``--out``: ``genes_runs.csv`` (one row per dataset, seed, method and
 k), ``genes_summary.csv`` (mean and std over seeds), ``genes_ranks.csv`` (average rank
 of each method over datasets), ``genes.png`` and ``config.json``; the terminal gets
-the markdown tables.
+the markdown tables. ``genes_runs.csv`` is rewritten after every split; a method that
+raises on a split is recorded (NaN accuracies, the message in ``error``) and left
+out of means and ranks, and the run goes on.
 
 Ranks: for each dataset, k and score, methods are ranked by mean accuracy over the
 seeds (1 = best, ties share the average rank); the average over datasets is the
@@ -56,7 +58,7 @@ LABELS = {
 SCORES = ("svm", "logreg", "own")
 CSV_COLUMNS = (
     "dataset", "n_samples", "n_features", "n_classes", "seed", "method", "k", "n_selected", "acc_svm", "acc_logreg",
-    "acc_own", "fit_seconds", "shared_fit", "selected",
+    "acc_own", "fit_seconds", "shared_fit", "selected", "error",
 )  # fmt: skip
 # The quick preset: 3 splits of 5 datasets chosen to span the sizes (325 to 7129 genes, 2 to 7 classes).
 QUICK_DATASETS = ("lung_discrete", "colon", "SRBCT", "GLIOMA", "ALLAML")
@@ -197,8 +199,14 @@ def run_split(name: str, X: np.ndarray, y: np.ndarray, seed: int, cfg: GenesConf
     ks = tuple(k for k in cfg.ks if k <= X.shape[1])
     rows = []
     for method in cfg.methods:
-        with _common.torch_seed(seed):
-            result = SELECTORS[method](Xtr, ytr, Xte, ks, seed, cfg)
+        try:
+            with _common.torch_seed(seed):
+                result = SELECTORS[method](Xtr, ytr, Xte, ks, seed, cfg)
+        except Exception as exc:  # one method failing must not cost the other methods' results
+            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+            logger.warning("%s failed on %s (seed %d), recorded as missing: %s", method, name, seed, error)
+            rows += [_failed_row(name, X, y, seed, method, k, error) for k in ks]
+            continue
         for k in ks:
             s = result[k]
             if len(s.indices) != k:
@@ -209,10 +217,19 @@ def run_split(name: str, X: np.ndarray, y: np.ndarray, seed: int, cfg: GenesConf
                 "dataset": name, "n_samples": len(y), "n_features": X.shape[1], "n_classes": int(np.unique(y).size),
                 "seed": seed, "method": method, "k": k, "n_selected": len(s.indices), "acc_svm": svm, "acc_logreg": logreg,
                 "acc_own": own, "fit_seconds": s.seconds, "shared_fit": s.shared,
-                "selected": " ".join(str(int(i)) for i in np.sort(s.indices)),
+                "selected": " ".join(str(int(i)) for i in np.sort(s.indices)), "error": "",
             })  # fmt: skip
         logger.debug("%s seed %d %s: %s", name, seed, method, {k: round(result[k].seconds, 2) for k in ks})
     return rows
+
+
+def _failed_row(name: str, X: np.ndarray, y: np.ndarray, seed: int, method: str, k: int, error: str) -> dict:
+    """The row of a method that raised: accuracies NaN (left out of means and ranks), the error kept."""
+    return {
+        "dataset": name, "n_samples": len(y), "n_features": X.shape[1], "n_classes": int(np.unique(y).size), "seed": seed,
+        "method": method, "k": k, "n_selected": 0, "acc_svm": math.nan, "acc_logreg": math.nan, "acc_own": math.nan,
+        "fit_seconds": math.nan, "shared_fit": False, "selected": "", "error": error,
+    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- summaries
@@ -225,7 +242,7 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
         groups[(r["dataset"], r["method"], r["k"])].append(r)
     per_split = defaultdict(float)
     for r in rows:
-        per_split[(r["dataset"], r["method"], r["seed"])] += r["fit_seconds"]
+        per_split[(r["dataset"], r["method"], r["seed"])] += r["fit_seconds"]  # NaN for a split where the method failed
     out = []
     for (dataset, method, k), rs in groups.items():
         row = {"dataset": dataset, "method": method, "k": k, "n_seeds": len(rs)}
@@ -234,10 +251,17 @@ def summarise(rows: Sequence[Mapping]) -> list[dict]:
             ok = vals[np.isfinite(vals)]
             row[f"{score}_mean"] = float(ok.mean()) if ok.size else math.nan
             row[f"{score}_std"] = float(ok.std()) if ok.size else math.nan
-        row["fit_seconds"] = float(np.mean([r["fit_seconds"] for r in rs]))
-        row["seconds_per_split"] = float(np.mean([per_split[(dataset, method, r["seed"])] for r in rs]))
+        row["n_failed"] = sum(bool(r.get("error")) for r in rs)
+        row["fit_seconds"] = _finite_mean([r["fit_seconds"] for r in rs])
+        row["seconds_per_split"] = _finite_mean([per_split[(dataset, method, r["seed"])] for r in rs])
         out.append(row)
     return out
+
+
+def _finite_mean(values) -> float:
+    vals = np.asarray(values, dtype=float)
+    vals = vals[np.isfinite(vals)]
+    return float(vals.mean()) if vals.size else math.nan
 
 
 def average_ranks(summary: Sequence[Mapping], methods: Sequence[str]) -> list[dict]:
@@ -249,8 +273,8 @@ def average_ranks(summary: Sequence[Mapping], methods: Sequence[str]) -> list[di
         table[(r["dataset"], r["k"])][r["method"]] = r
     ranks = defaultdict(list)
     for (dataset, k), by_method in table.items():
-        present = [m for m in methods if m in by_method]
-        for score in ("svm", "logreg"):
+        for score in ("svm", "logreg"):  # a method that failed on every split is left out of this dataset's ranking
+            present = [m for m in methods if m in by_method and math.isfinite(by_method[m][f"{score}_mean"])]
             means = np.array([by_method[m][f"{score}_mean"] for m in present])
             for m, rank in zip(present, rankdata(-means, method="average")):
                 ranks[(m, k, score)].append(float(rank))
@@ -268,6 +292,9 @@ def spread_check(summary: Sequence[Mapping], k: int, score: str = "svm") -> list
             by_dataset[r["dataset"]][r["method"]] = r
     out = []
     for dataset, rs in by_dataset.items():
+        rs = {m: r for m, r in rs.items() if math.isfinite(r[f"{score}_mean"])}
+        if not rs:
+            continue
         best = max(rs.values(), key=lambda r: r[f"{score}_mean"])
         spred_rows = [r for m, r in rs.items() if m in SPRED_METHODS]
         if not spred_rows:
@@ -297,9 +324,9 @@ def rank_table(ranks: Sequence[Mapping], summary: Sequence[Mapping], methods: Se
         cols += [
             (f"rank SVM k={k}", lambda r, k=k: f"{look.get((r['method'], k, 'svm'), math.nan):.2f}"),
             (f"rank LogReg k={k}", lambda r, k=k: f"{look.get((r['method'], k, 'logreg'), math.nan):.2f}"),
-            (f"acc SVM k={k}", lambda r, k=k: f"{np.mean(acc[(r['method'], k)]):.3f}"),
+            (f"acc SVM k={k}", lambda r, k=k: f"{_finite_mean(acc[(r['method'], k)]):.3f}"),
         ]
-    cols.append(("s / split (all k)", lambda r: f"{np.mean(secs[r['method']]):.1f}"))
+    cols.append(("s / split (all k)", lambda r: f"{_finite_mean(secs[r['method']]):.1f}"))
     return _common.markdown_table([{"method": m} for m in methods], cols)
 
 
@@ -368,6 +395,7 @@ def run_experiment(cfg: GenesConfig, out: str | Path | None = None, *, plot_figu
         for seed in cfg.seeds:
             bar.set_postfix(dataset=name, seed=seed, refresh=False)
             rows += run_split(name, X, y, seed, cfg)
+            _common.write_csv(rows, out_dir / "genes_runs.csv", CSV_COLUMNS)  # finished splits survive an interrupted run
             bar.update(1)
     bar.close()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
@@ -398,6 +426,10 @@ def report(results: GenesResults, cfg: GenesConfig) -> str:
         if checks:
             within = sum(c["within_std"] for c in checks)
             parts += ["", f"k = {k}: best spred variant within one std of the best method on {within} of {len(checks)} datasets."]
+    failed = sorted({(r["dataset"], r["seed"], r["method"], r["error"]) for r in results.rows if r.get("error")})
+    if failed:
+        parts += ["", f"{len(failed)} method run(s) failed and are left out of the means and ranks (error column of genes_runs.csv):"]
+        parts += [f"- {m} on {d} (seed {seed}): {e}" for d, seed, m, e in failed]
     return "\n".join(parts)
 
 
