@@ -197,15 +197,19 @@ def run_split(name: str, X: np.ndarray, y: np.ndarray, seed: int, cfg: GenesConf
     Xtr, Xte = scaler.transform(X[train]), scaler.transform(X[test])
     ytr, yte = y[train], y[test]
     ks = tuple(k for k in cfg.ks if k <= X.shape[1])
+    split = {"dataset": name, "n_samples": len(y), "n_features": X.shape[1], "n_classes": int(np.unique(y).size), "seed": seed}
     rows = []
     for method in cfg.methods:
         try:
             with _common.torch_seed(seed):
                 result = SELECTORS[method](Xtr, ytr, Xte, ks, seed, cfg)
         except Exception as exc:  # one method failing must not cost the other methods' results
-            error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip()
+            message = str(exc).splitlines()
+            error = type(exc).__name__ + (f": {message[0]}" if message else "")
             logger.warning("%s failed on %s (seed %d), recorded as missing: %s", method, name, seed, error)
-            rows += [_failed_row(name, X, y, seed, method, k, error) for k in ks]
+            rows += [{**split, "method": method, "k": k, "n_selected": 0, "acc_svm": math.nan, "acc_logreg": math.nan,
+                      "acc_own": math.nan, "fit_seconds": math.nan, "shared_fit": False, "selected": "", "error": error}
+                     for k in ks]  # fmt: skip
             continue
         for k in ks:
             s = result[k]
@@ -214,22 +218,12 @@ def run_split(name: str, X: np.ndarray, y: np.ndarray, seed: int, cfg: GenesConf
             svm, logreg = _refit_accuracy(Xtr, ytr, Xte, yte, s.indices)
             own = float(np.mean(s.y_pred == yte)) if s.y_pred is not None else math.nan
             rows.append({
-                "dataset": name, "n_samples": len(y), "n_features": X.shape[1], "n_classes": int(np.unique(y).size),
-                "seed": seed, "method": method, "k": k, "n_selected": len(s.indices), "acc_svm": svm, "acc_logreg": logreg,
+                **split, "method": method, "k": k, "n_selected": len(s.indices), "acc_svm": svm, "acc_logreg": logreg,
                 "acc_own": own, "fit_seconds": s.seconds, "shared_fit": s.shared,
                 "selected": " ".join(str(int(i)) for i in np.sort(s.indices)), "error": "",
             })  # fmt: skip
         logger.debug("%s seed %d %s: %s", name, seed, method, {k: round(result[k].seconds, 2) for k in ks})
     return rows
-
-
-def _failed_row(name: str, X: np.ndarray, y: np.ndarray, seed: int, method: str, k: int, error: str) -> dict:
-    """The row of a method that raised: accuracies NaN (left out of means and ranks), the error kept."""
-    return {
-        "dataset": name, "n_samples": len(y), "n_features": X.shape[1], "n_classes": int(np.unique(y).size), "seed": seed,
-        "method": method, "k": k, "n_selected": 0, "acc_svm": math.nan, "acc_logreg": math.nan, "acc_own": math.nan,
-        "fit_seconds": math.nan, "shared_fit": False, "selected": "", "error": error,
-    }  # fmt: skip
 
 
 # --------------------------------------------------------------------------- summaries
