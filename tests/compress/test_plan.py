@@ -25,13 +25,15 @@ def _zero_some_channels(model: nn.Module) -> None:
             bn.bias[:1] = -10.0
 
 
-@pytest.fixture(params=["mlp", "vgg", "resnet"])
+@pytest.fixture(params=[("mlp", None), ("vgg", None), ("resnet", None), ("vgg", 3)], ids=["mlp", "vgg", "resnet", "vgg-round_to-3"])
 def pruned(request, make):
-    model, x = make(request.param)
+    name, round_to = request.param
+    model, x = make(name)
     _zero_some_channels(model)
-    small, plan = prune_channels(model, x)
+    small, plan = prune_channels(model, x, round_to=round_to)
     assert plan.n_removed > 0
-    return request.param, small, plan, x
+    assert bool(plan.kept_rounding) == (round_to is not None)
+    return name, small, plan, x
 
 
 def test_json_round_trip(pruned):

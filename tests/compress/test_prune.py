@@ -81,6 +81,40 @@ def test_output_channels_are_never_pruned(make):
     assert_same_function(pruned, model, x)
 
 
+def test_round_to_keeps_a_multiple_of_channels_preferring_those_that_need_a_fold(make):
+    model, x = make("mlp")
+    zero(model.fc1, range(10))  # 22 of 32 alive: round_to=8 keeps 24, i.e. two of the zero neurons
+    set_(model.fc1.bias, [6, 9], 1.0)  # these two would need a fold; the others emit relu(b) == 0
+    set_(model.fc1.bias, [0, 1, 2, 3, 4, 5, 7, 8], -1.0)
+    zero(model.fc2, range(24))  # all zero: one kept as the last, then rounded up to 8
+    pruned, plan = prune_channels(model, x, round_to=8)
+
+    assert_same_function(pruned, model, x)
+    assert (pruned.fc1.out_features, pruned.fc2.in_features) == (24, 24)
+    assert pruned.fc2.out_features == 8 and pruned.head.in_features == 8
+    assert {(k["layer"], k["channel"]) for k in plan.kept_rounding if k["layer"] == "fc1"} == {("fc1", 6), ("fc1", 9)}
+    assert sum(k["layer"] == "fc2" for k in plan.kept_rounding) == 7 and len(plan.kept_last) == 1
+    assert all("multiple of round_to=8" in k["reason"] for k in plan.kept_rounding)
+    assert plan.round_to == 8 and "to round its width to a multiple of 8" in str(plan)
+
+    unrounded, plan1 = prune_channels(model, x)  # the default removes all 10 and folds
+    assert unrounded.fc1.out_features == 22 and plan1.kept_rounding == [] and plan1.round_to == 1
+    assert prune_channels(model, x, round_to=1)[0].fc1.out_features == 22
+
+
+def test_round_to_never_adds_channels_and_leaves_unpruned_layers_alone(make):
+    model, x = make("vgg")  # conv1 8, conv2 12, conv3 16 filters
+    zero(model.conv2, [0, 1, 2])  # 9 alive: round_to=8 gives 16 > 12, so the layer keeps all 12
+    set_(model.bn2.bias, [0, 1, 2], -10.0)
+    zero(model.conv3, [0])
+    set_(model.bn3.bias, [0], -10.0)  # 15 alive: rounded to 16, nothing removed
+    pruned, plan = prune_channels(model, x, round_to=8)
+    assert_same_function(pruned, model, x)
+    assert (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.conv3.out_channels) == (8, 12, 16)
+    assert plan.n_removed == 0 and len(plan.kept_rounding) == 4
+    assert prune_channels(model, x, round_to=4)[0].conv2.out_channels == 12  # 9 -> 12, all of them
+
+
 # ---------------------------------------------------------------------------
 # VGG-style CNN with BatchNorm: fold across padding=0, keep across zero padding
 # ---------------------------------------------------------------------------
@@ -226,11 +260,15 @@ def test_random_zero_patterns_preserve_the_function(make, data, name):
     for bn in [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]:
         idx = data.draw(st.lists(st.integers(0, bn.num_features - 1), max_size=bn.num_features, unique=True))
         set_(bn.bias, idx, -10.0)
-    pruned, plan = prune_channels(model, x)
+    round_to = data.draw(st.sampled_from([None, 2, 4]))
+    pruned, plan = prune_channels(model, x, round_to=round_to)
     assert_same_function(pruned, model, x)
     assert plan.max_abs_diff <= ATOL
     assert count_parameters(pruned) <= count_parameters(model)
     assert (count_parameters(pruned) < count_parameters(model)) == (plan.n_removed > 0)
+    for name_, e in plan.layers.items():  # every pruned width is a multiple of round_to, or the full width
+        if e["kept_out"] is not None and round_to:
+            assert len(e["kept_out"]) % round_to == 0 or len(e["kept_out"]) == e["out_size"], (name_, e)
 
 
 # ---------------------------------------------------------------------------
@@ -246,6 +284,10 @@ def test_errors(make):
         prune_channels(model, x, threshold="a")
     with pytest.raises(ValueError, match=r"'threshold' parameter of prune_channels must be a float in the range \[0, inf\). Got -1"):
         prune_channels(model, x, threshold=-1)
+    with pytest.raises(TypeError, match=r"'round_to' parameter of prune_channels must be an int .* or None. Got 8.0 of type float"):
+        prune_channels(model, x, round_to=8.0)
+    with pytest.raises(ValueError, match=r"'round_to' parameter of prune_channels must be an int in the range \[1, inf\) or None. Got 0"):
+        prune_channels(model, x, round_to=0)
     with pytest.raises(TypeError, match=r"'inplace' parameter of prune_channels must be a bool. Got 'yes'"):
         prune_channels(model, x, inplace="yes")
     with pytest.raises(TypeError, match=r"'example_inputs' parameter of prune_channels must be a tensor, .* Got int"):

@@ -402,6 +402,40 @@ def test_str_controller_raises_weight_decay_when_behind_and_lowers_it_when_ahead
     assert opt2.param_groups[0]["weight_decay"] < 1e-4
 
 
+def _str_groups(model, thresholds, decay):
+    ids = {id(p) for p in thresholds}
+    return [{"params": list(thresholds), "weight_decay": decay, "str": True},
+            {"params": [p for p in model.parameters() if id(p) not in ids], "weight_decay": decay, "str_weights": True}]
+
+
+def test_str_controller_moves_the_weights_decay_only_once_the_thresholds_saturate():
+    # thresholds far below saturation: only the thresholds' decay moves
+    model = _tiny()
+    opt = torch.optim.SGD(_str_groups(model, bp.str_sparsify(model, s_init=-10.0), 1e-4), lr=0.1)
+    ctrl = bp.STRController(model, 0.9, ramp_steps=10, update_every=1)
+    ctrl(opt)
+    assert ctrl.mean_threshold() < 1e-3
+    assert opt.param_groups[0]["weight_decay"] > 1e-4 and opt.param_groups[1]["weight_decay"] == 1e-4
+    # thresholds at sigmoid(0) = 0.5 (what decay on s converges to) and behind the ramp: the weights' decay rises too
+    sat = _tiny()
+    with torch.no_grad():
+        for m in bp.prunable_weights(sat).values():
+            m.weight.fill_(1.0)  # every weight above 0.5: no zeros
+    opt = torch.optim.SGD(_str_groups(sat, bp.str_sparsify(sat, s_init=0.0), 1e-4), lr=0.1)
+    ctrl = bp.STRController(sat, 0.99, ramp_steps=1, update_every=1)
+    assert ctrl.mean_threshold() == pytest.approx(0.5) and ctrl.sparsity() == 0.0
+    for _ in range(3):
+        ctrl(opt)
+    assert opt.param_groups[1]["weight_decay"] == pytest.approx(1e-4 * math.exp(3 * ctrl.max_step))
+    # ahead of the ramp: it falls back, never below its initial value
+    with torch.no_grad():
+        for m in bp.prunable_weights(sat).values():
+            m.parametrizations.weight.original.zero_()
+    for _ in range(10):
+        ctrl(opt)
+    assert opt.param_groups[1]["weight_decay"] == pytest.approx(1e-4)
+
+
 def test_l1_loss_adds_the_penalty_of_the_prunable_weights():
     model = _tiny()
     out, y = torch.randn(4, 3), torch.tensor([0, 1, 2, 0])

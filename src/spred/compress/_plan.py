@@ -222,10 +222,15 @@ class PruningPlan:
         exactly into the next layer: ``{"layer", "channel", "constant", "consumer", "reason"}``.
     kept_last : list of dict
         Zero channels kept because removing them would empty a layer: ``{"layer", "channel", "reason"}``.
+    kept_rounding : list of dict
+        Zero channels kept so that a layer keeps a multiple of ``round_to`` channels:
+        ``{"layer", "channel", "reason"}``.
     skipped : list of dict
         Dependency groups with zero channels that were not pruned at all: ``{"layer", "zero_channels", "reason"}``.
     threshold : float
         Weights with ``|w| <= threshold`` counted as zero.
+    round_to : int
+        The ``round_to`` given to ``prune_channels`` (1: no rounding).
     max_abs_diff : float or None
         Largest absolute difference between the outputs of the pruned and the unpruned
         (collapsed) model on the ``example_inputs`` given to ``prune_channels``.
@@ -236,8 +241,10 @@ class PruningPlan:
     added_bias: list[str] = field(default_factory=list)
     kept_nonzero_constant: list[dict[str, Any]] = field(default_factory=list)
     kept_last: list[dict[str, Any]] = field(default_factory=list)
+    kept_rounding: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     threshold: float = 0.0
+    round_to: int = 1
     max_abs_diff: float | None = None
 
     @property
@@ -295,6 +302,11 @@ class PruningPlan:
             lines.append(f"  kept {k['layer']}[{k['channel']}]: {k['reason']}")
         for k in self.kept_last:
             lines.append(f"  kept {k['layer']}[{k['channel']}]: {k['reason']}")
+        by_layer: dict[str, int] = {}
+        for k in self.kept_rounding:
+            by_layer[k["layer"]] = by_layer.get(k["layer"], 0) + 1
+        for layer, n in by_layer.items():
+            lines.append(f"  kept {n} zero channels of {layer} to round its width to a multiple of {self.round_to}")
         for s in self.skipped:
             lines.append(f"  skipped group of {s['layer']} ({s['zero_channels']} zero channels): {s['reason']}")
         return "\n".join(lines)

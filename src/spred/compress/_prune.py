@@ -137,6 +137,7 @@ class _Decision:
     folds: list[tuple[nn.Module, int, float]] = field(default_factory=list)
     kept_constant: list[dict] = field(default_factory=list)
     kept_last: list[dict] = field(default_factory=list)
+    kept_rounding: list[dict] = field(default_factory=list)
 
 
 def _zero_padding(conv: nn.modules.conv._ConvNd) -> tuple[int, ...] | None:
@@ -188,7 +189,7 @@ def _group_problem(tp, DG, group, out_fns: set) -> str | None:
     return None
 
 
-def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan) -> _Decision | None:
+def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int) -> _Decision | None:
     root = group[0].dep.target.module
     root_name = DG._module2name[root]
     zero: dict[int, bool] = {}
@@ -241,6 +242,14 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan) -> _Decision 
         keep = removable.pop(0)
         decision.kept_last.append({"layer": root_name, "channel": keep,
                                    "reason": f"all {n_root} channels are zero; one is kept so that the layer is not emptied"})
+    n_keep = n_root - len(removable)
+    extra = min(n_root, -(-n_keep // round_to) * round_to) - n_keep
+    if extra > 0:
+        # keep the channels that would need a fold first, then the lowest indices: all are zero, any choice is exact
+        for r in sorted(removable, key=lambda r: (not folds[r], r))[:extra]:
+            removable.remove(r)
+            decision.kept_rounding.append({"layer": root_name, "channel": r,
+                                           "reason": f"kept so that the layer keeps a multiple of round_to={round_to} channels"})
     decision.remove = removable
     decision.folds = [f for r in removable for f in folds[r]]
     return decision
@@ -280,6 +289,7 @@ def prune_channels(
     example_inputs: torch.Tensor | Sequence[torch.Tensor] | Mapping[str, torch.Tensor],
     *,
     threshold: float = 0.0,
+    round_to: int | None = None,
     inplace: bool = False,
 ) -> tuple[nn.Module, PruningPlan]:
     """Physically remove the zero output channels / neurons of ``model``.
@@ -296,6 +306,8 @@ def prune_channels(
       Linear, for a convolution only when it applies no zero padding. Otherwise the
       channel is kept and listed in ``plan.kept_nonzero_constant`` with the reason;
     * at least one channel of every layer is kept (``plan.kept_last``);
+    * with ``round_to``, every pruned layer keeps a multiple of ``round_to`` channels
+      (or all of them): enough zero channels are kept to round up (``plan.kept_rounding``);
     * channels that are outputs of the model, or that pass through layers without a
       registered slicer (LayerNorm, grouped convolutions, ...), are left alone
       (``plan.skipped``).
@@ -313,6 +325,12 @@ def prune_channels(
         emits and to verify the result.
     threshold : float, default=0.0
         Rows with all ``|w| <= threshold`` count as zero (and are written as exact zeros).
+    round_to : int or None, default=None
+        Keep a multiple of ``round_to`` channels in every pruned layer, by keeping some
+        zero channels (exact, since they stay zero). Convolution kernels work on blocks of
+        channels (8 floats per AVX2 register), so an odd width can run slower than the
+        next multiple of 8: ``round_to=8`` trades some FLOPs for kernels that run nearer
+        their peak. Measure both (*Channel widths* in docs/deployment.md).
     inplace : bool, default=False
         Prune ``model`` itself instead of a deep copy.
 
@@ -337,6 +355,10 @@ def prune_channels(
         raise TypeError(f"The 'threshold' parameter of prune_channels must be a float in the range [0, inf). Got {threshold!r} of type {type(threshold).__name__} instead.")
     if not (threshold >= 0 and math.isfinite(threshold)):
         raise ValueError(f"The 'threshold' parameter of prune_channels must be a float in the range [0, inf). Got {threshold!r} instead.")
+    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)):
+        raise TypeError(f"The 'round_to' parameter of prune_channels must be an int in the range [1, inf) or None. Got {round_to!r} of type {type(round_to).__name__} instead.")
+    if round_to is not None and round_to < 1:
+        raise ValueError(f"The 'round_to' parameter of prune_channels must be an int in the range [1, inf) or None. Got {round_to!r} instead.")
     if not isinstance(inplace, bool):
         raise TypeError(f"The 'inplace' parameter of prune_channels must be a bool. Got {inplace!r} instead.")
     inputs = _split_inputs(example_inputs)
@@ -349,7 +371,7 @@ def prune_channels(
         model = copy.deepcopy(model)
     training = {name: m.training for name, m in model.named_modules()}
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    plan = PruningPlan(threshold=float(threshold))
+    plan = PruningPlan(threshold=float(threshold), round_to=round_to or 1)
     try:
         model.eval()
         _zero_small_rows(model, float(threshold))
@@ -370,11 +392,12 @@ def prune_channels(
         names = {m: n for n, m in model.named_modules()}
         decisions = []
         for group in DG.get_all_groups(root_module_types=_PRODUCER_TYPES):
-            d = _decide(tp, DG, group, stats, out_fns, plan)
+            d = _decide(tp, DG, group, stats, out_fns, plan, round_to or 1)
             if d is None:
                 continue
             plan.kept_nonzero_constant.extend(d.kept_constant)
             plan.kept_last.extend(d.kept_last)
+            plan.kept_rounding.extend(d.kept_rounding)
             if d.remove:
                 pruner = DG.get_pruner_of_module(d.root)
                 if not DG.check_pruning_group(DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)):
@@ -409,8 +432,8 @@ def prune_channels(
             stacklevel=2,
         )
     logger.info("prune_channels removed %d channels in %d groups; kept %d zero channels with a nonzero constant, %d to avoid "
-                "empty layers; skipped %d groups", plan.n_removed, len(plan.history), len(plan.kept_nonzero_constant),
-                len(plan.kept_last), len(plan.skipped))
+                "empty layers, %d to round widths; skipped %d groups", plan.n_removed, len(plan.history),
+                len(plan.kept_nonzero_constant), len(plan.kept_last), len(plan.kept_rounding), len(plan.skipped))
     return model, plan
 
 

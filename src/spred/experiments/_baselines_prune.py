@@ -636,17 +636,31 @@ class STRController:
     of exact zeros of the STR weights and moves that weight decay multiplicatively,
     ``log(lam) += clip(gain * (wanted(t) - sparsity) / target, -max_step, max_step)``,
     where ``wanted(t)`` ramps from 0 to ``target`` with ``1 - (1 - p)^3`` over
-    ``ramp_steps``. Only the parameter groups marked ``"str"`` (the thresholds)
-    change. The sparsity answers the thresholds at once (no lag to predict), and a
-    weight below its threshold is not lost: it comes back if the threshold drops.
+    ``ramp_steps``. The parameter groups marked ``"str"`` (the thresholds) follow
+    this rule throughout. Decay pulls ``s`` towards 0, so a threshold never exceeds
+    ``sigmoid(0) = 0.5``: at extreme targets (LeNet-5 at 280x) the thresholds saturate
+    near 99% zeros while the surviving weights grow past them. From then on (mean
+    threshold >= ``saturation``) the same factor also raises the decay of the groups
+    marked ``"str_weights"`` (the weights: STR decays weights and thresholds alike),
+    and it falls back towards its initial value whenever the sparsity is ahead of the
+    ramp. The thresholds answer at once (no lag to predict), and a weight below its
+    threshold is not lost: it comes back if the threshold drops.
     """
 
     def __init__(self, model: nn.Module, target: float, *, ramp_steps: int, update_every: int = 10, gain: float = 0.5,
-                 max_step: float = 0.2, lam_bounds: tuple[float, float] = (1e-8, 10.0)):  # fmt: skip
+                 max_step: float = 0.2, lam_bounds: tuple[float, float] = (1e-8, 10.0), saturation: float = 0.45):  # fmt: skip
         self.model, self.target, self.ramp_steps, self.update_every = model, target, max(ramp_steps, 1), update_every
-        self.gain, self.max_step, self.lam_bounds = gain, max_step, lam_bounds
+        self.gain, self.max_step, self.lam_bounds, self.saturation = gain, max_step, lam_bounds, saturation
         self.modules = list(prunable_weights(model).values())
         self.t = 0
+        self._weights_floor: dict[int, float] = {}
+
+    @torch.no_grad()
+    def mean_threshold(self) -> float:
+        """Mean of ``sigmoid(s)`` over the layers carrying a :class:`SoftThreshold` (0 if none)."""
+        values = [float(torch.sigmoid(p.s)) for m in self.modules if parametrize.is_parametrized(m, "weight")
+                  for p in m.parametrizations.weight if isinstance(p, SoftThreshold)]  # fmt: skip
+        return sum(values) / len(values) if values else 0.0
 
     @torch.no_grad()
     def sparsity(self) -> float:
@@ -662,10 +676,18 @@ class STRController:
         if self.t % self.update_every:
             return
         wanted = self.target * cubic_ramp(self.t / self.ramp_steps)
-        step = max(-self.max_step, min(self.max_step, self.gain * (wanted - self.sparsity()) / self.target))
+        sparsity = self.sparsity()
+        step = max(-self.max_step, min(self.max_step, self.gain * (wanted - sparsity) / self.target))
+        # the weights' decay compares densities on a log scale: near 99.6% zeros, 1% more zeros is a factor 3 in density
+        density_gap = math.log(max(1.0 - sparsity, 1e-12) / max(1.0 - wanted, 1e-12))
+        step_w = max(-self.max_step, min(self.max_step, self.gain * density_gap))
+        saturated = step_w > 0 and self.mean_threshold() >= self.saturation
         for g in optimizer.param_groups:
             if g.get("str"):
                 g["weight_decay"] = min(max(g["weight_decay"] * math.exp(step), self.lam_bounds[0]), self.lam_bounds[1])
+            elif g.get("str_weights") and (saturated or step_w < 0):
+                floor = self._weights_floor.setdefault(id(g), g["weight_decay"])
+                g["weight_decay"] = min(max(g["weight_decay"] * math.exp(step_w), floor), self.lam_bounds[1])
 
 
 # --------------------------------------------------------------------------- L1 in the loss

@@ -178,8 +178,8 @@ class CompressionConfig:
         SynFlow's pruning rounds at initialisation.
     str_s_init, str_lam : float
         STR's initial threshold parameter (threshold ``sigmoid(s_init)``) and its
-        weight decay on the weights and (initially) on the thresholds; the latter is
-        adapted to reach the target.
+        initial weight decay of the weights and the thresholds; both are adapted
+        during training to reach the target (see ``STRController``).
     l1_lam : float or None
         Strength of the L1 penalty of ``l1``; None: spred's final lam for the same
         model, ratio and seed (or ``lam`` when spred did not run).
@@ -654,7 +654,7 @@ def _run_str(ctx: _Context, ratio: float, budget: int) -> dict:
     params = list(model.parameters())
     groups = [
         {"params": list(thresholds), "weight_decay": cfg.str_lam, "str": True},
-        {"params": [p for p in params if id(p) in weights], "weight_decay": cfg.str_lam},
+        {"params": [p for p in params if id(p) in weights], "weight_decay": cfg.str_lam, "str_weights": True},
         {"params": [p for p in params if id(p) not in weights and id(p) not in s_ids], "weight_decay": 0.0},
     ]
     kwargs = {"momentum": 0.9} if cfg.optimizer == "sgd" else {}
