@@ -640,10 +640,11 @@ class STRController:
     this rule throughout. Decay pulls ``s`` towards 0, so a threshold never exceeds
     ``sigmoid(0) = 0.5``: at extreme targets (LeNet-5 at 280x) the thresholds saturate
     near 99% zeros while the surviving weights grow past them. From then on (mean
-    threshold >= ``saturation``) the same factor also raises the decay of the groups
-    marked ``"str_weights"`` (the weights: STR decays weights and thresholds alike),
-    and it falls back towards its initial value whenever the sparsity is ahead of the
-    ramp. The thresholds answer at once (no lag to predict), and a weight below its
+    threshold >= ``saturation``) the decay of the groups marked ``"str_weights"`` (the
+    weights: STR decays weights and thresholds alike) rises too, by
+    ``log(lam_w) += clip(gain * log((1 - sparsity) / (1 - wanted(t))), ...)``: on the log
+    of the density, since near 99.6% zeros one point more is a factor 3 fewer weights.
+    It falls back towards its initial value whenever the sparsity is ahead of the ramp. The thresholds answer at once (no lag to predict), and a weight below its
     threshold is not lost: it comes back if the threshold drops.
     """
 
@@ -678,7 +679,6 @@ class STRController:
         wanted = self.target * cubic_ramp(self.t / self.ramp_steps)
         sparsity = self.sparsity()
         step = max(-self.max_step, min(self.max_step, self.gain * (wanted - sparsity) / self.target))
-        # the weights' decay compares densities on a log scale: near 99.6% zeros, 1% more zeros is a factor 3 in density
         density_gap = math.log(max(1.0 - sparsity, 1e-12) / max(1.0 - wanted, 1e-12))
         step_w = max(-self.max_step, min(self.max_step, self.gain * density_gap))
         saturated = step_w > 0 and self.mean_threshold() >= self.saturation
