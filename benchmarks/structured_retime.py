@@ -31,7 +31,7 @@ from spred.experiments import compression as C
 from spred.experiments._common import read_csv
 
 
-def rebuild(model_name: str, widths: list[int], round_to: int | None = None) -> tuple[nn.Module, nn.Module]:
+def rebuild(model_name: str, widths: list[int]) -> tuple[nn.Module, nn.Module]:
     """(collapsed, pruned): the model with channels beyond ``widths`` zeroed, and prune_channels' output."""
     model = C.build_model(model_name, 0).eval()
     hidden = C.grouped_layers(model)
@@ -44,7 +44,7 @@ def rebuild(model_name: str, widths: list[int], round_to: int | None = None) -> 
             m.weight[width:] = 0.0
             if m.bias is not None:
                 m.bias[width:] = 0.0
-    pruned, _ = prune_channels(model, torch.zeros(2, 1, 28, 28), round_to=round_to)
+    pruned, _ = prune_channels(model, torch.zeros(2, 1, 28, 28))
     return model, pruned.eval()
 
 
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
         collapsed, pruned = rebuild(model_name, [int(w) for w in widths.split("-")])
         variants = {"pruned": pruned}
         if args.round_to:
-            variants["rounded"] = rebuild(model_name, [int(w) for w in widths.split("-")], args.round_to)[1]
+            variants["rounded"] = prune_channels(collapsed, torch.zeros(2, 1, 28, 28), round_to=args.round_to)[0].eval()
         flops = {k: count_flops(collapsed, x[:1]) / count_flops(m, x[:1]) for k, m in variants.items()}
         if abs(flops["pruned"] - seen[0][2]) > 1e-6 * flops["pruned"]:
             raise RuntimeError(f"rebuilt {model_name} {widths} has FLOP ratio {flops['pruned']}, the CSV {seen[0][2]}")
@@ -79,7 +79,7 @@ def main(argv=None) -> int:
                 s1, s256 = lat["collapsed"][1] / lat[key][1], lat["collapsed"][256] / lat[key][256]
                 before = ", ".join(f"{row[index] / row[2]:.2f}" for row in seen) if key == "pruned" else "-"
                 ms = f"{1e3 * lat['collapsed'][256]:.1f} -> {1e3 * lat[key][256]:.1f}"
-                shown = "-".join(str(dict(module.named_modules())[n].weight.shape[0]) for n in C.grouped_layers(collapsed)) if key == "rounded" else widths
+                shown = "-".join(map(str, C._widths(module, C.grouped_layers(collapsed)))) if key == "rounded" else widths
                 rounding = args.round_to if key == "rounded" else "-"
                 print(f"| {model_name} | {shown} | {rounding} | {flops[key]:.2f}x | {layout} | {ms} | {s1:.2f}x | {s256:.2f}x | "
                       f"{s256 / flops[key]:.2f} | {before} |", flush=True)  # fmt: skip

@@ -16,6 +16,7 @@ which modules it supports.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
@@ -302,10 +303,7 @@ class PruningPlan:
             lines.append(f"  kept {k['layer']}[{k['channel']}]: {k['reason']}")
         for k in self.kept_last:
             lines.append(f"  kept {k['layer']}[{k['channel']}]: {k['reason']}")
-        by_layer: dict[str, int] = {}
-        for k in self.kept_rounding:
-            by_layer[k["layer"]] = by_layer.get(k["layer"], 0) + 1
-        for layer, n in by_layer.items():
+        for layer, n in Counter(k["layer"] for k in self.kept_rounding).items():
             lines.append(f"  kept {n} zero channels of {layer} to round its width to a multiple of {self.round_to}")
         for s in self.skipped:
             lines.append(f"  skipped group of {s['layer']} ({s['zero_channels']} zero channels): {s['reason']}")

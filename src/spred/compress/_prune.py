@@ -361,6 +361,7 @@ def prune_channels(
         raise ValueError(f"The 'round_to' parameter of prune_channels must be an int in the range [1, inf) or None. Got {round_to!r} instead.")
     if not isinstance(inplace, bool):
         raise TypeError(f"The 'inplace' parameter of prune_channels must be a bool. Got {inplace!r} instead.")
+    round_to = round_to or 1
     inputs = _split_inputs(example_inputs)
     tp = _import_torch_pruning()
 
@@ -371,7 +372,7 @@ def prune_channels(
         model = copy.deepcopy(model)
     training = {name: m.training for name, m in model.named_modules()}
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    plan = PruningPlan(threshold=float(threshold), round_to=round_to or 1)
+    plan = PruningPlan(threshold=float(threshold), round_to=round_to)
     try:
         model.eval()
         _zero_small_rows(model, float(threshold))
@@ -392,7 +393,7 @@ def prune_channels(
         names = {m: n for n, m in model.named_modules()}
         decisions = []
         for group in DG.get_all_groups(root_module_types=_PRODUCER_TYPES):
-            d = _decide(tp, DG, group, stats, out_fns, plan, round_to or 1)
+            d = _decide(tp, DG, group, stats, out_fns, plan, round_to)
             if d is None:
                 continue
             plan.kept_nonzero_constant.extend(d.kept_constant)
