@@ -99,6 +99,10 @@ def test_round_to_keeps_a_multiple_of_channels_preferring_those_that_need_a_fold
 
     unrounded, plan1 = prune_channels(model, x)  # the default removes all 10 and folds
     assert unrounded.fc1.out_features == 22 and plan1.kept_rounding == [] and plan1.round_to == 1
+    # the kept channels are silenced: the head no longer reads fc2's eight zero neurons (their tanh(b) is folded)
+    assert (pruned.head.weight == 0).all() and (unrounded.head.weight == 0).all()
+    fc1_kept = [plan.kept_out["fc1"].index(c) for c in (6, 9)]
+    assert (pruned.fc2.weight[:, fc1_kept] == 0).all()
     assert prune_channels(model, x, round_to=1)[0].fc1.out_features == 22
 
 
@@ -112,6 +116,12 @@ def test_round_to_never_adds_channels_and_leaves_unpruned_layers_alone(make):
     assert_same_function(pruned, model, x)
     assert (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.conv3.out_channels) == (8, 12, 16)
     assert plan.n_removed == 0 and len(plan.kept_rounding) == 4
+    # silenced: the next layers no longer read the kept zero channels (conv2's 0-2, conv3's 0 = fc's first 9 inputs)
+    assert (pruned.conv3.weight[:, :3] == 0).all() and (pruned.fc.weight[:, :9] == 0).all()
+    assert (model.conv3.weight[:, :3] != 0).any() and (model.fc.weight[:, :9] != 0).any()
+    exact = prune_channels(model, x)[0]
+    weights = lambda m: sum(int(mod.weight.count_nonzero()) for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear)))
+    assert weights(pruned) == weights(exact)  # as many nonzero conv / linear weights as with the exact widths
     assert prune_channels(model, x, round_to=4)[0].conv2.out_channels == 12  # 9 -> 12, all of them
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import spred
-from spred.compress import count_parameters
+from spred.compress import count_parameters, prune_channels
 from spred.experiments import _baselines_prune as bp
 from spred.experiments import _common
 from spred.experiments import compression as C
@@ -209,9 +209,14 @@ def test_structured_prunes_to_a_smaller_module_with_equal_outputs(tiny_models):
         assert spred_row["params_pruned"] < spred_row["params"] and spred_row["flop_ratio"] > 1
         assert spred_row["test_error"] == pytest.approx(spred_row["test_error_collapsed"], abs=1e-3)
         assert baseline["widths_after"] == spred_row["widths_after"]  # the baseline is pruned to the same widths
+        assert baseline["widths_nonzero"] == spred_row["widths_nonzero"]
     for r in rows:
+        assert r["round_to"] is None and r["widths_nonzero"] == r["widths_after"]  # exact widths: every kept channel is nonzero
         assert r["max_abs_diff_fp64"] <= 1e-10  # the pruned module computes the same function
         assert r["max_rel_diff"] <= 1e-5 and r["max_abs_diff"] <= 1e-4
+        # each float32 module against the collapsed function in float64: float32 rounding only, the same size for both
+        assert 0 <= r["fp32_error_pruned"] <= 1e-4 and 0 <= r["fp32_error_collapsed"] <= 1e-4
+        assert r["max_abs_diff"] <= r["fp32_error_pruned"] + r["fp32_error_collapsed"] + 1e-12
         assert set(r) == set(C.STRUCTURED_COLUMNS)
         for layout in ("", "_cl"):  # NCHW and channels-last timings of the same pair
             assert r[f"speedup_b256{layout}"] == pytest.approx(r[f"latency_b256{layout}_ms"] / r[f"latency_b256{layout}_pruned_ms"])
@@ -233,6 +238,30 @@ def test_structured_smallvgg_loses_whole_channels_and_keeps_its_function(monkeyp
         assert r["model"] == "smallvgg" and r["widths_before"] == "4-4-8-8" and r["widths_after"] != r["widths_before"]
         assert r["params_pruned"] < r["params"] and r["flop_ratio"] > 1
         assert r["max_abs_diff_fp64"] <= 1e-10 and r["max_abs_diff"] <= 1e-5
+
+
+def test_structured_round_to_keeps_multiples_of_n_channels_and_the_function():
+    data = _images(64)
+    cfg = dataclasses.replace(C.check_config(TINY), structured_model="smallvgg", finetune_epochs=0, latency_repeats=2, round_to=4)
+    collapsed = SmallVGG(in_channels=1, widths=(6, 10), batch_norm=False)
+    hidden = C.grouped_layers(collapsed)
+    zero = {0: [0, 1, 2], 1: [4], 2: [0, 2, 4, 6, 8], 3: list(range(8))}  # nonzero 3, 5, 5, 2 of 6, 6, 10, 10
+    modules = dict(collapsed.named_modules())
+    with torch.no_grad():
+        for i, rows in zero.items():
+            modules[hidden[i]].weight[rows] = 0.0
+            modules[hidden[i]].bias[rows] = 0.0
+    ctx = C._Context(cfg, "smallvgg", 0, data, count_parameters(collapsed), None, False)
+    row = {**C._structured_row(ctx, "spred_group", 0.5, collapsed, 0.0, 0.0, 1, hidden), "lam_exponent": 0.5}
+    # 3 -> 4; 5 -> 8 > 6, so all 6; 5 -> 8; 2 -> 4: multiples of 4 or the full width, the fewest zero channels kept
+    assert (row["round_to"], row["widths_nonzero"], row["widths_after"]) == (4, "3-5-5-2", "4-6-8-4")
+    assert row["max_abs_diff_fp64"] <= 1e-10 and row["max_abs_diff"] <= 1e-5  # the kept zero channels change nothing
+    # the kept zero channels are silenced (zero bias, the next layer's weights that read them zeroed): the exact widths' count
+    assert row["params_pruned"] == count_parameters(prune_channels(collapsed, data.example)[0], nonzero=True)
+    assert row["params_pruned"] < count_parameters(collapsed, nonzero=True)
+    baseline = C._filter_norm(ctx, SmallVGG(in_channels=1, widths=(6, 10), batch_norm=False), 0.0, hidden, row)
+    assert (baseline["widths_nonzero"], baseline["widths_after"]) == ("3-5-5-2", "4-6-8-4")  # as many nonzero channels as spred
+    assert "-> 3-5-5-2 nonzero, 4-6-8-4 kept (multiples of 4)" in C.structured_table([row, baseline])
 
 
 def test_structured_lam_is_weighted_by_output_positions():
@@ -471,6 +500,7 @@ def test_quick_preset_resolves():
     assert cfg.ratios == {"lenet300100": (12.0, 68.0)} and cfg.structured and cfg.structured_sparsity == (0.5, 0.95)
     assert C.config_from_args(_args("--quick", "--structured-sparsity", "0.7")).structured_sparsity == (0.7,)
     assert C.check_config(dataclasses.replace(TINY, structured_sparsity=0.9)).structured_sparsity == (0.9,)
+    assert cfg.round_to is None and C.config_from_args(_args("--quick", "--round-to", "8")).round_to == 8
     only = C.config_from_args(_args("--quick", "--structured-only", "--structured-sparsity", "0.5", "0.8"))
     assert only.models == () and only.structured and only.structured_sparsity == (0.5, 0.8) and only.train_size == 10_000
     with pytest.raises(ValueError, match="--structured-only runs the structured CNN only: drop --models"):
@@ -533,6 +563,8 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"structured_sparsity": "0.9"}, TypeError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple"),
         ({"structured_lam_exponents": 0.5}, TypeError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple"),
         ({"structured_lam_exponents": (2.0,)}, ValueError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple of floats in \[0, 1\]. Got \(2.0,\)"),
+        ({"round_to": 0}, ValueError, r"The 'round_to' parameter of CompressionConfig must be an int >= 1. Got 0 instead"),
+        ({"round_to": 8.0}, TypeError, r"The 'round_to' parameter of CompressionConfig must be an int >= 1. Got 8.0 of type float"),
         ({"controller_margin": -0.1}, ValueError, r"The 'controller_margin' parameter of CompressionConfig must be a float in \[0.0, 1.0\]"),
         ({"seeds": 0}, TypeError, r"The 'seeds' parameter of CompressionConfig must be a non-empty tuple"),
         ({"seeds": (0, 0)}, ValueError, r"The 'seeds' parameter of CompressionConfig must be distinct ints >= 0"),

@@ -225,7 +225,8 @@ class PruningPlan:
         Zero channels kept because removing them would empty a layer: ``{"layer", "channel", "reason"}``.
     kept_rounding : list of dict
         Zero channels kept so that a layer keeps a multiple of ``round_to`` channels:
-        ``{"layer", "channel", "reason"}``.
+        ``{"layer", "channel", "reason"}``. These and the ``kept_last`` channels are
+        silenced: the next layers' weights that read them are zero.
     skipped : list of dict
         Dependency groups with zero channels that were not pruned at all: ``{"layer", "zero_channels", "reason"}``.
     threshold : float

@@ -138,6 +138,7 @@ class _Decision:
     kept_constant: list[dict] = field(default_factory=list)
     kept_last: list[dict] = field(default_factory=list)
     kept_rounding: list[dict] = field(default_factory=list)
+    silence: list[tuple[nn.Module, int, float]] = field(default_factory=list)
 
 
 def _zero_padding(conv: nn.modules.conv._ConvNd) -> tuple[int, ...] | None:
@@ -212,6 +213,7 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int
     decision = _Decision(root, root_name, [])
     blocked: dict[int, dict] = {}
     folds: dict[int, list[tuple[nn.Module, int, float]]] = {r: [] for r in candidates}
+    reads: dict[int, list[tuple[nn.Module, int, float]]] = {r: [] for r in candidates}  # every consumer input, zeros included
     for item in consumers:
         consumer = item.dep.target.module
         cname = DG._module2name[consumer]
@@ -226,7 +228,7 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int
                               "e.g. zero padding in a pooling layer, depends on position or data)",
                 }
             elif a == 0.0:
-                continue
+                reads[r].append((consumer, j, a))
             elif isinstance(consumer, nn.modules.conv._ConvNd) and _zero_padding(consumer) is not None:
                 blocked[r] = {
                     "layer": root_name, "channel": r, "constant": a, "consumer": cname,
@@ -235,6 +237,7 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int
                 }
             else:
                 folds[r].append((consumer, j, a))
+                reads[r].append((consumer, j, a))
     removable = [r for r in candidates if r not in blocked]
     decision.kept_constant = [blocked[r] for r in sorted(blocked)]
     n_root = slicer_for(root).out_size(root)
@@ -252,6 +255,10 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int
                                            "reason": f"kept so that the layer keeps a multiple of round_to={round_to} channels"})
     decision.remove = removable
     decision.folds = [f for r in removable for f in folds[r]]
+    # a zero channel that stays (to round a width, or so as not to empty a layer) is silenced: the next layer's weights
+    # that read it are zeroed and its constant folded, exact for the same reasons as a removal
+    kept = [k["channel"] for k in decision.kept_rounding + decision.kept_last]
+    decision.silence = [f for r in kept for f in reads[r]]
     return decision
 
 
@@ -274,6 +281,14 @@ def _fold(folds: list[tuple[nn.Module, int, float]], plan: PruningPlan, names: d
 # ---------------------------------------------------------------------------
 # The public function
 # ---------------------------------------------------------------------------
+
+
+def _silence(entries: list[tuple[nn.Module, int, float]], plan: PruningPlan, names: dict) -> None:
+    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it."""
+    _fold([e for e in entries if e[2] != 0.0], plan, names)
+    with torch.no_grad():
+        for consumer, j, _ in entries:
+            consumer.weight.select(1, j).zero_()
 
 
 def _zero_small_rows(model: nn.Module, threshold: float) -> None:
@@ -308,6 +323,9 @@ def prune_channels(
     * at least one channel of every layer is kept (``plan.kept_last``);
     * with ``round_to``, every pruned layer keeps a multiple of ``round_to`` channels
       (or all of them): enough zero channels are kept to round up (``plan.kept_rounding``);
+    * a zero channel kept for one of these two reasons is silenced: the weights of the
+      next layers that read it are zeroed (its constant, if any, folded as for a
+      removal), so those layers have as many nonzero weights as with the exact widths;
     * channels that are outputs of the model, or that pass through layers without a
       registered slicer (LayerNorm, grouped convolutions, ...), are left alone
       (``plan.skipped``).
@@ -391,7 +409,7 @@ def prune_channels(
             DG = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, forward_fn=forward_fn, verbose=False)
         out_fns = {t.grad_fn for t in _flat_tensors(outputs[-1]) if t.grad_fn is not None}
         names = {m: n for n, m in model.named_modules()}
-        decisions = []
+        decisions, silence = [], []
         for group in DG.get_all_groups(root_module_types=_PRODUCER_TYPES):
             d = _decide(tp, DG, group, stats, out_fns, plan, round_to)
             if d is None:
@@ -406,8 +424,10 @@ def prune_channels(
                                          "reason": "Torch-Pruning's check_pruning_group refused it (a coupled layer would be emptied)"})
                     continue
                 decisions.append(d)
+            silence.extend(d.silence)
         for d in decisions:
             _fold(d.folds, plan, names)
+        _silence(silence, plan, names)
         alive: dict[tuple[str, str], list[int]] = {}
         sizes: dict[tuple[str, str], int] = {}
         for d in decisions:

@@ -121,10 +121,11 @@ CSV_COLUMNS = (
     "wall_s", "lam", "dead_units", "train_size",
 )  # fmt: skip
 STRUCTURED_COLUMNS = (
-    "model", "method", "seed", "target_sparsity", "lam_exponent", "widths_before", "widths_after", "params", "params_pruned",
+    "model", "method", "seed", "target_sparsity", "lam_exponent", "round_to", "widths_before", "widths_nonzero", "widths_after", "params", "params_pruned",
     "compression_ratio", "flops", "flops_pruned", "flop_ratio", "latency_b1_ms", "latency_b1_pruned_ms",
     "speedup_b1", "latency_b256_ms", "latency_b256_pruned_ms", "speedup_b256", "latency_b1_cl_ms", "latency_b1_cl_pruned_ms",
     "speedup_b1_cl", "latency_b256_cl_ms", "latency_b256_cl_pruned_ms", "speedup_b256_cl", "max_abs_diff", "max_rel_diff", "max_abs_diff_fp64",
+    "fp32_error_collapsed", "fp32_error_pruned",
     "test_error_collapsed", "test_error", "epochs", "wall_s", "threads",
 )  # fmt: skip
 
@@ -205,6 +206,12 @@ class CompressionConfig:
         proportional to the FLOPs a channel costs.
     structured_epochs, structured_finetune_epochs : int or None
         Epochs of the structured runs (None: ``epochs`` / ``finetune_epochs``).
+    round_to : int or None
+        Passed to :func:`spred.compress.prune_channels` in the structured runs: every
+        pruned layer keeps a multiple of ``round_to`` channels (some of them zero), the
+        widths CPU kernels run fastest at (8 for float32 on x86). None: the exact
+        widths. The filter-norm baseline keeps as many nonzero channels as spred and is
+        rounded the same way.
     latency_repeats : int
         Timed forward passes per model and batch size (medians are reported).
     seeds : tuple of int
@@ -241,6 +248,7 @@ class CompressionConfig:
     structured_lam_exponents: tuple[float, ...] = (0.0, 0.5)
     structured_epochs: int | None = None
     structured_finetune_epochs: int | None = None
+    round_to: int | None = None
     latency_repeats: int = 30
     seeds: tuple[int, ...] = (0, 1, 2)
     device: str = "cpu"
@@ -333,6 +341,7 @@ def check_config(cfg: CompressionConfig) -> CompressionConfig:
     _check_int(cfg, "train_size", 2, optional=True)
     _check_int(cfg, "structured_epochs", 1, optional=True)
     _check_int(cfg, "structured_finetune_epochs", 0, optional=True)
+    _check_int(cfg, "round_to", 1, optional=True)
     if cfg.optimizer not in ("adam", "sgd"):
         raise _err(ValueError, "optimizer", "one of ('adam', 'sgd')", cfg.optimizer)
     _check_real(cfg, "finetune_lr", 0.0, low_open=True)
@@ -718,6 +727,12 @@ def _widths(model: nn.Module, names: Sequence[str]) -> list[int]:
     return [modules[n].weight.shape[0] for n in names]
 
 
+def _nonzero_widths(model: nn.Module, names: Sequence[str]) -> list[int]:
+    """Channels (output rows) of each layer with a nonzero weight."""
+    modules = dict(model.named_modules())
+    return [int(modules[n].weight.detach().flatten(1).ne(0).any(1).sum()) for n in names]
+
+
 def _layer_lams(model: nn.Module, layers: Sequence[str], lam: float, exponent: float, example: torch.Tensor) -> dict[str, float]:
     """``{layer.weight: lam * positions**exponent}``, positions = output entries per sample and channel."""
     modules = dict(model.named_modules())
@@ -737,14 +752,18 @@ def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.M
     from spred.compress import compare_latency, count_flops, count_parameters, prune_channels
 
     cfg, x = ctx.cfg, ctx.data.X_test
-    pruned, plan = prune_channels(collapsed, ctx.data.example.to(cfg.device))
+    pruned, plan = prune_channels(collapsed, ctx.data.example.to(cfg.device), round_to=cfg.round_to)
     with torch.no_grad():
         collapsed.eval(), pruned.eval()
         check = x[:1000].to(cfg.device)
         reference = collapsed(check)
-        diff = float((pruned(check) - reference).abs().max())
-        # the same comparison in float64: what is left of the float32 difference is summation order
-        diff64 = float((copy.deepcopy(pruned).double()(check.double()) - copy.deepcopy(collapsed).double()(check.double())).abs().max())
+        out = pruned(check)
+        diff = float((out - reference).abs().max())
+        # the same comparison in float64: what is left of the float32 difference is summation order;
+        # and each float32 module against the collapsed function in float64 (float32's own rounding)
+        exact = copy.deepcopy(collapsed).double()(check.double())
+        diff64 = float((copy.deepcopy(pruned).double()(check.double()) - exact).abs().max())
+        err32 = {k: float((v.double() - exact).abs().max()) for k, v in (("collapsed", reference), ("pruned", out))}
     one = x[:1].to(cfg.device)
     flops, flops_pruned = count_flops(collapsed, one), count_flops(pruned, one)
     pair, batch = {"collapsed": collapsed, "pruned": pruned}, x[:256].to(cfg.device)
@@ -755,7 +774,8 @@ def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.M
     widths_before, widths_after = _widths(collapsed, names), _widths(pruned, names)
     return {
         "model": ctx.model_name, "method": method, "seed": ctx.seed, "target_sparsity": sparsity,
-        "widths_before": "-".join(map(str, widths_before)), "widths_after": "-".join(map(str, widths_after)),
+        "round_to": cfg.round_to, "widths_before": "-".join(map(str, widths_before)),
+        "widths_nonzero": "-".join(map(str, _nonzero_widths(collapsed, names))), "widths_after": "-".join(map(str, widths_after)),
         "params": ctx.total, "params_pruned": params_pruned, "compression_ratio": ctx.total / params_pruned,
         "flops": flops, "flops_pruned": flops_pruned, "flop_ratio": flops / flops_pruned,
         "latency_b1_ms": 1e3 * lat["collapsed"][1], "latency_b1_pruned_ms": 1e3 * lat["pruned"][1],
@@ -766,6 +786,7 @@ def _structured_row(ctx: _Context, method: str, sparsity: float, collapsed: nn.M
         **{f"latency_b{b}_cl_pruned_ms": 1e3 * cl["pruned"][b] for b in (1, 256)},
         **{f"speedup_b{b}_cl": cl["collapsed"][b] / cl["pruned"][b] for b in (1, 256)}, "max_abs_diff": diff,
         "max_rel_diff": diff / float(reference.abs().max()), "max_abs_diff_fp64": diff64,
+        "fp32_error_collapsed": err32["collapsed"], "fp32_error_pruned": err32["pruned"],
         "test_error_collapsed": err_collapsed, "test_error": ctx.test_error(pruned), "epochs": epochs, "wall_s": seconds,
         "threads": torch.get_num_threads(),
     }  # fmt: skip
@@ -796,7 +817,7 @@ def _filter_norm(ctx: _Context, dense: nn.Module, dense_seconds: float, hidden: 
     cfg = ctx.cfg
     model = copy.deepcopy(dense)
     modules = dict(model.named_modules())
-    widths = [int(w) for w in spred_row["widths_after"].split("-")]
+    widths = [int(w) for w in spred_row["widths_nonzero"].split("-")]
     masks = {}
     with torch.no_grad():
         for n, width in zip(hidden, widths):
@@ -895,21 +916,29 @@ def summary_table(summary: Sequence[Mapping]) -> str:
     ])  # fmt: skip
 
 
-def _opt(r: Mapping, key: str, unit: str, divisor: float = 1.0) -> str:
-    """``r[key] / divisor`` to two decimals, or "-" for a CSV written before ``key`` existed."""
-    return "-" if r.get(key) is None else f"{r[key] / divisor:.2f}{unit}"
+def _opt(r: Mapping, key: str, unit: str, divisor: float = 1.0, fmt: str = ".2f") -> str:
+    """``r[key] / divisor`` (two decimals by default), or "-" for a CSV written before ``key`` existed."""
+    return "-" if r.get(key) is None else f"{r[key] / divisor:{fmt}}{unit}"
+
+
+def _widths_cell(r: Mapping) -> str:
+    before, nonzero, after = r["widths_before"], r.get("widths_nonzero") or r["widths_after"], r["widths_after"]
+    if nonzero == after:
+        return f"{before} -> {after}"
+    return f"{before} -> {nonzero} nonzero, {after} kept (multiples of {r.get('round_to')})"
 
 
 def structured_table(rows: Sequence[Mapping]) -> str:
     """Markdown: one line per structured run."""
     return _common.markdown_table(rows, [
-        ("method", lambda r: LABELS[r["method"]]), ("target", lambda r: f"{100 * float(r['target_sparsity']):g}%"), ("lam exponent", "lam_exponent"), ("seed", "seed"), ("widths", lambda r: f"{r['widths_before']} -> {r['widths_after']}"),
+        ("method", lambda r: LABELS[r["method"]]), ("target", lambda r: f"{100 * float(r['target_sparsity']):g}%"), ("lam exponent", "lam_exponent"), ("seed", "seed"), ("widths", _widths_cell),
         ("params", lambda r: f"{r['params']} -> {r['params_pruned']} ({r['compression_ratio']:.1f}x)"),
         ("FLOPs", lambda r: f"{r['flop_ratio']:.2f}x fewer"),
         ("speed-up b1 (NCHW / NHWC)", lambda r: f"{r['speedup_b1']:.2f}x / {_opt(r, 'speedup_b1_cl', 'x')}"),
         ("speed-up b256 (NCHW / NHWC)", lambda r: f"{r['speedup_b256']:.2f}x / {_opt(r, 'speedup_b256_cl', 'x')}"),
         ("b256 / FLOP ratio (NCHW / NHWC)", lambda r: f"{r['speedup_b256'] / r['flop_ratio']:.2f} / {_opt(r, 'speedup_b256_cl', '', r['flop_ratio'])}"),
-        ("max abs diff (fp32 / fp64)", lambda r: f"{r['max_abs_diff']:.1e} / {r['max_abs_diff_fp64']:.0e}"), ("test error %", lambda r: _pct(r["test_error"])),
+        ("max abs diff (fp32 / fp64)", lambda r: f"{r['max_abs_diff']:.1e} / {r['max_abs_diff_fp64']:.0e}"),
+        ("fp32 error, collapsed / pruned", lambda r: f"{_opt(r, 'fp32_error_collapsed', '', fmt='.1e')} / {_opt(r, 'fp32_error_pruned', '', fmt='.1e')}"), ("test error %", lambda r: _pct(r["test_error"])),
         ("epochs", "epochs"), ("wall s", lambda r: f"{r['wall_s']:.0f}"),
     ])  # fmt: skip
 
@@ -975,7 +1004,9 @@ def _plot_structured(ax_speed, ax_error, structured: Sequence[Mapping]) -> None:
         ax.set_xlabel("FLOP reduction (collapsed / pruned)")
     ax_speed.set_yscale("log")
     ax_speed.set_ylabel("measured speed-up (x, median)")
-    ax_speed.set_title(f"structured {structured[0]['model']}: latency after prune_channels", fontsize="medium")
+    rounding = structured[0].get("round_to")
+    rounded = f" (round_to={rounding})" if rounding not in (None, "", 1, "1") else ""
+    ax_speed.set_title(f"structured {structured[0]['model']}: latency after prune_channels{rounded}", fontsize="medium")
     ax_speed.legend(fontsize="x-small")
     for method, colour in (("spred_group", "tab:red"), ("filter_norm", "tab:grey")):
         for e in exponents:
@@ -1140,6 +1171,8 @@ def add_arguments(parser) -> None:
                         help="CNN of the structured runs (default lenet5caffe; smallvgg: conv 32-32-64-64-128-128, time in the convolutions)")
     parser.add_argument("--structured-sparsity", type=float, nargs="+", default=None, metavar="S",
                         help="target fractions of zeros of the structured runs (default: 0.5 0.8 0.95)")
+    parser.add_argument("--round-to", type=int, default=None, metavar="N",
+                        help="structured runs: keep a multiple of N channels in every pruned layer (8: the fastest widths on CPU)")
 
 
 def config_from_args(args) -> CompressionConfig:
@@ -1149,6 +1182,7 @@ def config_from_args(args) -> CompressionConfig:
         "finetune_epochs": args.finetune_epochs, "train_size": args.train_size, "device": args.device, "cifar10": args.cifar10,
         "structured": False if args.no_structured else None, "dense": False if args.no_dense else None,
         "structured_model": args.structured_model, "structured_sparsity": None if args.structured_sparsity is None else tuple(args.structured_sparsity),
+        "round_to": args.round_to,
     }  # fmt: skip
     cfg = _common.resolve_config(CompressionConfig, quick=args.quick, quick_values=QUICK, config_file=args.config, cli_values=cli)
     if args.structured_only:
