@@ -248,7 +248,7 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int
     n_keep = n_root - len(removable)
     extra = min(n_root, -(-n_keep // round_to) * round_to) - n_keep
     if extra > 0:
-        # keep the channels that would need a fold first, then the lowest indices: all are zero, any choice is exact
+        # all are zero and will be silenced, so any choice is exact: those with a constant to fold first, then the lowest indices
         for r in sorted(removable, key=lambda r: (not folds[r], r))[:extra]:
             removable.remove(r)
             decision.kept_rounding.append({"layer": root_name, "channel": r,

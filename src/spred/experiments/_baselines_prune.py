@@ -644,8 +644,8 @@ class STRController:
     weights: STR decays weights and thresholds alike) rises too, by
     ``log(lam_w) += clip(gain * log((1 - sparsity) / (1 - wanted(t))), ...)``: on the log
     of the density, since near 99.6% zeros one point more is a factor 3 fewer weights.
-    It falls back towards its initial value whenever the sparsity is ahead of the ramp. The thresholds answer at once (no lag to predict), and a weight below its
-    threshold is not lost: it comes back if the threshold drops.
+    It falls back towards its initial value whenever the sparsity is ahead of the ramp.
+    A weight below its threshold is not lost: it comes back if the threshold drops.
     """
 
     def __init__(self, model: nn.Module, target: float, *, ramp_steps: int, update_every: int = 10, gain: float = 0.5,
