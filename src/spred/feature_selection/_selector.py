@@ -46,7 +46,7 @@ import spred
 from spred.feature_selection._networks import INPUT_LAYER, KINDS, build_network
 from spred.train import evaluate as _evaluate
 from spred.train import fit as _train
-from spred.utils._validation import Interval, StrOptions, check_params
+from spred._validation import Interval, StrOptions, check_params
 
 __all__ = ["PathPoint", "SpredSelector"]
 

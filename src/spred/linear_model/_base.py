@@ -17,7 +17,7 @@ from sklearn.exceptions import ConvergenceWarning
 
 from sklearn.utils import check_random_state
 
-from ..utils._validation import Integral, Interval, Real, StrOptions
+from spred._validation import Integral, Interval, Real, StrOptions
 from ._groups import check_group_weights, check_groups
 from ._solvers import (
     GroupPenalty,

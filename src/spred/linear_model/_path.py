@@ -6,7 +6,7 @@ import numpy as np
 from sklearn.utils import check_array, check_consistent_length
 from sklearn.utils.validation import column_or_1d
 
-from ..utils._validation import Integral, Interval, Real, StrOptions, validate_params
+from spred._validation import Integral, Interval, Real, StrOptions, validate_params
 from ._base import compute_alpha_max, encode_classes, make_datafit, make_penalty, path_core
 
 __all__ = ["alpha_max", "spred_path"]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spred.nn._parametrizations import zero_mask
+from spred.nn._rules import zero_mask
 from spred.nn._sparsify import _require
 
 logger = logging.getLogger("spred")

@@ -23,36 +23,9 @@ import math
 import torch
 from torch import nn
 
-GROUPS = (None, "out", "in")
+from spred.nn._rules import GROUPS, group_norms, group_shape  # noqa: F401  (GROUPS re-exported)
+
 INITS = ("preserve", "balanced")
-
-
-def group_shape(shape: torch.Size | tuple[int, ...], groups: str | None, out_dim: int = 0) -> tuple[int, ...]:
-    """Shape of one group factor for a weight of ``shape`` (the full shape when elementwise)."""
-    if groups is None:
-        return tuple(shape)
-    in_dim = 1 - out_dim
-    keep = out_dim if groups == "out" else in_dim
-    return tuple(n if d == keep else 1 for d, n in enumerate(shape))
-
-
-def _reduce_dims(ndim: int, groups: str | None, out_dim: int) -> tuple[int, ...]:
-    keep = out_dim if groups == "out" else 1 - out_dim
-    return tuple(d for d in range(ndim) if d != keep)
-
-
-def group_norms(v: torch.Tensor, groups: str | None, out_dim: int = 0) -> torch.Tensor:
-    """``|v|`` elementwise, or the L2 norm of each group, kept broadcastable against ``v``."""
-    if groups is None:
-        return v.abs()
-    return torch.linalg.vector_norm(v, dim=_reduce_dims(v.dim(), groups, out_dim), keepdim=True)
-
-
-def zero_mask(v: torch.Tensor, groups: str | None, out_dim: int, threshold: float) -> torch.Tensor:
-    """Where ``v`` counts as zero: ``|v| <= threshold`` elementwise, or every entry of a
-    group whose norm is ``<= threshold``; an exact 0 always counts. The one rule that
-    ``collapse``, ``sparsity_report``, ``fit``'s history and the controller share."""
-    return (group_norms(v, groups, out_dim) <= threshold).expand_as(v) | (v == 0)
 
 
 def balanced_split(v: torch.Tensor, groups: str | None = None, depth: int = 2, out_dim: int = 0) -> tuple[torch.Tensor, ...]:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from spred.nn._parametrizations import group_norms, zero_mask
+from spred.nn._rules import kkt_residuals, unit_dim, zero_mask, zero_units
 from spred.nn._sparsify import _require, sparsified_tensors
 
 
@@ -124,14 +124,6 @@ def _effective_tensors(model: nn.Module):
             yield fqn, module, value, spred_of.get(id(module), {}).get(tname)
 
 
-def _zero_groups(v: torch.Tensor, zero: torch.Tensor, groups: str | None, out_dim: int) -> tuple[int, int]:
-    if v.dim() < 2:
-        return 0, 0
-    keep = 1 - out_dim if groups == "in" else out_dim
-    dims = tuple(d for d in range(v.dim()) if d != keep)
-    return v.shape[keep], int(zero.all(dim=dims).sum())
-
-
 @torch.no_grad()
 def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityReport:
     """Count zeros in every parameter tensor of ``model`` (sparsified or collapsed).
@@ -158,7 +150,10 @@ def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityRepo
         out_dim = spred.out_dim if spred is not None else int(isinstance(module, nn.modules.conv._ConvTransposeNd))
         # Zero where collapse(threshold) would write a zero (whole groups for grouped tensors), or already 0.
         zero = zero_mask(v, groups, out_dim, threshold)
-        n_groups, zero_groups = _zero_groups(v, zero, groups, out_dim)
+        n_groups, zero_groups = 0, 0
+        if v.dim() >= 2:  # whole output neurons / filters (input features for groups="in")
+            keep = unit_dim(groups or "out", out_dim)
+            n_groups, zero_groups = v.shape[keep], int(zero_units(v, keep, threshold, groups=groups, out_dim=out_dim).sum())
         rows.append(
             TensorSparsity(name, tuple(v.shape), v.numel(), int(zero.sum()), groups, n_groups, zero_groups, None if spred is None else spred.lam)
         )
@@ -243,18 +238,7 @@ def kkt_residual(
             v = values[t.name].detach()
             g = torch.zeros_like(v) if g is None else g
             sp = t.spred
-            if sp.groups is None:
-                nv, ng = v.abs(), g.abs()
-            else:
-                nv, ng = group_norms(v, sp.groups, sp.out_dim), group_norms(g, sp.groups, sp.out_dim)
-            zero = nv <= threshold
-            safe = torch.where(zero, torch.ones_like(nv), nv)
-            # lam * |v|^(2/D-1) * v/|v| (D=2: lam * sign v), in an order that cannot overflow for subnormal v
-            grad_pen = sp.lam * (v / safe) * safe.pow(2.0 / sp.depth - 1.0)
-            resid_nz = group_norms(g + grad_pen, sp.groups, sp.out_dim) if sp.groups else (g + grad_pen).abs()
-            resid_zero = (ng - sp.lam).clamp_min(0) if sp.depth == 2 else torch.zeros_like(ng)
-            resid_nz = torch.where(zero, torch.zeros_like(resid_nz), resid_nz)
-            resid_zero = torch.where(zero, resid_zero, torch.zeros_like(resid_zero))
+            zero, resid_nz, resid_zero = kkt_residuals(v, g, sp.lam, groups=sp.groups, out_dim=sp.out_dim, depth=sp.depth, threshold=threshold)
             max_nz, max_z = float(resid_nz.max()) if resid_nz.numel() else 0.0, float(resid_zero.max()) if resid_zero.numel() else 0.0
             per_tensor[t.name] = {
                 "lam": sp.lam,

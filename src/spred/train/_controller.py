@@ -40,7 +40,7 @@ from numbers import Real
 import torch
 
 from spred.nn import get_lam, set_lam, sparsified_tensors
-from spred.nn._parametrizations import group_norms
+from spred.nn._rules import group_norms
 
 logger = logging.getLogger("spred")
 
@@ -253,7 +253,7 @@ class SparsityController:
     @torch.no_grad()
     def measure(self, model, step: int) -> tuple[float, float]:
         """The fraction of sparsified weights that are zero now (``|v| <= threshold``, or a whole group whose
-        norm is: :func:`spred.nn._parametrizations.zero_mask`), and predicted ``horizon`` steps ahead."""
+        norm is: :func:`spred.nn._rules.zero_mask`), and predicted ``horizon`` steps ahead."""
         horizon, slow = self.horizon(step), self.config.trend_decay
         log_thr = math.log(self.threshold)
         zeros = predicted = numel = 0

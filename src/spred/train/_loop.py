@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spred.nn import check_optimizer, is_sparsified, param_groups, penalty, sparsified_tensors
-from spred.nn._parametrizations import zero_mask
+from spred.nn._rules import zero_fraction
 from spred.nn._sparsify import SparsifiedTensor
 from spred.train._checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from spred.train._controller import SparsityController, TargetSparsity
@@ -425,16 +425,9 @@ def _sparsity(run: _Run, threshold: float) -> float:
     ``sparsified_sparsity`` (``sparsity``), without the per-tensor report.
     """
     if not run.tensors:
-        values = list(run.model.parameters())
-        numel = sum(v.numel() for v in values)
-        return sum(int((v.abs() <= threshold).sum()) for v in values) / numel if numel else 0.0
-    zeros = numel = 0
-    for t in run.tensors:  # grouped tensors: whole groups, as collapse decides
-        v = getattr(t.module, t.tensor_name)
-        zero = zero_mask(v, t.spred.groups, t.spred.out_dim, threshold)
-        zeros += int(zero.sum())
-        numel += v.numel()
-    return zeros / numel if numel else 0.0
+        return zero_fraction(run.model.parameters(), threshold)
+    # grouped tensors: whole groups, as collapse decides
+    return zero_fraction([getattr(t.module, t.tensor_name) for t in run.tensors], threshold, [t.spred for t in run.tensors])
 
 
 def _record(run: _Run, prog: _Progress, epoch: int, train_loss: float, val: dict | None, threshold: float, seconds: float) -> dict:
