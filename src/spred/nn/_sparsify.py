@@ -210,12 +210,19 @@ def _require(model: nn.Module, who: str) -> list[SparsifiedTensor]:
     return tensors
 
 
-_DECOUPLED = ("AdamW",)
+def decays_decoupled(optimizer, group: Mapping | None = None) -> bool:
+    """Whether ``optimizer`` (an instance or a class) applies weight decay decoupled from the gradient.
 
-
-def _is_decoupled(optimizer) -> bool:
+    True for ``torch.optim.AdamW``, its subclasses and other classes named ``AdamW``, and for a parameter group (or,
+    without ``group``, any group of an instance) with ``decoupled_weight_decay=True``
+    (``Adam(decoupled_weight_decay=True)``). The one test spred uses everywhere.
+    """
     cls = optimizer if isinstance(optimizer, type) else type(optimizer)
-    return any(c.__name__ in _DECOUPLED for c in cls.__mro__)
+    if issubclass(cls, torch.optim.AdamW) or any(c.__name__ == "AdamW" for c in cls.__mro__):
+        return True
+    if group is not None:
+        return bool(group.get("decoupled_weight_decay", False))
+    return not isinstance(optimizer, type) and any(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups)
 
 
 def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None, penalty_in_loss: bool = False) -> list[dict]:
@@ -250,7 +257,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
     [0.001, 0.0]
     """
     weight_decay = _check_lam(weight_decay, "param_groups", "weight_decay")
-    if optimizer is not None and _is_decoupled(optimizer) and not penalty_in_loss:
+    if optimizer is not None and decays_decoupled(optimizer) and not penalty_in_loss:
         warnings.warn(
             f"{getattr(optimizer, '__name__', type(optimizer).__name__)} decays weights decoupled from the gradient, "
             "so the spred factors would not solve the L1 problem with strength lam. Use SGD, Adam or Adagrad, or "
@@ -285,7 +292,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
     for group in optimizer.param_groups:
         if not group.get("spred"):
             continue
-        decoupled = _is_decoupled(optimizer) or bool(group.get("decoupled_weight_decay", False))
+        decoupled = decays_decoupled(optimizer, group)
         if group.get("penalty_in_loss"):
             if group.get("weight_decay", 0.0) != 0:
                 warnings.warn(

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from spred.nn import check_optimizer, is_sparsified, param_groups, penalty, sparsified_tensors
 from spred.nn._rules import zero_fraction
-from spred.nn._sparsify import SparsifiedTensor
+from spred.nn._sparsify import SparsifiedTensor, decays_decoupled
 from spred.train._checkpoint import checkpoint_path, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from spred.train._controller import SparsityController, TargetSparsity
 from spred.train._data import LoaderBatches, as_batches
@@ -134,12 +134,6 @@ def _resolve_device(device, model: nn.Module, who: str = "fit") -> torch.device:
 # --------------------------------------------------------------------------- optimizer
 
 
-def _decoupled(optimizer) -> bool:
-    if isinstance(optimizer, type):
-        return issubclass(optimizer, torch.optim.AdamW)
-    return isinstance(optimizer, torch.optim.AdamW) or any(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups)
-
-
 def build_optimizer(
     model: nn.Module,
     optimizer: str | type[torch.optim.Optimizer] | torch.optim.Optimizer = "sgd",
@@ -183,7 +177,7 @@ def build_optimizer(
         spred_groups = [g for g in optimizer.param_groups if g.get("spred")]
         if spred_groups:
             check_optimizer(optimizer)
-        add = bool(spred_groups) and all(g.get("penalty_in_loss") or (_decoupled(optimizer) and g.get("weight_decay", 0.0) == 0) for g in spred_groups)
+        add = bool(spred_groups) and all(g.get("penalty_in_loss") or (decays_decoupled(optimizer) and g.get("weight_decay", 0.0) == 0) for g in spred_groups)
         return optimizer, add
     if isinstance(optimizer, str):
         cls = OPTIMIZERS.get(optimizer.lower())
@@ -193,7 +187,7 @@ def build_optimizer(
         cls = optimizer
     else:
         raise TypeError(f"The 'optimizer' parameter of fit must be one of {sorted(OPTIMIZERS)}, a torch.optim.Optimizer class or instance. Got {optimizer!r} of type {type(optimizer).__name__} instead.")
-    add = sparsified and _decoupled(cls)  # decoupled decay is not L1: the penalty goes into the loss
+    add = sparsified and decays_decoupled(cls)  # decoupled decay is not L1: the penalty goes into the loss
     if sparsified:
         groups = param_groups(model, weight_decay, penalty_in_loss=add)
     else:
