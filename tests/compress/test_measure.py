@@ -120,7 +120,7 @@ def test_errors():
         measure_latency(model, x, repeats=0)
     with pytest.raises(TypeError, match=r"'warmup' parameter of measure_latency must be an int >= 0. Got 1.5 of type float"):
         measure_latency(model, x, warmup=1.5)
-    with pytest.raises(ValueError, match=r"'num_threads' parameter of measure_latency must be an int >= 1. Got 0"):
+    with pytest.raises(ValueError, match=r"'num_threads' parameter of measure_latency must be an int >= 1 or None. Got 0"):
         measure_latency(model, x, num_threads=0)
     with pytest.raises(TypeError, match=r"'channels_last' parameter of measure_latency must be a bool. Got 'yes'"):
         measure_latency(model, x, channels_last="yes")

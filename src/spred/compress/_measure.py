@@ -7,18 +7,12 @@ import math
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from numbers import Integral
 
 import torch
 from torch import nn
 
-
-def _check_int(value, name: str, who: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"The '{name}' parameter of {who} must be an int >= {low}. Got {value!r} of type {type(value).__name__} instead.")
-    if value < low:
-        raise ValueError(f"The '{name}' parameter of {who} must be an int >= {low}. Got {value!r} instead.")
-    return int(value)
+from spred._validation import check_bool, check_int, param_error
+from spred.compress._inputs import check_module, split_inputs
 
 
 def _stored(t: torch.Tensor, nonzero: bool) -> int:
@@ -46,8 +40,7 @@ def count_parameters(model: nn.Module, *, nonzero: bool = False) -> int:
     -------
     int
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter of count_parameters must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    check_module(model, "model", "count_parameters")
     seen: set[int] = set()
     total = 0
     for p in model.parameters():
@@ -91,9 +84,8 @@ def count_flops(model: nn.Module, example_inputs) -> int:
     -------
     int
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter of count_flops must be a torch.nn.Module. Got {type(model).__name__} instead.")
-    args, kwargs = _split(example_inputs, "count_flops")
+    check_module(model, "model", "count_flops")
+    args, kwargs = split_inputs(example_inputs, "count_flops")
     total = [0]
 
     def hook(module, inputs, output):
@@ -111,19 +103,6 @@ def count_flops(model: nn.Module, example_inputs) -> int:
         for h in handles:
             h.remove()
     return total[0]
-
-
-def _split(example_inputs, who: str) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) > 0:
-        return tuple(example_inputs), {}
-    raise TypeError(
-        f"The 'example_inputs' parameter of {who} must be a tensor, a non-empty tuple/list of positional inputs "
-        f"or a dict of keyword inputs. Got {type(example_inputs).__name__} instead."
-    )
 
 
 def _batch(x, batch_size: int):
@@ -153,14 +132,12 @@ def _channels_last(x):
 
 def _check_latency_args(who, batch_sizes, repeats, warmup, num_threads, channels_last):
     if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or len(batch_sizes) == 0:
-        raise TypeError(f"The 'batch_sizes' parameter of {who} must be a non-empty sequence of ints >= 1. Got {batch_sizes!r} instead.")
-    batch_sizes = [_check_int(b, "batch_sizes", who, 1) for b in batch_sizes]
-    repeats = _check_int(repeats, "repeats", who, 1)
-    warmup = _check_int(warmup, "warmup", who, 0)
-    if num_threads is not None:
-        num_threads = _check_int(num_threads, "num_threads", who, 1)
-    if not isinstance(channels_last, bool):
-        raise TypeError(f"The 'channels_last' parameter of {who} must be a bool. Got {channels_last!r} instead.")
+        raise param_error(TypeError, "batch_sizes", who, "a non-empty sequence of ints >= 1", batch_sizes)
+    batch_sizes = [check_int(b, "batch_sizes", who, 1) for b in batch_sizes]
+    repeats = check_int(repeats, "repeats", who, 1)
+    warmup = check_int(warmup, "warmup", who, 0)
+    num_threads = check_int(num_threads, "num_threads", who, 1, optional=True)
+    check_bool(channels_last, "channels_last", who)
     return batch_sizes, repeats, warmup, num_threads
 
 
@@ -244,13 +221,9 @@ def measure_latency(
     times : dict of int to list of float
         Only if ``return_times``: all timed runs, in seconds.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter of measure_latency must be a torch.nn.Module. Got {type(model).__name__} instead.")
-    args, kwargs = _split(example_inputs, "measure_latency")
-    batch_sizes, repeats, warmup, num_threads = _check_latency_args("measure_latency", batch_sizes, repeats, warmup, num_threads, channels_last)
-    times = _time_interleaved({"model": model}, args, kwargs, batch_sizes, repeats, warmup, num_threads, channels_last)["model"]
-    medians = {b: statistics.median(ts) for b, ts in times.items()}
-    return (medians, times) if return_times else medians
+    check_module(model, "model", "measure_latency")
+    medians, times = _latency({"model": model}, example_inputs, "measure_latency", batch_sizes, repeats, warmup, num_threads, channels_last)
+    return (medians["model"], times["model"]) if return_times else medians["model"]
 
 
 def compare_latency(
@@ -294,8 +267,14 @@ def compare_latency(
     """
     if not isinstance(models, Mapping) or not models or not all(isinstance(m, nn.Module) for m in models.values()):
         raise TypeError(f"The 'models' parameter of compare_latency must be a non-empty mapping of names to torch.nn.Module. Got {models!r} instead.")
-    args, kwargs = _split(example_inputs, "compare_latency")
-    batch_sizes, repeats, warmup, num_threads = _check_latency_args("compare_latency", batch_sizes, repeats, warmup, num_threads, channels_last)
-    times = _time_interleaved(dict(models), args, kwargs, batch_sizes, repeats, warmup, num_threads, channels_last)
-    medians = {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
+    medians, times = _latency(dict(models), example_inputs, "compare_latency", batch_sizes, repeats, warmup, num_threads, channels_last)
     return (medians, times) if return_times else medians
+
+
+def _latency(models, example_inputs, who, batch_sizes, repeats, warmup, num_threads, channels_last):
+    """Validate the arguments of ``who``, time ``models`` in turns; ``(medians, times)`` by model and batch size."""
+    args, kwargs = split_inputs(example_inputs, who)
+    batch_sizes, repeats, warmup, num_threads = _check_latency_args(who, batch_sizes, repeats, warmup, num_threads, channels_last)
+    times = _time_interleaved(models, args, kwargs, batch_sizes, repeats, warmup, num_threads, channels_last)
+    medians = {name: {b: statistics.median(ts) for b, ts in per.items()} for name, per in times.items()}
+    return medians, times

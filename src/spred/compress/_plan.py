@@ -24,6 +24,10 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from spred._validation import Integral
+from spred.compress._fold import add_zero_bias
+from spred.compress._inputs import check_module
+
 PLAN_FORMAT = "spred.PruningPlan"
 PLAN_VERSION = 1
 
@@ -44,8 +48,10 @@ class LayerSlicer:
 
     target: ClassVar[type[nn.Module]]
 
-    def __init_subclass__(cls, **kwargs):
+    def __init_subclass__(cls, abstract: bool = False, **kwargs):
         super().__init_subclass__(**kwargs)
+        if abstract:  # a base for other slicers (_WeightSlicer), never registered
+            return
         target = cls.__dict__.get("target")
         if not (isinstance(target, type) and issubclass(target, nn.Module)):
             raise TypeError(f"{cls.__name__} must set the class attribute 'target' to a subclass of torch.nn.Module; got {target!r}.")
@@ -120,27 +126,36 @@ def _set_buffer(layer: nn.Module, name: str, dim: int, keep: list[int]) -> None:
         setattr(layer, name, _index(old, dim, keep))
 
 
-class LinearSlicer(LayerSlicer):
-    target = nn.Linear
+class _WeightSlicer(LayerSlicer, abstract=True):
+    """A layer with ``weight`` (out, in, ...) and an optional ``bias`` (out,), sizes in two attributes."""
+
+    _out_attr: ClassVar[str]
+    _in_attr: ClassVar[str]
 
     def out_size(self, layer):
-        return layer.out_features
+        return getattr(layer, self._out_attr)
 
     def in_size(self, layer):
-        return layer.in_features
+        return getattr(layer, self._in_attr)
 
     def keep_out(self, layer, keep):
         _set_param(layer, "weight", 0, keep)
         _set_param(layer, "bias", 0, keep)
-        layer.out_features = len(keep)
+        setattr(layer, self._out_attr, len(keep))
 
     def keep_in(self, layer, keep):
         _set_param(layer, "weight", 1, keep)
-        layer.in_features = len(keep)
+        setattr(layer, self._in_attr, len(keep))
 
 
-class ConvSlicer(LayerSlicer):
+class LinearSlicer(_WeightSlicer):
+    target = nn.Linear
+    _out_attr, _in_attr = "out_features", "in_features"
+
+
+class ConvSlicer(_WeightSlicer):
     target = nn.modules.conv._ConvNd
+    _out_attr, _in_attr = "out_channels", "in_channels"
 
     def unsupported(self, layer):
         if layer.transposed:
@@ -148,21 +163,6 @@ class ConvSlicer(LayerSlicer):
         if layer.groups != 1:
             return f"{type(layer).__name__} with groups={layer.groups} (grouped or depthwise convolution)"
         return None
-
-    def out_size(self, layer):
-        return layer.out_channels
-
-    def in_size(self, layer):
-        return layer.in_channels
-
-    def keep_out(self, layer, keep):
-        _set_param(layer, "weight", 0, keep)
-        _set_param(layer, "bias", 0, keep)
-        layer.out_channels = len(keep)
-
-    def keep_in(self, layer, keep):
-        _set_param(layer, "weight", 1, keep)
-        layer.in_channels = len(keep)
 
 
 class BatchNormSlicer(LayerSlicer):
@@ -311,21 +311,71 @@ class PruningPlan:
         return "\n".join(lines)
 
 
-def _check_entry(name: str, module: nn.Module, entry: Mapping[str, Any], slicer: LayerSlicer | None) -> None:
+_ENTRY_KEYS = ("type", "out_size", "kept_out", "in_size", "kept_in")
+
+
+def _check_indices(name: str, dim: str, kept: Any, size: int) -> None:
+    """``kept`` must be a non-empty list of distinct int indices in ``[0, size)``, in increasing order."""
+    where = f"apply_plan: 'kept_{dim}' of '{name}'"
+    if isinstance(kept, (str, bytes)) or not isinstance(kept, Sequence):
+        raise TypeError(f"{where} must be a list of int indices. Got {type(kept).__name__} instead.")
+    bad = [i for i in kept if isinstance(i, bool) or not isinstance(i, Integral)]
+    if bad:
+        raise TypeError(f"{where} must hold int indices. Got {bad[0]!r} of type {type(bad[0]).__name__}.")
+    if not kept:
+        raise ValueError(f"{where} is empty: a layer keeps at least one channel.")
+    if any(b <= a for a, b in zip(kept, kept[1:])):
+        raise ValueError(f"{where} must be sorted in increasing order without duplicates. Got {list(kept)}.")
+    if kept[0] < 0 or kept[-1] >= size:
+        raise ValueError(f"{where} must lie in [0, {size}) (its {dim}_size). Got {kept[0] if kept[0] < 0 else kept[-1]}.")
+
+
+def _check_entry(name: str, module: nn.Module, entry: Any) -> None:
+    """One ``plan.layers`` entry against the module it reshapes (before anything is sliced)."""
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"apply_plan: the plan entry of '{name}' must be a dict. Got {type(entry).__name__} instead.")
+    missing = [k for k in _ENTRY_KEYS if k not in entry]
+    if missing:
+        raise ValueError(f"apply_plan: the plan entry of '{name}' lacks the key(s) {missing}; it needs {list(_ENTRY_KEYS)}.")
     if type(module).__name__ != entry["type"]:
         raise ValueError(f"apply_plan: the plan was made for '{name}' of type {entry['type']}, but the model has {type(module).__name__}.")
+    slicer = slicer_for(module)
     if slicer is None:
         raise ValueError(f"apply_plan: no slicer registered for {type(module).__name__} ('{name}').")
-    if entry.get("kept_out") is not None and slicer.out_size(module) != entry["out_size"]:
-        raise ValueError(
-            f"apply_plan: the plan expects '{name}' with {entry['out_size']} output channels, got {slicer.out_size(module)}; "
-            "pass a freshly constructed, unpruned model of the same architecture."
-        )
-    if entry.get("kept_in") is not None and slicer.in_size(module) != entry["in_size"]:
-        raise ValueError(
-            f"apply_plan: the plan expects '{name}' with {entry['in_size']} input channels, got {slicer.in_size(module)}; "
-            "pass a freshly constructed, unpruned model of the same architecture."
-        )
+    why = slicer.unsupported(module)
+    if why is not None:
+        raise ValueError(f"apply_plan: '{name}' is a {why}, which cannot be sliced.")
+    for dim in ("out", "in"):
+        if entry[f"kept_{dim}"] is None:
+            continue
+        size = slicer.out_size(module) if dim == "out" else slicer.in_size(module)
+        if size is None:
+            raise ValueError(f"apply_plan: the plan slices the inputs of '{name}', but {type(module).__name__} has no input channel dimension.")
+        expected = entry[f"{dim}_size"]
+        if isinstance(expected, bool) or not isinstance(expected, Integral) or expected != size:
+            word = "output" if dim == "out" else "input"
+            raise ValueError(
+                f"apply_plan: the plan expects '{name}' with {expected} {word} channels, got {size}; "
+                "pass a freshly constructed, unpruned model of the same architecture."
+            )
+        _check_indices(name, dim, entry[f"kept_{dim}"], size)
+
+
+def _check_plan(plan: PruningPlan, modules: dict[str, nn.Module]) -> None:
+    """Validate the whole plan against ``modules`` (clear errors naming the layer), so that nothing is half applied."""
+    if not isinstance(plan.layers, Mapping) or not all(isinstance(k, str) for k in plan.layers):
+        raise TypeError(f"apply_plan: 'layers' of the plan must be a dict of module names to entries. Got {type(plan.layers).__name__}.")
+    if isinstance(plan.added_bias, (str, bytes)) or not isinstance(plan.added_bias, Sequence) or not all(isinstance(k, str) for k in plan.added_bias):
+        raise TypeError(f"apply_plan: 'added_bias' of the plan must be a list of module names. Got {plan.added_bias!r}.")
+    missing = [name for name in [*plan.layers, *plan.added_bias] if name not in modules]
+    if missing:
+        raise ValueError(f"apply_plan: the model has no module(s) {missing}; was the plan made for another architecture?")
+    for name, entry in plan.layers.items():
+        _check_entry(name, modules[name], entry)
+    for name in plan.added_bias:
+        weight = getattr(modules[name], "weight", None)
+        if not isinstance(weight, torch.Tensor) or weight.dim() < 2 or not hasattr(modules[name], "bias"):
+            raise ValueError(f"apply_plan: the plan adds a bias to '{name}', but {type(modules[name]).__name__} is not a Linear / convolution layer.")
 
 
 def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | str) -> nn.Module:
@@ -351,9 +401,16 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
     -------
     nn.Module
         ``fresh_model``, reshaped.
+
+    Raises
+    ------
+    TypeError, ValueError
+        If the plan does not fit the model or is malformed (a missing key, an entry
+        that is not a dict, indices that are not ints, not sorted, repeated or out of
+        range, a layer the model lacks), naming the layer. The whole plan is checked
+        before any module is touched, so on error ``fresh_model`` is left as it was.
     """
-    if not isinstance(fresh_model, nn.Module):
-        raise TypeError(f"The 'fresh_model' parameter of apply_plan must be a torch.nn.Module. Got {type(fresh_model).__name__} instead.")
+    check_module(fresh_model, "fresh_model", "apply_plan")
     if isinstance(plan, (str, bytes, bytearray)):
         plan = PruningPlan.from_json(plan)
     elif isinstance(plan, Mapping):
@@ -361,31 +418,14 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
     elif not isinstance(plan, PruningPlan):
         raise TypeError(f"The 'plan' parameter of apply_plan must be a PruningPlan, a dict or a JSON string. Got {type(plan).__name__} instead.")
     modules = dict(fresh_model.named_modules())
-    missing = [name for name in [*plan.layers, *plan.added_bias] if name not in modules]
-    if missing:
-        raise ValueError(f"apply_plan: the model has no module(s) {missing}; was the plan made for another architecture?")
-    for name, entry in plan.layers.items():
-        _check_entry(name, modules[name], entry, slicer_for(modules[name]))
+    _check_plan(plan, modules)
     for name, entry in plan.layers.items():
         module, slicer = modules[name], slicer_for(modules[name])
         with torch.no_grad():
-            if entry.get("kept_out") is not None:
-                slicer.keep_out(module, _sorted(entry["kept_out"]))
-            if entry.get("kept_in") is not None:
-                slicer.keep_in(module, _sorted(entry["kept_in"]))
+            if entry["kept_out"] is not None:
+                slicer.keep_out(module, [int(i) for i in entry["kept_out"]])
+            if entry["kept_in"] is not None:
+                slicer.keep_in(module, [int(i) for i in entry["kept_in"]])
     for name in plan.added_bias:
         add_zero_bias(modules[name])
     return fresh_model
-
-
-def _sorted(idx: Sequence[int]) -> list[int]:
-    return sorted(int(i) for i in idx)
-
-
-def add_zero_bias(layer: nn.Module) -> bool:
-    """Give a Linear / Conv layer without bias a zero bias; return whether one was added."""
-    if getattr(layer, "bias", None) is not None:
-        return False
-    n = layer.weight.shape[0]
-    layer.bias = nn.Parameter(torch.zeros(n, dtype=layer.weight.dtype, device=layer.weight.device), requires_grad=layer.weight.requires_grad)
-    return True

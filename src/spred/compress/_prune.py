@@ -23,19 +23,21 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
-from typing import Any
 
 import torch
 from torch import nn
 
-from spred.compress._plan import PruningPlan, add_zero_bias, slicer_for
+from spred._validation import check_bool, check_float, check_int
+from spred.compress import _fold
+from spred.compress._fold import PRODUCER_TYPES
+from spred.compress._inputs import check_module, flat_tensors, run, split_inputs
+from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
+from spred.nn._rules import zero_units
 
-logger = logging.getLogger("spred")
+logger = logging.getLogger(__name__)
 
-_PRODUCER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
-_CONSTANT_RTOL = 1e-6
+Entry = tuple[nn.Module, int, float]  # (consumer, its input channel, the constant that channel carries)
 
 
 def _import_torch_pruning():
@@ -49,79 +51,11 @@ def _import_torch_pruning():
     return torch_pruning
 
 
-# ---------------------------------------------------------------------------
-# Inputs and outputs of the model
-# ---------------------------------------------------------------------------
-
-
-def _split_inputs(example_inputs) -> tuple[tuple, dict]:
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, Mapping):
-        return (), dict(example_inputs)
-    if isinstance(example_inputs, (tuple, list)) and len(example_inputs) > 0:
-        return tuple(example_inputs), {}
-    raise TypeError(
-        "The 'example_inputs' parameter of prune_channels must be a tensor, a non-empty tuple/list of positional "
-        f"inputs or a dict of keyword inputs. Got {type(example_inputs).__name__} instead."
-    )
-
-
-def _forward(model: nn.Module, inputs: tuple[tuple, dict]):
-    args, kwargs = inputs
-    return model(*args, **kwargs)
-
-
-def _flat_tensors(out) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, Mapping):
-        return [t for v in out.values() for t in _flat_tensors(v)]
-    if isinstance(out, (tuple, list)):
-        return [t for v in out for t in _flat_tensors(v)]
-    return []
-
-
 def _max_abs_diff(a, b) -> float:
-    fa, fb = _flat_tensors(a), _flat_tensors(b)
+    fa, fb = flat_tensors(a), flat_tensors(b)
     if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
         return math.inf
     return max((float((x.double() - y.double()).abs().max()) for x, y in zip(fa, fb) if x.numel()), default=0.0)
-
-
-# ---------------------------------------------------------------------------
-# What each consumer sees: per-input-channel min and max over the example inputs
-# ---------------------------------------------------------------------------
-
-
-def _channel_dim(module: nn.Module, x: torch.Tensor) -> int:
-    if isinstance(module, nn.Linear):
-        return x.dim() - 1
-    return 1 if x.dim() == module.weight.dim() else 0  # batched / unbatched convolution
-
-
-def _record_consumer_inputs(model: nn.Module, inputs) -> tuple[Any, dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]]:
-    """Run ``model`` once; return its output and, for every Linear/Conv, (min, max) of each input channel."""
-    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
-
-    def hook(module, args):
-        if not args or not isinstance(args[0], torch.Tensor):
-            return
-        x = args[0].detach()
-        flat = x.movedim(_channel_dim(module, x), 0).reshape(x.shape[_channel_dim(module, x)], -1).double()
-        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
-        if module in stats:
-            lo, hi = torch.minimum(stats[module][0], lo), torch.maximum(stats[module][1], hi)
-        stats[module] = (lo, hi)
-
-    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, _PRODUCER_TYPES)]
-    try:
-        with torch.no_grad():
-            out = _forward(model, inputs)
-    finally:
-        for h in handles:
-            h.remove()
-    return out, stats
 
 
 # ---------------------------------------------------------------------------
@@ -134,40 +68,23 @@ class _Decision:
     root: nn.Module
     root_name: str
     remove: list[int]
-    folds: list[tuple[nn.Module, int, float]] = field(default_factory=list)
+    folds: list[Entry] = field(default_factory=list)
     kept_constant: list[dict] = field(default_factory=list)
     kept_last: list[dict] = field(default_factory=list)
     kept_rounding: list[dict] = field(default_factory=list)
-    silence: list[tuple[nn.Module, int, float]] = field(default_factory=list)
+    silence: list[Entry] = field(default_factory=list)
 
 
-def _zero_padding(conv: nn.modules.conv._ConvNd) -> tuple[int, ...] | None:
-    """The zero padding a convolution applies, or ``None`` when a constant input stays constant."""
-    if conv.padding_mode != "zeros":
-        return None
-    if isinstance(conv.padding, str):
-        if conv.padding == "valid":
-            return None
-        pad = tuple(d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size))  # "same"
-    else:
-        pad = tuple(conv.padding)
-    return pad if any(p > 0 for p in pad) else None
+@dataclass
+class _Graph:
+    """What every decision reads: Torch-Pruning's graph, the consumers' input ranges, the zero rows."""
 
-
-def _row_is_zero(module: nn.Module, i: int) -> bool:
-    return bool((module.weight[i] == 0).all())
-
-
-def _constant_at(stats, consumer: nn.Module, j: int) -> float | None:
-    """The constant value of input channel ``j`` of ``consumer``, or ``None`` if it varies."""
-    if consumer not in stats:
-        return None
-    lo, hi = float(stats[consumer][0][j]), float(stats[consumer][1][j])
-    if not (math.isfinite(lo) and math.isfinite(hi)):
-        return None
-    if hi - lo > _CONSTANT_RTOL * max(1.0, abs(lo), abs(hi)):
-        return None
-    return 0.0 if lo == hi == 0.0 else 0.5 * (lo + hi)
+    tp: object
+    DG: object
+    ranges: _fold.Ranges
+    out_fns: set
+    zero_rows: dict[nn.Module, torch.Tensor]
+    round_to: int
 
 
 def _group_problem(tp, DG, group, out_fns: set) -> str | None:
@@ -190,69 +107,85 @@ def _group_problem(tp, DG, group, out_fns: set) -> str | None:
     return None
 
 
-def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int) -> _Decision | None:
-    root = group[0].dep.target.module
-    root_name = DG._module2name[root]
+def _zero_candidates(g: _Graph, group) -> tuple[list[int], list]:
+    """The root indices that are zero in every producer of the group, and the group's consumer items."""
     zero: dict[int, bool] = {}
-    producers, consumers = [], []
+    consumers = []
     for item in group:
         module = item.dep.target.module
-        if isinstance(module, _PRODUCER_TYPES):
-            (producers if DG.is_out_channel_pruning_fn(item.dep.handler) else consumers).append(item)
-    for item in producers:
+        if not isinstance(module, PRODUCER_TYPES):
+            continue
+        if not g.DG.is_out_channel_pruning_fn(item.dep.handler):
+            consumers.append(item)
+            continue
+        rows = g.zero_rows[module]
         for i, r in zip(item.idxs, item.root_idxs):
-            zero[r] = zero.get(r, True) and _row_is_zero(item.dep.target.module, i)
-    candidates = sorted(r for r, z in zero.items() if z)
-    if not candidates:
-        return None
-    problem = _group_problem(tp, DG, group, out_fns)
-    if problem is not None:
-        plan.skipped.append({"layer": root_name, "zero_channels": len(candidates), "reason": problem})
-        return None
+            zero[r] = zero.get(r, True) and bool(rows[i])
+    return sorted(r for r, z in zero.items() if z), consumers
 
-    decision = _Decision(root, root_name, [])
+
+def _read_constants(g: _Graph, consumers, candidates: list[int], root_name: str):
+    """Per candidate: where its constant folds, every consumer input it reaches, or why it cannot go."""
     blocked: dict[int, dict] = {}
-    folds: dict[int, list[tuple[nn.Module, int, float]]] = {r: [] for r in candidates}
-    reads: dict[int, list[tuple[nn.Module, int, float]]] = {r: [] for r in candidates}  # every consumer input, zeros included
+    folds: dict[int, list[Entry]] = {r: [] for r in candidates}
+    reads: dict[int, list[Entry]] = {r: [] for r in candidates}  # every consumer input, zeros included
     for item in consumers:
         consumer = item.dep.target.module
-        cname = DG._module2name[consumer]
-        for j, r in zip(item.idxs, item.root_idxs):
+        cname = g.DG._module2name[consumer]
+        constants = _fold.input_constants(g.ranges, consumer, [int(j) for j in item.idxs]).tolist()
+        for j, r, a in zip(item.idxs, item.root_idxs, constants):
             if r not in folds or r in blocked:
                 continue
-            a = _constant_at(stats, consumer, j)
-            if a is None:
+            padding = _fold.zero_padding(consumer)
+            if math.isnan(a):
                 blocked[r] = {
                     "layer": root_name, "channel": r, "constant": None, "consumer": cname,
                     "reason": f"its value at the input of '{cname}' is not constant on example_inputs (an operation on the way, "
                               "e.g. zero padding in a pooling layer, depends on position or data)",
-                }
-            elif a == 0.0:
-                reads[r].append((consumer, j, a))
-            elif isinstance(consumer, nn.modules.conv._ConvNd) and _zero_padding(consumer) is not None:
+                }  # fmt: skip
+            elif a != 0.0 and padding is not None:
                 blocked[r] = {
                     "layer": root_name, "channel": r, "constant": a, "consumer": cname,
-                    "reason": f"it emits the constant {a:.4g} into '{cname}', whose zero padding {_zero_padding(consumer)} "
+                    "reason": f"it emits the constant {a:.4g} into '{cname}', whose zero padding {padding} "
                               "makes folding inexact at the border (sparsify the bias / BatchNorm shift too, or use padding=0)",
-                }
+                }  # fmt: skip
             else:
-                folds[r].append((consumer, j, a))
+                if a != 0.0:
+                    folds[r].append((consumer, j, a))
                 reads[r].append((consumer, j, a))
-    removable = [r for r in candidates if r not in blocked]
-    decision.kept_constant = [blocked[r] for r in sorted(blocked)]
-    n_root = slicer_for(root).out_size(root)
+    return blocked, folds, reads
+
+
+def _keep_some(d: _Decision, removable: list[int], folds: dict[int, list[Entry]], n_root: int, round_to: int) -> None:
+    """Keep one channel if all would go, and enough to round the width to ``round_to`` (``removable`` shrinks)."""
     if removable and len(removable) >= n_root:
         keep = removable.pop(0)
-        decision.kept_last.append({"layer": root_name, "channel": keep,
-                                   "reason": f"all {n_root} channels are zero; one is kept so that the layer is not emptied"})
+        d.kept_last.append({"layer": d.root_name, "channel": keep,
+                            "reason": f"all {n_root} channels are zero; one is kept so that the layer is not emptied"})  # fmt: skip
     n_keep = n_root - len(removable)
     extra = min(n_root, -(-n_keep // round_to) * round_to) - n_keep
     if extra > 0:
         # all are zero and will be silenced, so any choice is exact: those with a constant to fold first, then the lowest indices
         for r in sorted(removable, key=lambda r: (not folds[r], r))[:extra]:
             removable.remove(r)
-            decision.kept_rounding.append({"layer": root_name, "channel": r,
-                                           "reason": f"kept so that the layer keeps a multiple of round_to={round_to} channels"})
+            d.kept_rounding.append({"layer": d.root_name, "channel": r,
+                                    "reason": f"kept so that the layer keeps a multiple of round_to={round_to} channels"})  # fmt: skip
+
+
+def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
+    root = group[0].dep.target.module
+    root_name = g.DG._module2name[root]
+    candidates, consumers = _zero_candidates(g, group)
+    if not candidates:
+        return None
+    problem = _group_problem(g.tp, g.DG, group, g.out_fns)
+    if problem is not None:
+        plan.skipped.append({"layer": root_name, "zero_channels": len(candidates), "reason": problem})
+        return None
+    blocked, folds, reads = _read_constants(g, consumers, candidates, root_name)
+    decision = _Decision(root, root_name, [], kept_constant=[blocked[r] for r in sorted(blocked)])
+    removable = [r for r in candidates if r not in blocked]
+    _keep_some(decision, removable, folds, slicer_for(root).out_size(root), g.round_to)
     decision.remove = removable
     decision.folds = [f for r in removable for f in folds[r]]
     # a zero channel that stays (to round a width, or so as not to empty a layer) is silenced: the next layer's weights
@@ -262,41 +195,39 @@ def _decide(tp, DG, group, stats, out_fns: set, plan: PruningPlan, round_to: int
     return decision
 
 
-def _fold(folds: list[tuple[nn.Module, int, float]], plan: PruningPlan, names: dict) -> None:
-    """Add ``a_j * sum(W[:, j])`` to each consumer's bias (exact: no zero padding, see module doc)."""
+def _fold_into(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
+    """Fold the constants of ``entries`` into their consumers' biases, one call per consumer."""
     by_module: dict[nn.Module, list[tuple[int, float]]] = {}
-    for consumer, j, a in folds:
-        by_module.setdefault(consumer, []).append((j, a))
+    for consumer, j, a in entries:
+        if a != 0.0:
+            by_module.setdefault(consumer, []).append((j, a))
+    for consumer, pairs in by_module.items():
+        if _fold.fold_inputs(consumer, [j for j, _ in pairs], [a for _, a in pairs]):
+            plan.added_bias.append(names[consumer])
+
+
+def _silence(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
+    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it."""
+    _fold_into(entries, plan, names)
+    for consumer, j, _ in entries:
+        _fold.silence_inputs(consumer, [j])
+
+
+def _zero_small_rows(model: nn.Module, threshold: float) -> dict[nn.Module, torch.Tensor]:
+    """Write exact zeros into the rows that count as zero (the zero rule, per output unit); return every producer's zero rows."""
+    rows = {}
     with torch.no_grad():
-        for consumer, entries in by_module.items():
-            if add_zero_bias(consumer):
-                plan.added_bias.append(names[consumer])
-            w = consumer.weight.double()
-            idx = torch.as_tensor([j for j, _ in entries], device=w.device)
-            a = torch.as_tensor([a for _, a in entries], dtype=torch.float64, device=w.device)
-            cols = w.index_select(1, idx).flatten(2).sum(2) if w.dim() > 2 else w.index_select(1, idx)
-            consumer.bias.add_((cols @ a).to(consumer.bias.dtype))
+        for m in model.modules():
+            if isinstance(m, PRODUCER_TYPES):
+                if slicer_for(m).unsupported(m) is None and m.weight.numel():
+                    m.weight[zero_units(m.weight.detach(), 0, threshold)] = 0.0
+                rows[m] = zero_units(m.weight.detach(), 0)
+    return rows
 
 
 # ---------------------------------------------------------------------------
 # The public function
 # ---------------------------------------------------------------------------
-
-
-def _silence(entries: list[tuple[nn.Module, int, float]], plan: PruningPlan, names: dict) -> None:
-    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it."""
-    _fold([e for e in entries if e[2] != 0.0], plan, names)
-    with torch.no_grad():
-        for consumer, j, _ in entries:
-            consumer.weight.select(1, j).zero_()
-
-
-def _zero_small_rows(model: nn.Module, threshold: float) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, _PRODUCER_TYPES) and slicer_for(m).unsupported(m) is None and m.weight.numel():
-                small = m.weight.abs().flatten(1).amax(dim=1) <= threshold
-                m.weight[small] = 0.0
 
 
 def prune_channels(
@@ -367,84 +298,36 @@ def prune_channels(
     ImportError
         If Torch-Pruning (``spred[prune]``) is not installed.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter of prune_channels must be a torch.nn.Module. Got {type(model).__name__} instead.")
-    if isinstance(threshold, bool) or not isinstance(threshold, Real):
-        raise TypeError(f"The 'threshold' parameter of prune_channels must be a float in the range [0, inf). Got {threshold!r} of type {type(threshold).__name__} instead.")
-    if not (threshold >= 0 and math.isfinite(threshold)):
-        raise ValueError(f"The 'threshold' parameter of prune_channels must be a float in the range [0, inf). Got {threshold!r} instead.")
-    if round_to is not None and (isinstance(round_to, bool) or not isinstance(round_to, int)):
-        raise TypeError(f"The 'round_to' parameter of prune_channels must be an int in the range [1, inf) or None. Got {round_to!r} of type {type(round_to).__name__} instead.")
-    if round_to is not None and round_to < 1:
-        raise ValueError(f"The 'round_to' parameter of prune_channels must be an int in the range [1, inf) or None. Got {round_to!r} instead.")
-    if not isinstance(inplace, bool):
-        raise TypeError(f"The 'inplace' parameter of prune_channels must be a bool. Got {inplace!r} instead.")
-    round_to = round_to or 1
-    inputs = _split_inputs(example_inputs)
+    check_module(model, "model", "prune_channels")
+    threshold = check_float(threshold, "threshold", "prune_channels", 0.0)
+    round_to = check_int(round_to, "round_to", "prune_channels", 1, optional=True) or 1
+    check_bool(inplace, "inplace", "prune_channels")
+    inputs = split_inputs(example_inputs, "prune_channels")
     tp = _import_torch_pruning()
 
     if is_sparsified(model):
         logger.info("prune_channels: collapsing the spred parametrisation first (threshold %g)", threshold)
-        model = collapse(model, threshold=float(threshold), inplace=inplace)
+        model = collapse(model, threshold=threshold, inplace=inplace)
     elif not inplace:
         model = copy.deepcopy(model)
     training = {name: m.training for name, m in model.named_modules()}
     requires_grad = {name: p.requires_grad for name, p in model.named_parameters()}
-    plan = PruningPlan(threshold=float(threshold), round_to=round_to)
+    plan = PruningPlan(threshold=threshold, round_to=round_to)
     try:
         model.eval()
-        _zero_small_rows(model, float(threshold))
-        reference, stats = _record_consumer_inputs(model, inputs)
-        for p in model.parameters():
-            p.requires_grad_(True)
-        outputs = []
-
-        def forward_fn(m, _):
-            out = _forward(m, inputs)
-            outputs.append(out)
-            return out
-
-        with torch.enable_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
-            DG = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, forward_fn=forward_fn, verbose=False)
-        out_fns = {t.grad_fn for t in _flat_tensors(outputs[-1]) if t.grad_fn is not None}
-        names = {m: n for n, m in model.named_modules()}
-        decisions, silence = [], []
-        for group in DG.get_all_groups(root_module_types=_PRODUCER_TYPES):
-            d = _decide(tp, DG, group, stats, out_fns, plan, round_to)
-            if d is None:
-                continue
-            plan.kept_nonzero_constant.extend(d.kept_constant)
-            plan.kept_last.extend(d.kept_last)
-            plan.kept_rounding.extend(d.kept_rounding)
-            if d.remove:
-                pruner = DG.get_pruner_of_module(d.root)
-                if not DG.check_pruning_group(DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)):
-                    plan.skipped.append({"layer": d.root_name, "zero_channels": len(d.remove),
-                                         "reason": "Torch-Pruning's check_pruning_group refused it (a coupled layer would be emptied)"})
-                    continue
-                decisions.append(d)
-            silence.extend(d.silence)
-        for d in decisions:
-            _fold(d.folds, plan, names)
-        _silence(silence, plan, names)
-        alive: dict[tuple[str, str], list[int]] = {}
-        sizes: dict[tuple[str, str], int] = {}
-        for d in decisions:
-            pruner = DG.get_pruner_of_module(d.root)
-            group = DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)
-            _track(DG, group, names, alive, sizes)
-            group.prune(record_history=False)
-            plan.history.append([d.root_name, list(d.remove)])
-        plan.layers = _layer_entries(model, alive, sizes)
+        zero_rows = _zero_small_rows(model, threshold)
+        reference, ranges = _fold.input_ranges(model, inputs)
+        DG, out_fns = _build_graph(tp, model, inputs)
+        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to), plan)
+        _apply(DG, model, decisions, silence, plan)
         with torch.no_grad():
-            plan.max_abs_diff = _max_abs_diff(reference, _forward(model, inputs))
+            plan.max_abs_diff = _max_abs_diff(reference, run(model, inputs))
     finally:
         for name, m in model.named_modules():
             m.training = training.get(name, m.training)
         for name, p in model.named_parameters():
             p.requires_grad_(requires_grad.get(name, requires_grad.get(name.rsplit(".", 1)[0] + ".weight", True)))
-    scale = max((float(t.abs().max()) for t in _flat_tensors(reference) if t.numel()), default=1.0)
+    scale = max((float(t.abs().max()) for t in flat_tensors(reference) if t.numel()), default=1.0)
     if plan.max_abs_diff > 1e-4 * max(1.0, scale):
         warnings.warn(
             f"prune_channels changed the outputs on example_inputs by up to {plan.max_abs_diff:.3g} (output scale {scale:.3g}); "
@@ -454,8 +337,63 @@ def prune_channels(
         )
     logger.info("prune_channels removed %d channels in %d groups; kept %d zero channels with a nonzero constant, %d to avoid "
                 "empty layers, %d to round widths; skipped %d groups", plan.n_removed, len(plan.history),
-                len(plan.kept_nonzero_constant), len(plan.kept_last), len(plan.kept_rounding), len(plan.skipped))
+                len(plan.kept_nonzero_constant), len(plan.kept_last), len(plan.kept_rounding), len(plan.skipped))  # fmt: skip
     return model, plan
+
+
+def _build_graph(tp, model: nn.Module, inputs):
+    """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    outputs = []
+
+    def forward_fn(m, _):
+        out = run(m, inputs)
+        outputs.append(out)
+        return out
+
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
+        DG = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, forward_fn=forward_fn, verbose=False)
+    return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
+
+
+def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Entry]]:
+    """One decision per dependency group with zero channels; the groups to prune and the channels to silence."""
+    decisions, silence = [], []
+    for group in g.DG.get_all_groups(root_module_types=PRODUCER_TYPES):
+        d = _decide(g, group, plan)
+        if d is None:
+            continue
+        plan.kept_nonzero_constant.extend(d.kept_constant)
+        plan.kept_last.extend(d.kept_last)
+        plan.kept_rounding.extend(d.kept_rounding)
+        if d.remove:
+            pruner = g.DG.get_pruner_of_module(d.root)
+            if not g.DG.check_pruning_group(g.DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)):
+                plan.skipped.append({"layer": d.root_name, "zero_channels": len(d.remove),
+                                     "reason": "Torch-Pruning's check_pruning_group refused it (a coupled layer would be emptied)"})  # fmt: skip
+                continue
+            decisions.append(d)
+        silence.extend(d.silence)
+    return decisions, silence
+
+
+def _apply(DG, model: nn.Module, decisions: list[_Decision], silence: list[Entry], plan: PruningPlan) -> None:
+    """Fold the constants, silence the kept zero channels, prune the groups and record the kept indices in ``plan``."""
+    names = {m: n for n, m in model.named_modules()}
+    for d in decisions:
+        _fold_into(d.folds, plan, names)
+    _silence(silence, plan, names)
+    alive: dict[tuple[str, str], list[int]] = {}
+    sizes: dict[tuple[str, str], int] = {}
+    for d in decisions:
+        pruner = DG.get_pruner_of_module(d.root)
+        group = DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)
+        _track(DG, group, names, alive, sizes)
+        group.prune(record_history=False)
+        plan.history.append([d.root_name, list(d.remove)])
+    plan.layers = _layer_entries(model, alive, sizes)
 
 
 def _track(DG, group, names, alive, sizes) -> None:
@@ -465,7 +403,7 @@ def _track(DG, group, names, alive, sizes) -> None:
         if not isinstance(module, nn.Module) or slicer_for(module) is None:
             continue
         slicer = slicer_for(module)
-        is_out = not isinstance(module, _PRODUCER_TYPES) or DG.is_out_channel_pruning_fn(item.dep.handler)
+        is_out = not isinstance(module, PRODUCER_TYPES) or DG.is_out_channel_pruning_fn(item.dep.handler)
         key = (names[module], "out" if is_out else "in")
         if key not in alive:
             n = slicer.out_size(module) if is_out else slicer.in_size(module)

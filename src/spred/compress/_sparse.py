@@ -12,13 +12,15 @@ import copy
 import logging
 import math
 import warnings
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-logger = logging.getLogger("spred")
+from spred._validation import check_float
+from spred.compress._inputs import check_module
+
+logger = logging.getLogger(__name__)
 
 #: Default ``min_sparsity`` of :func:`to_sparse`: below it a CSR product was slower than the
 #: dense one on CPU for Linear layers at batch 256 (``benchmarks/csr_speedup.py``, 1 thread).
@@ -29,6 +31,42 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, size: tupl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # "Sparse CSR tensor support is in beta state"
         return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
+
+
+_CSR_NAMES = ("weight_values", "crow_indices", "col_indices")
+
+
+def _check_csr(values, crow, col, size: tuple[int, int], prefix: str = "") -> None:
+    """Refuse CSR tensors that do not describe a ``size`` matrix (ValueError naming the tensor).
+
+    Torch's sparse kernels trust the index arrays: a tampered checkpoint with an
+    out-of-range or non-monotone index reads outside the arrays (garbage or a crash),
+    so every invariant is checked here, before any tensor is copied into the module.
+    """
+    rows, cols = size
+    for name, t in zip(_CSR_NAMES, (values, crow, col)):
+        if not isinstance(t, torch.Tensor) or t.layout != torch.strided or t.dim() != 1:
+            raise ValueError(f"'{prefix}{name}' must be a 1-d dense tensor; got {type(t).__name__} of shape {tuple(getattr(t, 'shape', ()))}.")
+    if not values.is_floating_point():
+        raise ValueError(f"'{prefix}weight_values' must hold floating-point values; got {values.dtype}.")
+    if crow.dtype not in (torch.int32, torch.int64) or col.dtype != crow.dtype:
+        raise ValueError(f"'{prefix}crow_indices' and '{prefix}col_indices' must both be int32 or int64; got {crow.dtype} and {col.dtype}.")
+    nnz = values.numel()
+    if crow.numel() != rows + 1:
+        raise ValueError(f"'{prefix}crow_indices' must have {rows + 1} entries (rows + 1) for a {rows} x {cols} weight; got {crow.numel()}.")
+    if col.numel() != nnz:
+        raise ValueError(f"'{prefix}col_indices' must have as many entries as '{prefix}weight_values' ({nnz}); got {col.numel()}.")
+    crow, col = crow.detach().cpu().long(), col.detach().cpu().long()
+    if int(crow[0]) != 0 or int(crow[-1]) != nnz:
+        raise ValueError(f"'{prefix}crow_indices' must start at 0 and end at the number of values ({nnz}); got {int(crow[0])} and {int(crow[-1])}.")
+    counts = crow.diff()
+    if bool((counts < 0).any()):
+        raise ValueError(f"'{prefix}crow_indices' must be non-decreasing; it falls at row {int((counts < 0).nonzero()[0])}.")
+    if nnz and (int(col.min()) < 0 or int(col.max()) >= cols):
+        raise ValueError(f"'{prefix}col_indices' must lie in [0, {cols}); got values from {int(col.min())} to {int(col.max())}.")
+    row = torch.repeat_interleave(torch.arange(rows), counts)
+    if bool(((row[1:] == row[:-1]) & (col[1:] <= col[:-1])).any()):
+        raise ValueError(f"'{prefix}col_indices' must be strictly increasing within each row (sorted, no duplicates).")
 
 
 class _CSRWeight(nn.Module):
@@ -73,9 +111,18 @@ class _CSRWeight(nn.Module):
         self._cache = None
         return super()._apply(fn, *args, **kwargs)
 
+    def _filled(self, dense: nn.Module, w: torch.Tensor) -> nn.Module:
+        """``dense`` (a freshly built layer) with this layer's weight ``w`` (dense form) and bias."""
+        with torch.no_grad():
+            dense.weight.copy_(w)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         self._cache = None
-        for name in ("weight_values", "crow_indices", "col_indices"):
+        _check_csr(*(state_dict.get(prefix + name, getattr(self, name)) for name in _CSR_NAMES), self._matrix_size, prefix)
+        for name in _CSR_NAMES:
             key = prefix + name
             if key in state_dict and state_dict[key].shape != getattr(self, name).shape:
                 new = torch.empty_like(state_dict[key], device=getattr(self, name).device)
@@ -133,12 +180,7 @@ class SparseLinear(_CSRWeight):
     def to_dense(self) -> nn.Linear:
         """The equivalent :class:`torch.nn.Linear`."""
         w = self.weight_csr.to_dense()
-        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            lin.weight.copy_(w)
-            if self.bias is not None:
-                lin.bias.copy_(self.bias)
-        return lin
+        return self._filled(nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype), w)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, nnz={self.nnz}, sparsity={self.sparsity:.3f}"
@@ -210,12 +252,8 @@ class SparseConv2d(_CSRWeight):
         """The equivalent :class:`torch.nn.Conv2d`."""
         w = self.weight_csr.to_dense().reshape(self.out_channels, self.in_channels, *self.kernel_size)
         conv = nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, stride=self.stride, padding=self.padding,
-                         dilation=self.dilation, bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype)
-        with torch.no_grad():
-            conv.weight.copy_(w)
-            if self.bias is not None:
-                conv.bias.copy_(self.bias)
-        return conv
+                         dilation=self.dilation, bias=self.bias is not None, padding_mode=self.padding_mode, device=w.device, dtype=w.dtype)  # fmt: skip
+        return self._filled(conv, w)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding!r}, "
@@ -273,12 +311,8 @@ def to_sparse(
     nn.Module
         The converted model (for inference: the CSR values do not require gradients).
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter of to_sparse must be a torch.nn.Module. Got {type(model).__name__} instead.")
-    if isinstance(min_sparsity, bool) or not isinstance(min_sparsity, Real):
-        raise TypeError(f"The 'min_sparsity' parameter of to_sparse must be a float in the range [0, 1]. Got {min_sparsity!r} of type {type(min_sparsity).__name__} instead.")
-    if not 0.0 <= min_sparsity <= 1.0:
-        raise ValueError(f"The 'min_sparsity' parameter of to_sparse must be a float in the range [0, 1]. Got {min_sparsity!r} instead.")
+    check_module(model, "model", "to_sparse")
+    min_sparsity = check_float(min_sparsity, "min_sparsity", "to_sparse", 0.0, 1.0)
     if not isinstance(include, (tuple, list)):
         raise TypeError(f"The 'include' parameter of to_sparse must be a tuple of layer types among (nn.Linear, nn.Conv2d). Got {include!r} instead.")
     if not all(t in (nn.Linear, nn.Conv2d) for t in include):
@@ -316,8 +350,7 @@ def to_dense(model: nn.Module, *, inplace: bool = False) -> nn.Module:
     nn.Module
         The model with plain :class:`torch.nn.Linear` / :class:`torch.nn.Conv2d` layers.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"The 'model' parameter of to_dense must be a torch.nn.Module. Got {type(model).__name__} instead.")
+    check_module(model, "model", "to_dense")
     if not inplace:
         model = copy.deepcopy(model)
     return _replace(model, lambda m: m.to_dense() if isinstance(m, (SparseLinear, SparseConv2d)) else None)[0]
