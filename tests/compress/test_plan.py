@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -168,3 +169,105 @@ def test_slicers_refuse_grouped_and_transposed_convolutions():
     tconv = nn.ConvTranspose2d(4, 4, 3)
     assert "transposed" in slicer_for(tconv).unsupported(tconv)
     assert slicer_for(nn.LayerNorm(3)) is None
+
+
+# --------------------------------------------------------------------------- malformed plans (issue 19)
+
+
+def _vgg_plan(make):
+    model, x = make("vgg")
+    _zero_some_channels(model)
+    _, plan = prune_channels(model, x)
+    data = plan.to_dict()
+    assert data["layers"][_last(data)]["kept_in"] is not None  # the last entry slices inputs (corrupted below)
+    return data
+
+
+def _last(data):
+    return list(data["layers"])[-1]
+
+
+def _drop_key(data):
+    del data["layers"][_last(data)]["in_size"]
+
+
+def _not_a_dict(data):
+    data["layers"][_last(data)] = [1, 2, 3]
+
+
+def _duplicate(data):
+    e = data["layers"][_last(data)]
+    e["kept_in"] = [e["kept_in"][0]] + e["kept_in"][:-1]
+
+
+def _floats(data):
+    e = data["layers"][_last(data)]
+    e["kept_in"] = [float(i) for i in e["kept_in"]]
+
+
+def _unsorted(data):
+    e = data["layers"][_last(data)]
+    e["kept_in"] = e["kept_in"][::-1]
+
+
+def _out_of_range(data):
+    e = data["layers"][_last(data)]
+    e["kept_in"] = e["kept_in"][:-1] + [e["in_size"]]
+
+
+def _negative(data):
+    e = data["layers"][_last(data)]
+    e["kept_in"] = [-1] + e["kept_in"][1:]
+
+
+def _empty(data):
+    data["layers"][_last(data)]["kept_in"] = []
+
+
+def _bool_indices(data):
+    e = data["layers"][_last(data)]
+    e["kept_in"] = [True] + e["kept_in"][1:]
+
+
+def _bias_on_batchnorm(data):
+    data["added_bias"] = ["bn1"]
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "error", "match"),
+    [
+        (_drop_key, ValueError, r"the plan entry of '{last}' lacks the key\(s\) \['in_size'\]"),
+        (_not_a_dict, TypeError, r"the plan entry of '{last}' must be a dict. Got list"),
+        (_duplicate, ValueError, r"'kept_in' of '{last}' must be sorted in increasing order without duplicates"),
+        (_floats, TypeError, r"'kept_in' of '{last}' must hold int indices. Got \d+\.0 of type float"),
+        (_unsorted, ValueError, r"'kept_in' of '{last}' must be sorted in increasing order without duplicates"),
+        (_out_of_range, ValueError, r"'kept_in' of '{last}' must lie in \[0, \d+\) \(its in_size\)"),
+        (_negative, ValueError, r"'kept_in' of '{last}' must lie in \[0, \d+\) \(its in_size\). Got -1"),
+        (_empty, ValueError, r"'kept_in' of '{last}' is empty: a layer keeps at least one channel"),
+        (_bool_indices, TypeError, r"'kept_in' of '{last}' must hold int indices. Got True of type bool"),
+        (_bias_on_batchnorm, ValueError, r"the plan adds a bias to 'bn1', but BatchNorm2d is not a Linear / convolution layer"),
+    ],
+)
+def test_apply_plan_checks_the_whole_plan_before_touching_the_model(make, corrupt, error, match):
+    """A bad entry (here the last one) used to raise a bare KeyError / TypeError after the first layers were
+    sliced, or to be accepted (duplicate / float indices); now nothing is sliced and the error names the layer."""
+    data = _vgg_plan(make)
+    corrupt(data)
+    fresh, _ = make("vgg", seed=1)
+    before = copy.deepcopy(fresh)
+    with pytest.raises(error, match=match.format(last=_last(data))):
+        apply_plan(fresh, data)
+    assert repr(fresh) == repr(before)
+    after, orig = fresh.state_dict(), before.state_dict()
+    assert after.keys() == orig.keys() and all(torch.equal(after[k], orig[k]) for k in orig)
+    assert apply_plan(fresh, _vgg_plan(make)) is fresh  # the intact plan still applies
+
+
+def test_apply_plan_accepts_numpy_integer_indices(make):
+    np = pytest.importorskip("numpy")
+    data = _vgg_plan(make)
+    e = data["layers"][_last(data)]
+    e["kept_in"] = list(np.asarray(e["kept_in"], dtype=np.int64))
+    fresh, _ = make("vgg", seed=1)
+    apply_plan(fresh, data)
+    assert dict(fresh.named_modules())[_last(data)].weight.shape[1] == len(e["kept_in"])

@@ -132,3 +132,88 @@ def test_errors(gen):
         SparseConv2d(nn.Linear(1, 1))
     with pytest.raises(ValueError, match=r"SparseConv2d supports only groups=1 convolutions; got groups=2"):
         SparseConv2d(nn.Conv2d(4, 4, 3, groups=2))
+
+
+# --------------------------------------------------------------------------- tampered CSR checkpoints (issue 19)
+
+
+def _tamper_crow_entry(sd):
+    sd["0.crow_indices"][3] += 5  # one entry changed: rows overlap, the last row reads past the values
+
+
+def _tamper_truncate_values(sd):
+    sd["0.weight_values"] = sd["0.weight_values"][:-4]  # fewer values than the indices describe
+
+
+def _tamper_col_out_of_range(sd):
+    sd["0.col_indices"][0] = 10_000
+
+
+def _tamper_negative_col(sd):
+    sd["0.col_indices"][-1] = -1
+
+
+def _tamper_crow_not_monotone(sd):
+    crow = sd["0.crow_indices"]
+    crow[2], crow[3] = crow[3].clone(), crow[2].clone()
+
+
+def _tamper_crow_length(sd):
+    sd["0.crow_indices"] = sd["0.crow_indices"][:-1]
+
+
+def _tamper_crow_dtype(sd):
+    sd["0.crow_indices"] = sd["0.crow_indices"].double()
+
+
+def _tamper_unsorted_row(sd):
+    crow, col = sd["0.crow_indices"], sd["0.col_indices"]
+    row = int(((crow[1:] - crow[:-1]) >= 2).nonzero()[0])
+    start = int(crow[row])
+    col[start], col[start + 1] = col[start + 1].clone(), col[start].clone()
+
+
+@pytest.mark.parametrize(
+    ("tamper", "match"),
+    [
+        (_tamper_crow_entry, r"'0\.(crow|col)_indices' must be (non-decreasing|strictly increasing within each row)"),
+        (_tamper_truncate_values, r"'0.col_indices' must have as many entries as '0.weight_values' \(\d+\)"),
+        (_tamper_col_out_of_range, r"'0.col_indices' must lie in \[0, 40\); got values from 0 to 10000"),
+        (_tamper_negative_col, r"'0.col_indices' must lie in \[0, 40\); got values from -1"),
+        (_tamper_crow_not_monotone, r"'0.crow_indices' must be non-decreasing"),
+        (_tamper_crow_length, r"'0.crow_indices' must have 31 entries \(rows \+ 1\) for a 30 x 40 weight; got 30"),
+        (_tamper_crow_dtype, r"'0.crow_indices' and '0.col_indices' must both be int32 or int64; got torch.float64"),
+        (_tamper_unsorted_row, r"'0.col_indices' must be strictly increasing within each row"),
+    ],
+)
+def test_a_tampered_csr_checkpoint_is_refused_before_it_is_used(tmp_path, gen, tamper, match):
+    """Torch's CSR kernels trust the indices: a tampered weights-only checkpoint gave garbage (~1e31) or a segfault.
+
+    Now loading raises a ValueError naming the tensor, and the module keeps its weights.
+    """
+    dense = _sparsify_weights(nn.Sequential(nn.Linear(40, 30)), 0.8, gen)
+    model = to_sparse(dense, min_sparsity=0.5)
+    x = torch.randn(3, 40, generator=gen)
+    with torch.no_grad():
+        expected = model(x)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    tamper(sd)
+    torch.save(sd, tmp_path / "sparse.pt")
+    target = to_sparse(_sparsify_weights(nn.Sequential(nn.Linear(40, 30)), 0.8, gen), min_sparsity=0.5)
+    target.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match=match):
+        target.load_state_dict(torch.load(tmp_path / "sparse.pt", weights_only=True))
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), expected, rtol=0, atol=0)  # untouched by the refused load
+
+
+def test_a_valid_csr_checkpoint_with_other_nnz_and_int32_indices_still_loads(tmp_path, gen):
+    source = to_sparse(_sparsify_weights(nn.Sequential(nn.Linear(40, 30)), 0.9, gen), min_sparsity=0.5)
+    sd = dict(source.state_dict())
+    sd["0.crow_indices"], sd["0.col_indices"] = sd["0.crow_indices"].int(), sd["0.col_indices"].int()
+    torch.save(sd, tmp_path / "sparse.pt")
+    target = to_sparse(_sparsify_weights(nn.Sequential(nn.Linear(40, 30)), 0.6, gen), min_sparsity=0.5)
+    target.load_state_dict(torch.load(tmp_path / "sparse.pt", weights_only=True))
+    x = torch.randn(3, 40, generator=gen)
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), source(x))
