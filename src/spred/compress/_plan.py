@@ -43,7 +43,9 @@ class LayerSlicer:
     Subclasses set ``target`` (a subclass of :class:`torch.nn.Module`) and implement
     :meth:`out_size` / :meth:`keep_out` (and :meth:`in_size` / :meth:`keep_in` when the
     module has an input channel dimension of its own). ``keep`` is the sorted list of
-    indices to keep. Register an instance with :func:`register_slicer`.
+    indices to keep. Register an instance with :func:`register_slicer`. A base class
+    meant only to be subclassed is declared with ``class Base(LayerSlicer, abstract=True)``
+    and needs no ``target``.
     """
 
     target: ClassVar[type[nn.Module]]

@@ -13,6 +13,10 @@ channel is consumed, or if the next layer can absorb it into its own bias:
 
 Channels coupled through residual adds or concatenations (one Torch-Pruning
 dependency group) are removed only if their weights are zero in every coupled layer.
+
+Which rows are zero is the zero rule of :func:`spred.nn._rules.zero_units` (every
+entry ``|w| <= threshold``); reading and folding the constants is
+:mod:`spred.compress._fold`, shared with the compression experiment.
 """
 
 from __future__ import annotations
