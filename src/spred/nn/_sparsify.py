@@ -86,6 +86,18 @@ def _matches(patterns, *names: str) -> str | None:
     return None
 
 
+def _first_matches(keys: list[str], names: list[str]) -> dict[str, str | None]:
+    """``{name: the first of keys matching it}``, as :func:`_matches` gives, with plain names looked up directly."""
+    globs = [(i, k) for i, k in enumerate(keys) if any(c in k for c in "*?[")]
+    plain = {k: i for i, k in reversed(list(enumerate(keys))) if not any(c in k for c in "*?[")}
+    out = {}
+    for name in names:
+        best = plain.get(name)
+        hit = next((k for i, k in globs if (best is None or i < best) and fnmatch.fnmatchcase(name, k)), None)
+        out[name] = hit if hit is not None else (None if best is None else keys[best])
+    return out
+
+
 @dataclass
 class _Target:
     fqn: str
@@ -429,12 +441,14 @@ def _new_lams(tensors: list[SparsifiedTensor], lam) -> dict[str, float]:
     if not values:
         raise ValueError("The 'lam' parameter of set_lam is an empty mapping; give at least one name or glob.")
     known = [n for t in tensors for n in t.names]
-    unknown = [k for k in values if _matches([k], *known) is None]
+    first = _first_matches(list(values), known)  # name -> the first key matching it (or None)
+    matched = set(first.values())
+    unknown = [k for k in values if k not in matched and _matches([k], *known) is None]
     if unknown:
         raise ValueError(f"The 'lam' mapping of set_lam has keys that match no sparsified tensor: {unknown}. The sparsified tensors are {known}.")
     new, used = {}, set()
     for t in tensors:
-        keys = {_matches(values, n) for n in t.names} - {None}  # the first matching key wins, per name
+        keys = {first[n] for n in t.names} - {None}
         if len({values[k] for k in keys}) > 1:
             raise ValueError(f"The 'lam' mapping of set_lam gives the tied weights {list(t.names)} different values through {sorted(keys)}; a tied weight has one lam.")
         used |= keys
