@@ -134,6 +134,8 @@ class SpredProduct(nn.Module):
         try:
             super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         except ValueError as e:
+            if not name:
+                raise
             raise ValueError(f"cannot load the spred state of '{name}': {e}") from None
 
     def extra_repr(self) -> str:
