@@ -7,43 +7,10 @@ Adagrad: each sparse weight is written as a product ``v = u * w`` and ordinary
 
 __version__ = "0.1.0"
 
+from spred import nn
 from spred.compress import PruningPlan, apply_plan, prune_channels
 from spred.exceptions import NotSparsifiedError
-from spred.nn import (
-    KKTReport,
-    SparsityReport,
-    balanced_split,
-    check_optimizer,
-    collapse,
-    factors,
-    get_lam,
-    is_sparsified,
-    kkt_residual,
-    param_groups,
-    penalty,
-    set_lam,
-    sparsify,
-    sparsity_report,
-)
+from spred.nn import *  # noqa: F403  (the torch-only core: everything in spred.nn.__all__ is also spred.<name>)
 
-__all__ = [
-    "KKTReport",
-    "NotSparsifiedError",
-    "PruningPlan",
-    "SparsityReport",
-    "__version__",
-    "apply_plan",
-    "balanced_split",
-    "check_optimizer",
-    "collapse",
-    "factors",
-    "get_lam",
-    "is_sparsified",
-    "kkt_residual",
-    "param_groups",
-    "penalty",
-    "prune_channels",
-    "set_lam",
-    "sparsify",
-    "sparsity_report",
-]
+__all__ = ["NotSparsifiedError", "PruningPlan", "__version__", "apply_plan", "prune_channels"]
+__all__ += nn.__all__

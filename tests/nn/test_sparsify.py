@@ -143,9 +143,9 @@ def test_errors_name_the_parameter_and_value(net):
         spred.sparsify(net, "0.1")
     with pytest.raises(ValueError, match=r"The 'lam\['head.\*'\]' parameter of sparsify .* Got nan"):
         spred.sparsify(net, {"head.*": float("nan")})
-    with pytest.raises(ValueError, match=r"The 'groups' parameter of sparsify must be one of None, 'out', 'in'. Got 'rows'"):
+    with pytest.raises(ValueError, match=r"The 'groups' parameter of sparsify must be one of \(None, 'out', 'in'\). Got 'rows'"):
         spred.sparsify(net, 0.1, groups="rows")
-    with pytest.raises(ValueError, match=r"The 'depth' parameter of sparsify must be an int >= 2. Got 1"):
+    with pytest.raises(ValueError, match=r"The 'depth' parameter of sparsify must be an int in the range \[2, 16\]. Got 1"):
         spred.sparsify(net, 0.1, depth=1)
     with pytest.raises(ValueError, match=r"The 'init' parameter of sparsify"):
         spred.sparsify(net, 0.1, init="random")
@@ -213,3 +213,71 @@ def test_collapse_under_no_grad_keeps_weights_as_parameters():
         out = spred.collapse(model)
     assert isinstance(out.weight, nn.Parameter) and "weight" in dict(out.named_parameters())
     assert list(dict(out.named_parameters())) == ["weight", "bias"]
+
+
+# ---- reliability (issue 19): set_lam all or nothing, checkpoint lam, depth bound ---------------------------
+
+
+def _two_layers():
+    model = spred.sparsify(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 1)), 0.1)
+    return model, torch.optim.SGD(spred.param_groups(model), lr=0.1)
+
+
+def test_set_lam_refuses_unknown_names():
+    model, opt = _two_layers()
+    with pytest.raises(ValueError, match=r"keys that match no sparsified tensor: \['typo.weight'\]. The sparsified tensors are \['0.weight', '1.weight'\]"):
+        spred.set_lam(model, {"typo.weight": 5}, opt)
+    with pytest.raises(ValueError, match=r"keys that never apply, .* matched by an earlier key first: \['0.weight'\]"):
+        spred.set_lam(model, {"*": 0.2, "0.weight": 0.5})
+    assert spred.get_lam(model) == {"0.weight": 0.1, "1.weight": 0.1}
+
+
+def test_set_lam_is_all_or_nothing():
+    model, opt = _two_layers()
+    with pytest.raises(ValueError, match=r"The 'lam\['1.weight'\]' parameter of set_lam must be a float in the range \[0, inf\). Got -1"):
+        spred.set_lam(model, {"0.weight": 0.5, "1.weight": -1}, opt)
+    with pytest.raises(ValueError, match="now mixes lam values"):
+        spred.set_lam(model, {"0.*": 0.5}, opt)  # one optimizer group holds both tensors
+    assert spred.get_lam(model) == {"0.weight": 0.1, "1.weight": 0.1}  # the model was left as it was
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    other, _ = _two_layers()
+    foreign = torch.optim.SGD(spred.param_groups(spred.sparsify(nn.Sequential(nn.Linear(2, 2)), {"0": 0.1})), lr=0.1)
+    foreign.param_groups[0]["names"] = ["nope.weight"]
+    with pytest.raises(ValueError, match=r"an optimizer group holds \['nope.weight'\], not sparsified tensors of this model"):
+        spred.set_lam(other, 0.3, foreign)
+    assert spred.get_lam(other) == {"0.weight": 0.1, "1.weight": 0.1}
+    spred.set_lam(model, {"0.*": 0.5, "1.*": 0.5}, opt)
+    assert spred.get_lam(model) == {"0.weight": 0.5, "1.weight": 0.5} and opt.param_groups[0]["weight_decay"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("lam", "match"),
+    [
+        (-1.0, r"cannot load the spred state of 'head.weight': The 'lam' parameter of the checkpoint's spred state must be a float in the range \[0, inf\). Got -1.0"),
+        (float("nan"), r"'head.weight': .*Got nan"),
+        ("0.1", r"'head.weight': .*Got '0.1' of type str"),
+        (None, r"'head.weight': the spred state in the checkpoint must be a dict with a 'lam' entry"),
+    ],
+)
+def test_checkpoint_with_a_bad_lam_is_refused(net, lam, match):
+    spred.sparsify(net, 0.1)
+    state = net.state_dict()
+    key = "head.parametrizations.weight.0._extra_state"
+    state[key] = {k: v for k, v in state[key].items() if k != "lam"} if lam is None else {**state[key], "lam": lam}
+    fresh = spred.sparsify(Net(), 0.1)
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert spred.get_lam(fresh)["head.weight"] == 0.1
+
+
+def test_depth_is_bounded():
+    with pytest.raises(ValueError, match=r"The 'depth' parameter of sparsify must be an int in the range \[2, 16\]. Got 1000000 instead"):
+        spred.sparsify(nn.Linear(3, 2), 0.1, depth=10**6)
+    with pytest.raises(TypeError, match=r"The 'depth' parameter of sparsify .* Got 2.0 of type float"):
+        spred.sparsify(nn.Linear(3, 2), 0.1, depth=2.0)
+    layer = nn.Linear(3, 2)
+    x = torch.randn(4, 3)
+    before = layer(x)
+    spred.sparsify(layer, 0.1, depth=16)
+    assert len(spred.factors(layer)) == 16
+    torch.testing.assert_close(layer(x), before)

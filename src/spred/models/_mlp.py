@@ -6,13 +6,13 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from spred._validation import check_int
+
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
 
 
 def _check_width(value, name: str, who: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"The '{name}' parameter of {who} must be an int >= 1. Got {value!r} instead.")
-    return value
+    return check_int(value, name, who, 1)
 
 
 class MLP(nn.Sequential):

@@ -3,7 +3,11 @@
 ``sparsify`` registers the product parametrisation, ``param_groups`` turns weight
 decay into the L1 / group-L1 penalty, ``collapse`` writes exact zeros and restores
 plain modules, ``sparsity_report`` and ``kkt_residual`` say how sparse the model is
-and whether its zeros are optimal.
+and whether its zeros are optimal. Every name here is also available as ``spred.<name>``.
+
+What counts as zero, and whether a zero is optimal, is decided in one place,
+``spred.nn._rules`` (``zero_mask``, ``zero_units``, ``kkt_residuals``, ...): ``collapse``,
+``sparsity_report`` and ``kkt_residual`` all call it, and so does every other part of spred.
 """
 
 from spred.nn._collapse import collapse

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from spred._validation import check_float
 from spred.nn._rules import zero_mask
 from spred.nn._sparsify import _require
 
-logger = logging.getLogger("spred")
+logger = logging.getLogger(__name__)
 
 
 def _restore_position(params: dict, name: str, position: int) -> None:
@@ -25,11 +26,21 @@ def _restore_position(params: dict, name: str, position: int) -> None:
     params.update(items)
 
 
+def _unparametrize(module: nn.Module, name: str, spred) -> torch.Tensor:
+    """``module.<name>`` becomes a plain Parameter holding the product, at its dense position."""
+    with torch.enable_grad():  # under no_grad torch would re-register the weight as a buffer
+        parametrize.remove_parametrizations(module, name, leave_parametrized=True)
+    position = module.__dict__.pop("_spred_position", getattr(spred, "position", 0))
+    _restore_position(module._parameters, name, position)
+    return getattr(module, name)
+
+
 def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False) -> nn.Module:
     """Replace every spred product by its value, writing exact zeros where ``|v| <= threshold``.
 
     The returned model has no parametrisations and the original module classes
-    (``type(layer) is nn.Linear``), so it saves, loads and exports like the dense model.
+    (``type(layer) is nn.Linear``), so it saves, loads and exports like the dense model;
+    a tied weight is one Parameter again, held by every module that held it.
     With plain SGD pruned weights reach exact zeros by themselves; with Adam they
     hover near ``lr**2`` and need a threshold (check it with :func:`kkt_residual`).
 
@@ -47,9 +58,10 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
     -------
     nn.Module
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
-        raise ValueError(f"The 'threshold' parameter of collapse must be a float in the range [0, inf). Got {threshold!r} instead.")
-    _require(model, "collapse")
+    threshold = check_float(threshold, "threshold", "collapse", 0.0)
+    for t in _require(model, "collapse"):  # refuse before changing anything (inplace=True)
+        if len(t.module.parametrizations[t.tensor_name]) != 1:
+            raise ValueError(f"'{t.name}' carries other parametrizations besides spred; remove them before collapse.")
     if not inplace:
         model = copy.deepcopy(model)
         # A deep copy of a parametrized module shares torch's injected class with the
@@ -60,13 +72,11 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
                 module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
     written = 0
     for t in list(_require(model, "collapse")):
-        if len(t.module.parametrizations[t.tensor_name]) != 1:
-            raise ValueError(f"'{t.name}' carries other parametrizations besides spred; remove them before collapse.")
         spred = t.spred
-        with torch.enable_grad():  # under no_grad torch would re-register the weight as a buffer
-            parametrize.remove_parametrizations(t.module, t.tensor_name, leave_parametrized=True)
-        _restore_position(t.module._parameters, t.tensor_name, getattr(spred, "position", 0))
-        weight = getattr(t.module, t.tensor_name)
+        weight = _unparametrize(t.module, t.tensor_name, spred)
+        for _, module, name in t.aliases:  # a tied weight stays one Parameter
+            _unparametrize(module, name, spred)
+            setattr(module, name, weight)  # same key: keeps its position
         with torch.no_grad():
             mask = zero_mask(weight, spred.groups, spred.out_dim, threshold)
             written += int((mask & (weight != 0)).sum())

@@ -19,13 +19,16 @@ Everything here is pure tensor maths; registration lives in ``_sparsify.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from spred._validation import check_float
 from spred.nn._rules import GROUPS, group_norms, group_shape  # noqa: F401  (GROUPS re-exported)
 
 INITS = ("preserve", "balanced")
+MAX_DEPTH = 16  # why: see sparsify's docstring (each factor is a trainable copy; the penalty is near L0 by then)
 
 
 def balanced_split(v: torch.Tensor, groups: str | None = None, depth: int = 2, out_dim: int = 0) -> tuple[torch.Tensor, ...]:
@@ -106,13 +109,34 @@ class SpredProduct(nn.Module):
         return {"lam": self.lam, "groups": self.groups, "depth": self.depth, "out_dim": self.out_dim}
 
     def set_extra_state(self, state: dict) -> None:
+        """Restore ``lam`` from a checkpoint, refusing settings that differ from this model's and a bad ``lam``."""
+        if not isinstance(state, Mapping) or "lam" not in state:
+            found = sorted(state) if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"the spred state in the checkpoint must be a dict with a 'lam' entry (as saved by spred); got {found}")
         for key in ("groups", "depth", "out_dim"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(
                     f"checkpoint was saved with {key}={state[key]!r} but this model was sparsified with "
                     f"{key}={getattr(self, key)!r}; sparsify the model with the same settings before loading"
                 )
-        self.lam = float(state["lam"])
+        lam = state["lam"]
+        if isinstance(lam, torch.Tensor) and lam.numel() == 1:
+            lam = lam.item()
+        try:
+            self.lam = check_float(lam, "lam", "the checkpoint's spred state", 0.0)
+        except TypeError as e:  # a corrupt file is a wrong value, whatever its type
+            raise ValueError(str(e)) from None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Name the tensor in a refused checkpoint: prefix is "<module>.parametrizations.<tensor>.<index>."
+        parts = prefix.rstrip(".").split(".")
+        name = ".".join([*parts[:-3], parts[-2]]) if len(parts) >= 3 and parts[-3] == "parametrizations" else prefix.rstrip(".")
+        try:
+            super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        except ValueError as e:
+            if not name:
+                raise
+            raise ValueError(f"cannot load the spred state of '{name}': {e}") from None
 
     def extra_repr(self) -> str:
         return f"lam={self.lam:g}, groups={self.groups!r}, depth={self.depth}"

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from spred._validation import check_float
 from spred.nn._rules import kkt_residuals, unit_dim, zero_mask, zero_units
 from spred.nn._sparsify import _require, sparsified_tensors
 
@@ -103,9 +104,10 @@ class SparsityReport:
 
 def _effective_tensors(model: nn.Module):
     """(name, tensor, spred-or-None) for every parameter as the model sees it, each once."""
-    spred_of = {id(t.module): {} for t in sparsified_tensors(model)}
+    spred_of = {}  # id(module) -> {tensor name: SpredProduct}, every place of a tied weight
     for t in sparsified_tensors(model):
-        spred_of[id(t.module)][t.tensor_name] = t.spred
+        for _, module, tname in ((t.name, t.module, t.tensor_name), *t.aliases):
+            spred_of.setdefault(id(module), {})[tname] = t.spred
     seen = set()
     for mod_name, module in model.named_modules():
         if isinstance(module, parametrize.ParametrizationList) or ".parametrizations" in f".{mod_name}":
@@ -143,6 +145,7 @@ def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityRepo
     >>> spred.sparsity_report(net).total
     10
     """
+    threshold = check_float(threshold, "threshold", "sparsity_report", 0.0)
     rows = []
     for name, module, value, spred in _effective_tensors(model):
         v = value.detach()
@@ -214,6 +217,7 @@ def kkt_residual(
     For depth D > 2 the nonzero residual uses the L_{2/D} gradient
     ``lam * |v|^(2/D-1) sign(v)`` and zero entries always count as optimal.
     """
+    threshold = check_float(threshold, "threshold", "kkt_residual", 0.0)
     tensors = _require(model, "kkt_residual")
     inputs, targets = batch
     if not isinstance(inputs, (tuple, list)):
@@ -221,21 +225,27 @@ def kkt_residual(
     spred_ids = {id(f) for t in tensors for f in t.factors}
     others = {n: p for n, p in model.named_parameters() if id(p) not in spred_ids and p.requires_grad}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
+    places = [(i, m, tn) for i, t in enumerate(tensors) for _, m, tn in ((t.name, t.module, t.tensor_name), *t.aliases)]
     try:
-        # Inside cached() every weight is computed once, so the forward pass uses exactly
+        # Inside cached() every weight is computed once per module, so the forward pass uses exactly
         # these tensors and autograd can differentiate the loss with respect to them.
         with torch.enable_grad(), parametrize.cached():
-            values = {t.name: getattr(t.module, t.tensor_name) for t in tensors}
+            used = [getattr(m, tn) for _, m, tn in places]
             loss = loss_fn(model(*inputs), targets)
-            grads = torch.autograd.grad(loss, [*values.values(), *others.values()], allow_unused=True)
+            grads = torch.autograd.grad(loss, [*used, *others.values()], allow_unused=True)
     finally:
         with torch.no_grad():
             for n, b in model.named_buffers():
                 b.copy_(buffers[n])
+    # dL/dv of a tied weight is the sum over the modules that use it
+    values, total = [None] * len(tensors), [None] * len(tensors)
+    for (i, _, _), v, g in zip(places, used, grads):
+        values[i] = v.detach()
+        if g is not None:
+            total[i] = g if total[i] is None else total[i] + g
     per_tensor = {}
     with torch.no_grad():
-        for t, g in zip(tensors, grads[: len(values)]):
-            v = values[t.name].detach()
+        for t, v, g in zip(tensors, values, total):
             g = torch.zeros_like(v) if g is None else g
             sp = t.spred
             zero, resid_nz, resid_zero = kkt_residuals(v, g, sp.lam, groups=sp.groups, out_dim=sp.out_dim, depth=sp.depth, threshold=threshold)
@@ -247,5 +257,5 @@ def kkt_residual(
                 "max_zero": max_z,
                 "max_nonzero": max_nz,
             }
-        other = max((float(g.abs().max()) for g in grads[len(values) :] if g is not None and g.numel()), default=0.0)
+        other = max((float(g.abs().max()) for g in grads[len(places) :] if g is not None and g.numel()), default=0.0)
     return KKTReport(per_tensor, other, threshold)

@@ -3,34 +3,54 @@
 from __future__ import annotations
 
 import fnmatch
+import logging
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from spred._validation import check_choice, check_float, check_int, param_error
 from spred.exceptions import NotSparsifiedError
-from spred.nn._parametrizations import GROUPS, INITS, SpredProduct
+from spred.nn._parametrizations import GROUPS, INITS, MAX_DEPTH, SpredProduct
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_INCLUDE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 @dataclass(frozen=True)
 class SparsifiedTensor:
-    """One sparsified tensor: where it lives and its parametrisation."""
+    """One sparsified tensor: where it lives and its parametrisation.
+
+    A tied weight (one Parameter held by several modules, ``b.weight = a.weight``) is
+    *one* sparsified tensor: one parametrisation and one set of factors, shared by
+    every module that held it. ``name`` / ``module`` are its first place in
+    ``model.named_modules()`` order and ``aliases`` the others, as
+    ``(name, module, tensor_name)``.
+    """
 
     name: str  # fully qualified name of the weight, e.g. "features.0.weight"
     module: nn.Module
     tensor_name: str
     spred: SpredProduct
+    aliases: tuple[tuple[str, nn.Module, str], ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every fully qualified name of this tensor (more than one for a tied weight)."""
+        return (self.name, *(a[0] for a in self.aliases))
 
     @property
     def factors(self) -> tuple[torch.Tensor, ...]:
         plist = self.module.parametrizations[self.tensor_name]
         return tuple(getattr(plist, f"original{i}") for i in range(self.spred.depth))
+
+
+def _fqn(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
 
 
 def _spred_of(module: nn.Module, tensor_name: str) -> SpredProduct | None:
@@ -43,23 +63,20 @@ def _spred_of(module: nn.Module, tensor_name: str) -> SpredProduct | None:
 
 
 def sparsified_tensors(model: nn.Module) -> Iterator[SparsifiedTensor]:
-    """Iterate over every tensor of ``model`` carrying the spred parametrisation."""
+    """Iterate over every tensor of ``model`` carrying the spred parametrisation, each once.
+
+    A tied weight comes once, with its other places in :attr:`SparsifiedTensor.aliases`.
+    """
+    places: dict[int, list] = {}  # id(ParametrizationList) -> [(fqn, module, tensor_name, product)]
     for mod_name, module in model.named_modules():
         if not parametrize.is_parametrized(module):
             continue
-        for tensor_name in module.parametrizations:
+        for tensor_name, plist in module.parametrizations.items():
             p = _spred_of(module, tensor_name)
             if p is not None:
-                fqn = f"{mod_name}.{tensor_name}" if mod_name else tensor_name
-                yield SparsifiedTensor(fqn, module, tensor_name, p)
-
-
-def _check_lam(value, who: str, name: str = "lam") -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"The '{name}' parameter of {who} must be a float in the range [0, inf). Got {value!r} of type {type(value).__name__} instead.")
-    if not (value >= 0 and value != float("inf")):
-        raise ValueError(f"The '{name}' parameter of {who} must be a float in the range [0, inf). Got {value!r} instead.")
-    return float(value)
+                places.setdefault(id(plist), []).append((_fqn(mod_name, tensor_name), module, tensor_name, p))
+    for (name, module, tensor_name, p), *others in places.values():
+        yield SparsifiedTensor(name, module, tensor_name, p, tuple((n, m, tn) for n, m, tn, _ in others))
 
 
 def _matches(patterns, *names: str) -> str | None:
@@ -67,6 +84,130 @@ def _matches(patterns, *names: str) -> str | None:
         if any(fnmatch.fnmatchcase(n, pat) for n in names):
             return pat
     return None
+
+
+def _first_matches(keys: list[str], names: list[str]) -> dict[str, str | None]:
+    """``{name: the first of keys matching it}``, as :func:`_matches` gives, with plain names looked up directly."""
+    globs = [(i, k) for i, k in enumerate(keys) if any(c in k for c in "*?[")]
+    plain = {k: i for i, k in reversed(list(enumerate(keys))) if not any(c in k for c in "*?[")}
+    out = {}
+    for name in names:
+        best = plain.get(name)
+        hit = next((k for i, k in globs if (best is None or i < best) and fnmatch.fnmatchcase(name, k)), None)
+        out[name] = hit if hit is not None else (None if best is None else keys[best])
+    return out
+
+
+@dataclass
+class _Target:
+    fqn: str
+    module: nn.Module
+    lam: float
+    out_dim: int
+
+
+def _check_sparsify_args(model, lam, groups, depth, include, exclude, init) -> tuple[dict, int, tuple, tuple]:
+    """Validate sparsify's arguments; returns ``(lam_map, depth, include, exclude)``."""
+    who = "sparsify"
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"sparsify expects a torch.nn.Module; got {type(model).__name__}.")
+    if isinstance(lam, Mapping):
+        lam_map = {str(k): check_float(v, f"lam[{k!r}]", who, 0.0) for k, v in lam.items()}
+        if not lam_map:
+            raise ValueError("The 'lam' parameter of sparsify is an empty mapping; give at least one name or glob.")
+    else:
+        lam_map = {"*": check_float(lam, "lam", who, 0.0)}
+    check_choice(groups, "groups", who, GROUPS)
+    depth = check_int(depth, "depth", who, 2, MAX_DEPTH)
+    check_choice(init, "init", who, INITS)
+    exclude = (exclude,) if isinstance(exclude, str) else exclude
+    if not isinstance(exclude, (tuple, list)) or not all(isinstance(e, str) for e in exclude):
+        raise param_error(TypeError, "exclude", who, "a sequence of str (globs)", exclude)
+    include = tuple(include) if isinstance(include, (tuple, list)) else (include,)
+    if not include or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in include):
+        raise param_error(TypeError, "include", who, "a tuple of nn.Module subclasses", include)
+    return lam_map, depth, include, tuple(exclude)
+
+
+def _find_targets(model, lam_map, groups, include, exclude) -> list[_Target]:
+    """The weights sparsify will reparametrise, each with its lam; refuses what it cannot do."""
+    targets, used_keys = [], set()
+    for mod_name, module in model.named_modules():
+        if not isinstance(module, include) or getattr(module, "weight", None) is None:
+            continue
+        fqn = _fqn(mod_name, "weight")
+        if _matches(exclude, mod_name, fqn):
+            continue
+        key = _matches(lam_map, fqn, mod_name)
+        if key is None:
+            continue
+        used_keys.add(key)
+        if _spred_of(module, "weight") is not None:
+            raise ValueError(f"'{fqn}' is already sparsified; sparsify a model only once (use spred.collapse first to start over).")
+        if parametrize.is_parametrized(module, "weight"):
+            raise ValueError(f"'{fqn}' already carries a parametrization ({module.parametrizations['weight']}); spred needs a plain weight.")
+        weight = module.weight
+        if groups is not None and weight.dim() < 2:
+            raise ValueError(
+                f"groups={groups!r} needs a weight with ndim >= 2; '{fqn}' has shape {tuple(weight.shape)}. "
+                "Use groups=None for elementwise sparsity or exclude this layer."
+            )
+        out_dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+        targets.append(_Target(fqn, module, lam_map[key], out_dim))
+    if not targets:
+        names = ", ".join(t.__name__ for t in include)
+        raise ValueError(f"sparsify found no weight to sparsify: no module of type ({names}) matched lam keys {sorted(lam_map)} and exclude {tuple(exclude)}.")
+    unused = [k for k in lam_map if k != "*" and k not in used_keys]
+    if unused:
+        raise ValueError(f"The 'lam' mapping of sparsify has keys that match no sparsifiable weight: {unused}.")
+    return targets
+
+
+def _tie_groups(model: nn.Module, targets: list[_Target]) -> list[list[_Target]]:
+    """``targets`` grouped by Parameter: a tied weight is sparsified once, for all its places.
+
+    Refuses a tie that sparsify would break: a place of the same Parameter that would
+    stay dense (excluded, another module type, another attribute), or places that
+    would get different settings.
+    """
+    holders: dict[int, list[str]] = {}
+    for mod_name, module in model.named_modules():
+        for pname, p in module._parameters.items():
+            if p is not None:
+                holders.setdefault(id(p), []).append(_fqn(mod_name, pname))
+    by_param: dict[int, list[_Target]] = {}
+    for t in targets:
+        by_param.setdefault(id(t.module.weight), []).append(t)
+    for pid, ties in by_param.items():
+        names = [t.fqn for t in ties]
+        dense = [n for n in holders.get(pid, ()) if n not in names]
+        if dense:
+            raise ValueError(
+                f"'{names[0]}' is tied to {dense} (the same Parameter), which sparsify would leave dense, so the tie would "
+                "break. Sparsify every place of a tied weight (include its module type and give it a lam) or exclude them all."
+            )
+        settings = {(t.lam, t.out_dim) for t in ties}
+        if len(settings) > 1:
+            raise ValueError(f"tied weights {names} (the same Parameter) would get different settings (lam, out_dim) {sorted(settings)}; give them one lam.")
+    return list(by_param.values())
+
+
+def _register(ties: list[_Target], groups: str | None, depth: int, init: str) -> None:
+    """One parametrisation for a (possibly tied) weight: registered on the first place, shared by the others."""
+    first = ties[0]
+    product = SpredProduct(first.lam, groups, depth, init, first.out_dim)
+    for t in ties:  # restored by collapse, so parameters and state_dict keys keep the dense order
+        t.module._spred_position = list(t.module._parameters).index("weight")
+    product.position = first.module._spred_position
+    parametrize.register_parametrization(first.module, "weight", product)
+    shared = first.module.parametrizations["weight"]
+    for t in ties[1:]:
+        # Make the module parametrized (an identity keeps its Parameter as is), then hand it the
+        # first place's ParametrizationList: one set of factors, one product, one lam.
+        parametrize.register_parametrization(t.module, "weight", nn.Identity(), unsafe=True)
+        t.module.parametrizations["weight"] = shared
+    if len(ties) > 1:
+        logger.debug("sparsify: %s share one parametrisation (tied weights)", [t.fqn for t in ties])
 
 
 def sparsify(
@@ -92,6 +233,12 @@ def sparsify(
 
     The model is changed in place and returned; build the optimizer *afterwards*.
 
+    Tied weights (one Parameter held by several modules, e.g. ``b.weight = a.weight``)
+    stay tied: they get one parametrisation with one set of factors, shared by every
+    module, and :func:`collapse` gives back one Parameter. Every place of a tied weight
+    must be sparsified with the same settings; a tie that would break (one place
+    excluded or of a type not in ``include``) is refused.
+
     Parameters
     ----------
     model : nn.Module
@@ -104,8 +251,12 @@ def sparsify(
         per output neuron / filter (removes whole neurons or channels). ``"in"``: one
         scalar per input feature / channel (feature selection on a first layer).
         Groups are not weighted by their size.
-    depth : int, default=2
-        Number of factors D >= 2. D > 2 gives the non-convex L_{2/D} penalty.
+    depth : int in [2, 16], default=2
+        Number of factors D. D > 2 gives the non-convex L_{2/D} penalty. Each factor
+        is a trainable tensor (elementwise: a full copy of the weight, with its own
+        optimizer state), and the penalty is already close to L0 at D = 16
+        (``|v|^(1/8)``) while the gradient of a deep product vanishes near zero, so
+        deeper products only cost memory and slow training; larger D is refused.
     include : tuple of module types
         Which modules' ``weight`` to sparsify.
     exclude : sequence of str
@@ -128,70 +279,18 @@ def sparsify(
     >>> model = spred.sparsify(torch.nn.Linear(20, 1), lam=0.1)
     >>> opt = torch.optim.SGD(spred.param_groups(model), lr=0.1)
     """
-    who = "sparsify"
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"sparsify expects a torch.nn.Module; got {type(model).__name__}.")
-    if isinstance(lam, Mapping):
-        lam_map = {str(k): _check_lam(v, who, f"lam[{k!r}]") for k, v in lam.items()}
-        if not lam_map:
-            raise ValueError("The 'lam' parameter of sparsify is an empty mapping; give at least one name or glob.")
-    else:
-        lam_map = {"*": _check_lam(lam, who)}
-    if groups not in GROUPS:
-        raise ValueError(f"The 'groups' parameter of sparsify must be one of None, 'out', 'in'. Got {groups!r} instead.")
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 2:
-        raise ValueError(f"The 'depth' parameter of sparsify must be an int >= 2. Got {depth!r} instead.")
-    if init not in INITS:
-        raise ValueError(f"The 'init' parameter of sparsify must be one of {INITS}. Got {init!r} instead.")
-    if isinstance(exclude, str):
-        exclude = (exclude,)
-    include = tuple(include) if isinstance(include, (tuple, list)) else (include,)
-    if not include or not all(isinstance(t, type) and issubclass(t, nn.Module) for t in include):
-        raise TypeError(f"The 'include' parameter of sparsify must be a tuple of nn.Module subclasses. Got {include!r} instead.")
-
-    targets = []
-    used_keys = set()
-    for mod_name, module in model.named_modules():
-        if not isinstance(module, include):
-            continue
-        if getattr(module, "weight", None) is None:
-            continue
-        fqn = f"{mod_name}.weight" if mod_name else "weight"
-        if _matches(exclude, mod_name, fqn):
-            continue
-        key = _matches(lam_map, fqn, mod_name)
-        if key is None:
-            continue
-        used_keys.add(key)
-        if _spred_of(module, "weight") is not None:
-            raise ValueError(f"'{fqn}' is already sparsified; sparsify a model only once (use spred.collapse first to start over).")
-        if parametrize.is_parametrized(module, "weight"):
-            raise ValueError(f"'{fqn}' already carries a parametrization ({module.parametrizations['weight']}); spred needs a plain weight.")
-        weight = module.weight
-        if groups is not None and weight.dim() < 2:
-            raise ValueError(
-                f"groups={groups!r} needs a weight with ndim >= 2; '{fqn}' has shape {tuple(weight.shape)}. "
-                "Use groups=None for elementwise sparsity or exclude this layer."
-            )
-        out_dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
-        targets.append((fqn, module, lam_map[key], out_dim))
-
-    if not targets:
-        names = ", ".join(t.__name__ for t in include)
-        raise ValueError(f"sparsify found no weight to sparsify: no module of type ({names}) matched lam keys {sorted(lam_map)} and exclude {tuple(exclude)}.")
-    unused = [k for k in lam_map if k != "*" and k not in used_keys]
-    if unused:
-        raise ValueError(f"The 'lam' mapping of sparsify has keys that match no sparsifiable weight: {unused}.")
-    for fqn, module, value, out_dim in targets:
-        product = SpredProduct(value, groups, depth, init, out_dim)
-        product.position = list(module._parameters).index("weight")  # restored by collapse
-        parametrize.register_parametrization(module, "weight", product)
+    lam_map, depth, include, exclude = _check_sparsify_args(model, lam, groups, depth, include, exclude, init)
+    targets = _find_targets(model, lam_map, groups, include, exclude)
+    for ties in _tie_groups(model, targets):  # everything is checked before anything is registered
+        _register(ties, groups, depth, init)
     return model
 
 
 def is_sparsified(model: nn.Module, name: str | None = None) -> bool:
-    """Whether ``model`` (or its tensor with fully qualified ``name``) carries spred factors."""
-    return any(name is None or t.name == name for t in sparsified_tensors(model))
+    """Whether ``model`` (or its tensor with fully qualified ``name``) carries spred factors.
+
+    Every name of a tied weight counts (see :attr:`SparsifiedTensor.aliases`)."""
+    return any(name is None or name in t.names for t in sparsified_tensors(model))
 
 
 def factors(module: nn.Module, name: str = "weight") -> tuple[torch.Tensor, ...]:
@@ -256,7 +355,7 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
     >>> [g["weight_decay"] for g in opt.param_groups]
     [0.001, 0.0]
     """
-    weight_decay = _check_lam(weight_decay, "param_groups", "weight_decay")
+    weight_decay = check_float(weight_decay, "weight_decay", "param_groups", 0.0)
     if optimizer is not None and decays_decoupled(optimizer) and not penalty_in_loss:
         warnings.warn(
             f"{getattr(optimizer, '__name__', type(optimizer).__name__)} decays weights decoupled from the gradient, "
@@ -328,36 +427,79 @@ def penalty(model: nn.Module) -> torch.Tensor:
 
 
 def get_lam(model: nn.Module) -> dict[str, float]:
-    """``{fully qualified name: lam}`` of every sparsified tensor."""
+    """``{fully qualified name: lam}`` of every sparsified tensor (a tied weight once, by its first name)."""
     return {t.name: t.spred.lam for t in _require(model, "get_lam")}
+
+
+def _new_lams(tensors: list[SparsifiedTensor], lam) -> dict[str, float]:
+    """``{name: lam}`` after ``set_lam(model, lam)``, every value and every key checked first."""
+    who = "set_lam"
+    if not isinstance(lam, Mapping):
+        value = check_float(lam, "lam", who, 0.0)
+        return {t.name: value for t in tensors}
+    values = {str(k): check_float(v, f"lam[{k!r}]", who, 0.0) for k, v in lam.items()}
+    if not values:
+        raise ValueError("The 'lam' parameter of set_lam is an empty mapping; give at least one name or glob.")
+    known = [n for t in tensors for n in t.names]
+    first = _first_matches(list(values), known)  # name -> the first key matching it (or None)
+    matched = set(first.values())
+    unknown = [k for k in values if k not in matched and _matches([k], *known) is None]
+    if unknown:
+        raise ValueError(f"The 'lam' mapping of set_lam has keys that match no sparsified tensor: {unknown}. The sparsified tensors are {known}.")
+    new, used = {}, set()
+    for t in tensors:
+        keys = {first[n] for n in t.names} - {None}
+        if len({values[k] for k in keys}) > 1:
+            raise ValueError(f"The 'lam' mapping of set_lam gives the tied weights {list(t.names)} different values through {sorted(keys)}; a tied weight has one lam.")
+        used |= keys
+        new[t.name] = values[keys.pop()] if keys else t.spred.lam
+    shadowed = [k for k in values if k not in used]
+    if shadowed:
+        raise ValueError(f"The 'lam' mapping of set_lam has keys that never apply, because every tensor they match is matched by an earlier key first: {shadowed}.")
+    return new
+
+
+def _optimizer_lams(optimizer, tensors: list[SparsifiedTensor], new: dict[str, float]) -> list[tuple[dict, float]]:
+    """``[(spred group, its new lam)]``, refusing a group that would mix lam values or names another model."""
+    if not isinstance(getattr(optimizer, "param_groups", None), list):
+        raise param_error(TypeError, "optimizer", "set_lam", "a torch.optim.Optimizer or None", optimizer)
+    by_name = {n: new[t.name] for t in tensors for n in t.names}
+    plan = []
+    for group in optimizer.param_groups:
+        if not group.get("spred"):
+            continue
+        names = list(group.get("names", ()))
+        missing = [n for n in names if n not in by_name]
+        if missing or not names:
+            raise ValueError(f"an optimizer group holds {missing or 'no names'}, not sparsified tensors of this model; build the optimizer from spred.param_groups(model).")
+        values = {by_name[n] for n in names}
+        if len(values) != 1:
+            raise ValueError(f"optimizer group with {names} now mixes lam values {sorted(values)}; rebuild it with spred.param_groups.")
+        plan.append((group, values.pop()))
+    return plan
 
 
 def set_lam(model: nn.Module, lam: float | Mapping[str, float], optimizer: torch.optim.Optimizer | None = None) -> None:
     """Change ``lam`` on the model (saved with its state_dict) and, if given, in the optimizer.
 
-    A float sets every tensor; a mapping sets tensors by name or glob. The optimizer's
+    A float sets every tensor; a mapping sets tensors by name or glob (the first
+    matching key wins; a tensor matched by no key keeps its lam). The optimizer's
     spred groups (from :func:`param_groups`) get the new value as weight decay (or
-    keep weight decay 0 when built with ``penalty_in_loss=True``); a group holding
-    tensors that now differ in lam is an error (rebuild the optimizer).
+    keep weight decay 0 when built with ``penalty_in_loss=True``).
+
+    The update is all or nothing: every value, every key and every optimizer group is
+    checked before anything changes. A key that matches no sparsified tensor (a typo)
+    or never applies (every tensor it matches is matched by an earlier key), a group
+    that would hold tensors with different lam (rebuild the optimizer), or two names
+    of one tied weight with different values raise ``ValueError`` and leave the model
+    and the optimizer as they were.
     """
     tensors = _require(model, "set_lam")
+    new = _new_lams(tensors, lam)
+    plan = [] if optimizer is None else _optimizer_lams(optimizer, tensors, new)
     for t in tensors:
-        if isinstance(lam, Mapping):
-            key = _matches(lam, t.name)
-            if key is None:
-                continue
-            t.spred.lam = _check_lam(lam[key], "set_lam")
-        else:
-            t.spred.lam = _check_lam(lam, "set_lam")
-    if optimizer is None:
-        return
-    current = {t.name: t.spred.lam for t in tensors}
-    for group in optimizer.param_groups:
-        if not group.get("spred"):
-            continue
-        values = {current[n] for n in group["names"]}
-        if len(values) != 1:
-            raise ValueError(f"optimizer group with {group['names']} now mixes lam values {sorted(values)}; rebuild it with spred.param_groups.")
-        group["lam"] = values.pop()
+        t.spred.lam = new[t.name]
+    for group, value in plan:
+        group["lam"] = value
         if not group.get("penalty_in_loss"):
-            group["weight_decay"] = group["lam"]
+            group["weight_decay"] = value
