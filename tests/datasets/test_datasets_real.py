@@ -146,6 +146,9 @@ def test_mnist_loads_under_3s(data_home):
 
 def test_checksum_is_cached_per_process(data_home, tmp_path, monkeypatch):
     _copy_dataset("colon", data_home, tmp_path)
+    # The copy was just written; files changed within a second of their hashing are not
+    # remembered (a later edit in the same clock tick could keep every time stamp).
+    monkeypatch.setattr(_base, "_RACY_NS", 0)
     calls = []
     real = _base.sha256_file
     monkeypatch.setattr(_base, "sha256_file", lambda p: calls.append(p) or real(p))
