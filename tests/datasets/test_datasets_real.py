@@ -21,6 +21,9 @@ from spred.datasets._registry import REGISTRY
 pytestmark = pytest.mark.data
 
 NAMES = [info.name for info in REGISTRY]
+# Decoding the 60,000 CIFAR-10 JPEGs takes 15 s or more the first time: those entries run with -m slow
+# (test_datasets_cifar.py checks the zip quickly).
+LOADABLE = [pytest.param(n, marks=pytest.mark.slow) if n.startswith("cifar10") else n for n in NAMES]
 
 
 def _copy_dataset(name, src_home, dst_home):
@@ -36,7 +39,7 @@ def _flip_byte(path, offset):
     path.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", LOADABLE)
 def test_loads_with_manifest_shape_and_classes(name, data_home):
     info = ds.dataset_info(name)
     b = ds.load_dataset(name, data_home=data_home)
