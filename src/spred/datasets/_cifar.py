@@ -40,8 +40,8 @@ _IN_MEMORY: dict[str, dict[str, np.ndarray]] = {}
 def _pillow():
     try:
         from PIL import Image
-    except ImportError as exc:  # pragma: no cover - Pillow is a dependency
-        raise ImportError("Reading the CIFAR-10 JPEG zip needs Pillow: pip install pillow") from exc
+    except ImportError as exc:  # pragma: no cover - Pillow is the 'images' extra
+        raise ImportError("Reading the CIFAR-10 JPEG zip needs Pillow: pip install 'spred[images]' (or pillow)") from exc
     return Image
 
 

@@ -87,6 +87,7 @@ def _info(args) -> int:
         ("provenance", info.provenance),
         ("licence", info.licence),
         ("notes", info.notes or "-"),
+        *([("split", f"{info.split} (of a file that holds several)")] if info.split else []),
         ("data folder", f"{home} (from {_data_home_source(args.data_home)})"),
     ]
     width = max(len(k) for k, _ in fields)

@@ -11,9 +11,14 @@ in sorted order (numerically for numeric labels).
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
 
+from spred._validation import param_error
+
 __all__ = ["KINDS", "DataFile", "DatasetInfo", "dataset_info", "list_datasets"]
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("gene expression", "images", "text", "other")
 FORMATS = ("mat", "arff", "gds_soft", "idx", "npz", "jpeg_zip")
@@ -491,7 +496,7 @@ def list_datasets(kind: str | None = None, *, benchmark: bool | None = None) -> 
     False
     """
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"The 'kind' parameter of list_datasets must be one of {KINDS} or None. Got {kind!r} instead.")
+        raise param_error(ValueError, "kind", "list_datasets", f"one of {KINDS} or None", kind)
     return [
         info.name
         for info in REGISTRY
