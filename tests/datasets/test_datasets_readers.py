@@ -180,7 +180,7 @@ def test_read_gds_soft_sample_in_two_subsets_of_the_type_is_an_error(tmp_path):
 def test_read_gds_soft_errors(tmp_path):
     good = _soft(SUBSETS, TABLE)
     (tmp_path / "g.soft").write_text(good)
-    msg = r"The 'missing' parameter of read_gds_soft must be 'drop' or 'keep'\. Got 'median'"
+    msg = r"The 'missing' parameter of read_gds_soft must be one of \('drop', 'keep'\)\. Got 'median'"
     with pytest.raises(ValueError, match=msg):
         ds.read_gds_soft(tmp_path / "g.soft", missing="median")
     msg = r"no subset of type 'agent'; subset types present: \['disease state', 'individual'\]"

@@ -20,8 +20,8 @@ from spred.datasets._base import (
     sha256_file,
     verify_file,
 )
-from spred.datasets._loaders import fetch_dataset, load_dataset, load_fashion_mnist_subset, load_mnist
-from spred.datasets._readers import load_cifar10, read_arff, read_gds_soft, read_idx, read_mat
+from spred.datasets._loaders import fetch_dataset, load_cifar10, load_dataset, load_fashion_mnist_subset, load_mnist
+from spred.datasets._readers import read_arff, read_gds_soft, read_idx, read_mat
 from spred.datasets._registry import KINDS, DataFile, DatasetInfo, dataset_info, list_datasets
 
 __all__ = [

@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 import argparse
+import http.client
+import logging
 import sys
 
 from spred.datasets._base import _data_home_source, get_data_home
 from spred.datasets._loaders import fetch_dataset, file_status
 from spred.datasets._registry import KINDS, dataset_info, list_datasets
+
+logger = logging.getLogger(__name__)
+
+# What a user's mistake or the network can raise: printed as one line, exit code 2 (no traceback).
+_USER_ERRORS = (ValueError, OSError, http.client.HTTPException)
+
+
+def _error(exc: BaseException) -> int:
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -59,8 +72,7 @@ def _info(args) -> int:
     try:
         info = dataset_info(args.name)
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
     home = get_data_home(args.data_home)
     fields = [
         ("name", info.name),
@@ -75,6 +87,7 @@ def _info(args) -> int:
         ("provenance", info.provenance),
         ("licence", info.licence),
         ("notes", info.notes or "-"),
+        *([("split", f"{info.split} (of a file that holds several)")] if info.split else []),
         ("data folder", f"{home} (from {_data_home_source(args.data_home)})"),
     ]
     width = max(len(k) for k, _ in fields)
@@ -93,7 +106,10 @@ def _info(args) -> int:
 
 
 def _fetch(args) -> int:
-    paths = fetch_dataset(args.name, data_home=args.data_home, base_url=args.base_url, force=args.force)
+    try:
+        paths = fetch_dataset(args.name, data_home=args.data_home, base_url=args.base_url, force=args.force)
+    except _USER_ERRORS as exc:  # unknown name, no URL, network, checksum, unwritable folder
+        return _error(exc)
     for p in paths:
         print(f"verified {p}")
     return 0

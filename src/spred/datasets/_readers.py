@@ -10,22 +10,23 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
 import os
-import pickle
 import re
 import warnings
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from spred.datasets._base import DatasetNotFoundError
+from spred._validation import check_choice
 
 if TYPE_CHECKING:
     from sklearn.utils import Bunch
 
-__all__ = ["load_cifar10", "read_arff", "read_gds_soft", "read_idx", "read_mat"]
+__all__ = ["read_arff", "read_gds_soft", "read_idx", "read_mat"]
+
+logger = logging.getLogger(__name__)
 
 _GZIP_MAGIC = b"\x1f\x8b"
 
@@ -338,64 +339,11 @@ def read_gds_soft(
     >>> b.data.tolist(), b.target.tolist(), b.target_names.tolist(), b.feature_names.tolist()
     ([[1.5], [2.5], [3.5]], [1, 1, 0], ['normal', 'tumour'], ['p1'])
     """
-    if missing not in ("drop", "keep"):
-        raise ValueError(f"The 'missing' parameter of read_gds_soft must be 'drop' or 'keep'. Got {missing!r} instead.")
+    check_choice(missing, "missing", "read_gds_soft", ("drop", "keep"))
     path = Path(path)
-    header: dict[str, str] = {}
-    subsets: list[dict] = []
-    current: dict | None = None
-    columns: list[str] | None = None
-    rows: list[str] = []
-    state = "header"  # header -> table -> done
-    with _open_text(path) as f:
-        for line in f:
-            if state == "table":
-                if line.startswith("!dataset_table_end"):
-                    state = "done"
-                elif columns is None:
-                    columns = line.rstrip("\r\n").split("\t")
-                elif line.strip():
-                    rows.append(line.rstrip("\r\n"))
-                continue
-            if line.startswith("^SUBSET"):
-                current = {"id": _soft_value(line)[1], "description": "", "type": "", "samples": []}
-                subsets.append(current)
-            elif line.startswith("^"):
-                current = None
-            elif line.startswith("!subset_") and current is not None:
-                key, value = _soft_value(line)
-                if key == "!subset_description":
-                    current["description"] = value
-                elif key == "!subset_type":
-                    current["type"] = value
-                elif key == "!subset_sample_id":
-                    current["samples"] += [s.strip() for s in value.split(",") if s.strip()]
-            elif line.startswith("!dataset_table_begin"):
-                state = "table"
-            elif line.startswith("!dataset_"):
-                key, value = _soft_value(line)
-                header.setdefault(key[len("!dataset_") :], value)
     where = os.fspath(path)
-    if state != "done" or columns is None:
-        raise ValueError(f"{where!r}: no complete '!dataset_table_begin' ... '!dataset_table_end' table found.")
-    if columns[:2] != ["ID_REF", "IDENTIFIER"]:
-        raise ValueError(f"{where!r}: the table must start with columns ID_REF, IDENTIFIER; got {columns[:2]}.")
-
-    # Labels from one subset type.
-    wanted = subset_type.strip().lower()
-    chosen = [s for s in subsets if s["type"].lower() == wanted]
-    if not chosen:
-        types = sorted({s["type"] for s in subsets})
-        raise ValueError(f"{where!r} has no subset of type {subset_type!r}; subset types present: {types}.")
-    label_of: dict[str, str] = {}
-    for s in chosen:
-        for sample in s["samples"]:
-            if sample in label_of and label_of[sample] != s["description"]:
-                raise ValueError(
-                    f"{where!r}: sample {sample} is in two subsets of type {subset_type!r} "
-                    f"({label_of[sample]!r} and {s['description']!r}); its label is ambiguous."
-                )
-            label_of[sample] = s["description"]
+    header, subsets, columns, rows = _scan_soft(path)
+    label_of = _soft_labels(subsets, subset_type, where)
     samples = columns[2:]
     keep = [j for j, s in enumerate(samples) if s in label_of]
     dropped = [s for s in samples if s not in label_of]
@@ -408,30 +356,11 @@ def read_gds_soft(
         )
     if not keep:
         raise ValueError(f"{where!r}: no sample of the table is in a subset of type {subset_type!r}.")
-
-    # The table: numpy's C parser reads all values at once; missing tokens become NaN first.
-    bad = next((i for i, r in enumerate(rows) if r.count("\t") != len(columns) - 1), None)
-    if bad is not None:
-        raise ValueError(
-            f"{where!r}: table row {bad + 1} ({rows[bad].split(chr(9))[0]!r}) has {rows[bad].count(chr(9)) + 1} "
-            f"fields, the header has {len(columns)}."
-        )
-    parts = [r.split("\t", 2) for r in rows]
-    ids = np.array([p[0] for p in parts], dtype=str)
-    identifiers = np.array([p[1] for p in parts], dtype=str)
-    table = "\n".join(p[2] for p in parts)
-    try:
-        values = _parse_table(table, len(rows))
-    except ValueError:  # missing values: rewrite them as "nan" (slower, so only when needed) and retry
-        try:
-            values = _parse_table(_SOFT_MISSING.sub("nan", table), len(rows))
-        except ValueError as exc:
-            raise ValueError(f"{where!r}: the table holds a value that is not a number ({exc}).") from exc
+    ids, identifiers, values = _soft_table(rows, columns, where)
     values = values[:, keep]
-    is_missing = np.isnan(values)
     n_dropped_features = 0
     if missing == "drop":
-        complete = ~is_missing.any(axis=1)
+        complete = ~np.isnan(values).any(axis=1)
         n_dropped_features = int((~complete).sum())
         values, ids, identifiers = values[complete], ids[complete], identifiers[complete]
     kept_samples = [samples[j] for j in keep]
@@ -449,6 +378,96 @@ def read_gds_soft(
         value_type=header.get("value_type", ""),
         title=header.get("title", ""),
     )
+
+
+def _soft_header_line(line: str, header: dict, subsets: list[dict]) -> None:
+    """Record one line before the table: a subset's fields, or a ``!dataset_`` header field."""
+    if line.startswith("^SUBSET"):
+        subsets.append({"id": _soft_value(line)[1], "description": "", "type": "", "samples": []})
+    elif line.startswith("^"):
+        subsets.append(None)  # another block: the subset fields that follow belong to no subset
+    elif line.startswith("!subset_") and subsets and subsets[-1] is not None:
+        key, value = _soft_value(line)
+        current = subsets[-1]
+        if key == "!subset_description":
+            current["description"] = value
+        elif key == "!subset_type":
+            current["type"] = value
+        elif key == "!subset_sample_id":
+            current["samples"] += [s.strip() for s in value.split(",") if s.strip()]
+    elif line.startswith("!dataset_"):
+        key, value = _soft_value(line)
+        header.setdefault(key[len("!dataset_") :], value)
+
+
+def _scan_soft(path: Path) -> tuple[dict, list[dict], list[str], list[str]]:
+    """One streaming pass: (header fields, subsets, table columns, table rows as text)."""
+    header: dict[str, str] = {}
+    subsets: list[dict | None] = []
+    columns: list[str] | None = None
+    rows: list[str] = []
+    state = "header"  # header -> table -> done
+    with _open_text(path) as f:
+        for line in f:
+            if state == "header":
+                if line.startswith("!dataset_table_begin"):
+                    state = "table"
+                else:
+                    _soft_header_line(line, header, subsets)
+            elif state == "table":
+                if line.startswith("!dataset_table_end"):
+                    state = "done"
+                elif columns is None:
+                    columns = line.rstrip("\r\n").split("\t")
+                elif line.strip():
+                    rows.append(line.rstrip("\r\n"))
+    where = os.fspath(path)
+    if state != "done" or columns is None:
+        raise ValueError(f"{where!r}: no complete '!dataset_table_begin' ... '!dataset_table_end' table found.")
+    if columns[:2] != ["ID_REF", "IDENTIFIER"]:
+        raise ValueError(f"{where!r}: the table must start with columns ID_REF, IDENTIFIER; got {columns[:2]}.")
+    return header, [s for s in subsets if s is not None], columns, rows
+
+
+def _soft_labels(subsets: list[dict], subset_type: str, where: str) -> dict[str, str]:
+    """sample id -> class (the description of its one subset of ``subset_type``)."""
+    wanted = subset_type.strip().lower()
+    chosen = [s for s in subsets if s["type"].lower() == wanted]
+    if not chosen:
+        types = sorted({s["type"] for s in subsets})
+        raise ValueError(f"{where!r} has no subset of type {subset_type!r}; subset types present: {types}.")
+    label_of: dict[str, str] = {}
+    for s in chosen:
+        for sample in s["samples"]:
+            if sample in label_of and label_of[sample] != s["description"]:
+                raise ValueError(
+                    f"{where!r}: sample {sample} is in two subsets of type {subset_type!r} "
+                    f"({label_of[sample]!r} and {s['description']!r}); its label is ambiguous."
+                )
+            label_of[sample] = s["description"]
+    return label_of
+
+
+def _soft_table(rows: list[str], columns: list[str], where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(probe ids, gene symbols, values probes x samples with NaN for missing) of the table rows."""
+    bad = next((i for i, r in enumerate(rows) if r.count("\t") != len(columns) - 1), None)
+    if bad is not None:
+        raise ValueError(
+            f"{where!r}: table row {bad + 1} ({rows[bad].split(chr(9))[0]!r}) has {rows[bad].count(chr(9)) + 1} "
+            f"fields, the header has {len(columns)}."
+        )
+    parts = [r.split("\t", 2) for r in rows]
+    ids = np.array([p[0] for p in parts], dtype=str)
+    identifiers = np.array([p[1] for p in parts], dtype=str)
+    table = "\n".join(p[2] for p in parts)
+    try:  # numpy's C parser reads all values at once
+        values = _parse_table(table, len(rows))
+    except ValueError:  # missing values: rewrite them as "nan" (slower, so only when needed) and retry
+        try:
+            values = _parse_table(_SOFT_MISSING.sub("nan", table), len(rows))
+        except ValueError as exc:
+            raise ValueError(f"{where!r}: the table holds a value that is not a number ({exc}).") from exc
+    return ids, identifiers, values
 
 
 # --------------------------------------------------------------------------- idx (MNIST)
@@ -503,107 +522,3 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     [7, 2, 1]
     """
     return np.array(_read_idx(Path(path)))
-
-
-# --------------------------------------------------------------------------- CIFAR-10 python batches
-
-_PICKLE_ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    """Unpickles only plain containers and NumPy arrays (no arbitrary code)."""
-
-    def find_class(self, module, name):
-        if (module, name) in _PICKLE_ALLOWED:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch file")
-
-
-def _get(d: dict, key: str):
-    return d[key.encode()] if key.encode() in d else d[key]
-
-
-def load_cifar10(path: str | os.PathLike, *, train: bool = True, flatten: bool = False):
-    """Load CIFAR-10 from the standard "python version" batch files.
-
-    ``path`` is the folder ``cifar-10-batches-py`` (from ``cifar-10-python.tar.gz``)
-    or a folder containing it. The training set is ``data_batch_1`` ...
-    ``data_batch_5``, the test set ``test_batch``; each is a pickled dict with
-    ``data`` (uint8, n x 3072, channel-major) and ``labels``. The pickles are read
-    with an unpickler that only accepts NumPy arrays and plain containers. No
-    checksum is verified (the files are not part of the registry).
-
-    Parameters
-    ----------
-    path : str or path-like
-        The batch folder or its parent.
-    train : bool, default True
-        Training batches (True) or the test batch (False).
-    flatten : bool, default False
-        Return ``X`` as (n, 3072) instead of (n, 3, 32, 32).
-
-    Returns
-    -------
-    X : ndarray of float32, shape (n, 3, 32, 32) or (n, 3072)
-        Pixels in [0, 1] (uint8 / 255), channels first (torch's layout).
-    y : ndarray of int64, shape (n,)
-        Labels 0..9.
-
-    Raises
-    ------
-    DatasetNotFoundError
-        If batch files are missing (the message lists them).
-    ValueError
-        If a batch does not have the expected contents.
-
-    Examples
-    --------
-    >>> import numpy as np, pickle, tempfile, pathlib
-    >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> batch = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [3, 7]}
-    >>> _ = (root / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
-    >>> X, y = load_cifar10(root, train=False)
-    >>> X.shape, y.tolist()
-    ((2, 3, 32, 32), [3, 7])
-    """
-    root = Path(path)
-    if (root / "cifar-10-batches-py").is_dir():
-        root = root / "cifar-10-batches-py"
-    names = [f"data_batch_{i}" for i in range(1, 6)] if train else ["test_batch"]
-    absent = [n for n in names if not (root / n).is_file()]
-    if absent:
-        raise DatasetNotFoundError(
-            f"CIFAR-10 batch file(s) {absent} not found in '{root}'. Pass the 'cifar-10-batches-py' folder "
-            "(or its parent) extracted from cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html).",
-            root / absent[0],
-        )
-    images, labels = [], []
-    for n in names:
-        with open(root / n, "rb") as f:
-            batch = _BatchUnpickler(f, encoding="bytes").load()
-        try:
-            data = np.asarray(_get(batch, "data"), dtype=np.uint8)
-            lab = np.asarray(_get(batch, "labels"), dtype=np.int64)
-        except (KeyError, TypeError) as exc:
-            raise ValueError(f"{os.fspath(root / n)!r} is not a CIFAR-10 batch (no 'data'/'labels').") from exc
-        if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != lab.shape[0]:
-            raise ValueError(
-                f"{os.fspath(root / n)!r}: expected data of shape (n, 3072) and n labels; "
-                f"got data {data.shape} and {lab.shape[0]} labels."
-            )
-        images.append(data)
-        labels.append(lab)
-    X = np.divide(np.concatenate(images), 255, dtype=np.float32)
-    y = np.concatenate(labels)
-    if y.size and (y.min() < 0 or y.max() > 9):
-        raise ValueError(f"CIFAR-10 labels must be in 0..9; found {y.min()}..{y.max()} in '{root}'.")
-    return (X if flatten else X.reshape(-1, 3, 32, 32)), y
-

