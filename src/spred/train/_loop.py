@@ -11,7 +11,6 @@ in ``_resume.py``.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import math
@@ -21,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn.utils import parametrize
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -32,22 +30,16 @@ from spred.train._checkpoint import checkpoint_path, release_lock
 from spred.train._controller import SparsityController
 from spred.train._data import as_batches
 from spred.train._distributed import Distributed, check_loader, context, default_device, is_wrapped_ddp, loss_scale, rank_seed, unwrap, wrap
-from spred.train._guard import check_finite, loss_error
+from spred.train._evaluate import _autocast, _evaluate_batches, _resolve_device, evaluate
+from spred.train._guard import check_run, loss_error
 from spred.train._optim import OPTIMIZERS, build_optimizer, build_scheduler
-from spred.train._options import Checkpoints, Optim, Runtime, Sparsity, parse_device, resolve
+from spred.train._options import Checkpoints, Optim, Runtime, Sparsity, resolve
 from spred.train._resume import open_checkpoint, restore, save, seed_global
 from spred.train._state import Progress, Run, TrainResult, TrainState
 
 __all__ = ["OPTIMIZERS", "TrainResult", "TrainState", "build_optimizer", "evaluate", "fit"]
 
 logger = logging.getLogger(__name__)
-
-
-def _resolve_device(device, model: nn.Module, who: str = "fit") -> torch.device:
-    if device is None:
-        param = next(model.parameters(), None)
-        return param.device if param is not None else torch.device("cpu")
-    return parse_device(device, "device", who)
 
 
 # --------------------------------------------------------------------------- masks (fine-tuning with frozen zeros)
@@ -83,80 +75,7 @@ def _apply_masks(model: nn.Module, keep: dict[str, torch.Tensor], grads: bool = 
             target.masked_fill_(~k, 0.0)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def _accuracy_count(output: torch.Tensor, target: torch.Tensor) -> int | None:
-    if output.dim() == 2 and output.shape[1] > 1 and target.dim() == 1 and not target.is_floating_point():
-        return int((output.argmax(dim=1) == target).sum())
-    return None
-
-
-@torch.no_grad()
-def _evaluate_batches(model: nn.Module, batches, loss_fn, dist: Distributed | None = None, amp: torch.dtype | None = None) -> dict:
-    """Mean loss and accuracy over ``batches``; with ``dist``, over the union of every rank's batches."""
-    was_training = model.training
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    try:
-        with parametrize.cached():  # every spred product is computed once for the whole evaluation
-            for x, y in batches.epoch():
-                if len(y) == 0:  # an empty slice of a batch smaller than the number of ranks
-                    continue
-                with _autocast(amp, x.device):
-                    out = model(x)
-                    loss = loss_fn(out, y)
-                loss_sum += float(loss) * len(y)
-                c = _accuracy_count(out, y)
-                correct = None if c is None or correct is None else correct + c
-                n += len(y)
-    finally:
-        model.train(was_training)
-    if dist is not None:
-        no_acc = correct is None and n > 0
-        loss_sum, total_correct, n, no_acc = dist.sum([loss_sum, correct or 0, n, float(no_acc)])
-        correct = None if no_acc else total_correct
-    return {"loss": loss_sum / n, "acc": None if correct is None else correct / n}
-
-
-def evaluate(model: nn.Module, data, loss_fn: Callable | None = None, batch_size: int = 1024, *, device=None) -> dict:
-    """Mean loss and accuracy of ``model`` on ``data``, in eval mode and without gradients.
-
-    Parameters
-    ----------
-    model : nn.Module
-    data : (X, y) tuple of tensors or DataLoader
-    loss_fn : callable(output, target), default=cross-entropy
-        Must return the *mean* loss over the batch (as torch's losses do).
-    batch_size : int, default=1024
-        For ``(X, y)`` tensors.
-    device : torch.device or str, optional
-        Default: the device of the model's parameters.
-
-    Returns
-    -------
-    dict
-        ``{"loss": mean loss over all samples, "acc": fraction of correct arg-max
-        predictions, or None when the output is not class scores with integer targets}``.
-        The model's train/eval mode is restored.
-    """
-    if loss_fn is None:
-        loss_fn = F.cross_entropy
-    elif not callable(loss_fn):
-        raise TypeError(f"The 'loss_fn' parameter of evaluate must be a callable (output, target) -> loss. Got {loss_fn!r} instead.")
-    check_int(batch_size, "batch_size", "evaluate", 1)
-    dev = _resolve_device(device, model, "evaluate")
-    batches = as_batches(data, name="data", who="evaluate", batch_size=batch_size, device=dev, shuffle=False)
-    return _evaluate_batches(model, batches, loss_fn)
-
-
-
 # --------------------------------------------------------------------------- one step, one epoch
-
-
-def _autocast(amp: torch.dtype | None, device: torch.device):
-    """``torch.autocast`` to ``amp`` on ``device``'s type, or nothing."""
-    return contextlib.nullcontext() if amp is None else torch.autocast(device_type=device.type, dtype=amp)
 
 
 def _forward_loss(run: Run, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -216,6 +135,7 @@ def _train_epoch(run: Run, prog: Progress, batches, n_batches: int, epoch: int) 
             batch_sum, batch_n = _step(run, prog, x, y, epoch, i)
             loss_sum += batch_sum
             n += batch_n
+            prog.last_inputs = x
             if bar is not None and i % 10 == 0:
                 bar.set_postfix(loss=f"{loss_sum / n:.4g}", refresh=False)
     finally:
@@ -277,7 +197,7 @@ def _run_epoch(run: Run, prog: Progress, train, val, epoch: int, data_gen: torch
     t0 = time.perf_counter()
     train_loss = _train_epoch(run, prog, train.epoch(data_gen, epoch), len(train), epoch)
     # the last step's loss was finite, but the step itself may have overflowed
-    check_finite(run.model, None, epoch=epoch, step=prog.step, lr=run.lr, checkpoint=run.checkpoint, saved_epoch=prog.epoch)
+    check_run(run, prog, epoch=epoch, saved_epoch=prog.epoch)
     val_metrics = None if val is None else _evaluate_batches(run.model, val, run.loss_fn, run.dist, run.amp)
     prog.epoch = epoch
     record = _record(run, prog, epoch, train_loss, val_metrics, time.perf_counter() - t0)
@@ -431,7 +351,9 @@ def _train(run: Run, train, val, device: torch.device, seed: int, resume: bool, 
                     break
                 _run_epoch(run, prog, train, val, epoch, data_gen)
                 if run.checkpoint is not None:
-                    save(run, prog, data_gen, train, device, config)
+                    save(run, prog, data_gen, train, device, config)  # checks the weights, optimizer state and outputs first
+            if run.checkpoint is None and prog.last_inputs is not None:  # before returning: the outputs too
+                check_run(run, prog, epoch=prog.epoch, saved_epoch=0, outputs=True)
     finally:
         release_lock(lock)
     return prog

@@ -121,21 +121,23 @@ def saved_optimizer_name(config: dict) -> str | None:
     return name
 
 
-def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, saved_name: str | None, path) -> list[dict]:
-    """Load the checkpoint's optimizer state; return the hyper-parameters this call built (before the load).
+_HINT = "Resume with the optimizer of the interrupted run, or start a fresh run in another checkpoint_dir."
 
-    A checkpoint of another optimizer class, or with other parameter groups, is a clear
-    ValueError instead of torch's ``KeyError: 'step'`` later.
-    """
-    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
+
+def check_same_optimizer(optimizer: torch.optim.Optimizer, saved_name: str | None, path) -> None:
+    """A clear ValueError when the checkpoint was written with another optimizer class (torch would say ``KeyError: 'step'``)."""
     name = type(optimizer).__name__
-    hint = "Resume with the optimizer of the interrupted run, or start a fresh run in another checkpoint_dir."
     if saved_name is not None and saved_name != name:
-        raise ValueError(f"cannot resume from {path}: it was written by a run with optimizer {saved_name}, and this call uses {name}. {hint}")
+        raise ValueError(f"cannot resume from {path}: it was written by a run with optimizer {saved_name}, and this call uses {name}. {_HINT}")
+
+
+def load_optimizer_state(optimizer: torch.optim.Optimizer, state: dict, path) -> list[dict]:
+    """Load the checkpoint's optimizer state; return the hyper-parameters this call built (before the load)."""
+    fresh = [{k: v for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
     try:
         optimizer.load_state_dict(state)
     except (ValueError, KeyError) as exc:
-        raise ValueError(f"cannot resume from {path}: its optimizer state does not fit this optimizer's parameter groups ({exc}). {hint}") from exc
+        raise ValueError(f"cannot resume from {path}: its optimizer state does not fit this optimizer's parameter groups ({exc}). {_HINT}") from exc
     return fresh
 
 

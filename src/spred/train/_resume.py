@@ -19,8 +19,8 @@ from spred.nn import get_lam, set_lam
 from spred.train._checkpoint import acquire_lock, load_checkpoint, release_lock, rng_state, save_checkpoint, set_rng_state
 from spred.train._data import LoaderBatches
 from spred.train._distributed import rank_seed
-from spred.train._guard import check_finite
-from spred.train._optim import apply_hyperparameters, load_optimizer_state, saved_optimizer_name
+from spred.train._guard import check_run
+from spred.train._optim import apply_hyperparameters, check_same_optimizer, load_optimizer_state, saved_optimizer_name
 from spred.train._state import Progress, Run
 
 logger = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def _checkpoint_state(run: Run, prog: Progress, data_gen: torch.Generator, train
 def save(run: Run, prog: Progress, data_gen: torch.Generator, train, device: torch.device, config: dict) -> None:
     """Write the checkpoint, only if everything in it is finite: the only process, or rank 0 with every rank's generator state."""
     # the same weights and optimizer state on every rank: all ranks raise together, before any collective
-    check_finite(run.model, run.optimizer, epoch=prog.epoch, step=prog.step, lr=run.lr, checkpoint=run.checkpoint, saved_epoch=prog.epoch - 1)
+    check_run(run, prog, epoch=prog.epoch, saved_epoch=prog.epoch - 1, optimizer=True, outputs=True)
     if run.dist is None:
         save_checkpoint(_checkpoint_state(run, prog, data_gen, train, device, config), run.checkpoint)
         return
@@ -147,7 +147,7 @@ def _restore_model_and_optimizer(state: dict, run: Run, device: torch.device) ->
         run.model.load_state_dict(state["model"])
     except RuntimeError as exc:
         raise ValueError(f"cannot resume from {run.checkpoint}: its model does not fit this one ({str(exc).splitlines()[0]}). Build and sparsify the model as for the interrupted run.") from exc
-    fresh = load_optimizer_state(run.optimizer, state["optimizer"], saved_optimizer_name(state["config"]), run.checkpoint)
+    fresh = load_optimizer_state(run.optimizer, state["optimizer"], run.checkpoint)
     if run.scheduler is not None and state["scheduler"] is not None:
         run.scheduler.load_state_dict(state["scheduler"])
     if run.controller is not None:
@@ -166,6 +166,7 @@ def _restore_model_and_optimizer(state: dict, run: Run, device: torch.device) ->
 def restore(state: dict, run: Run, prog: Progress, data_gen: torch.Generator, train, device: torch.device, config: dict) -> None:
     """Continue the run saved in ``state``, with this call's hyper-parameters."""
     saved = state["config"]
+    check_same_optimizer(run.optimizer, saved_optimizer_name(saved), run.checkpoint)
     changed = sorted(k for k in set(config) | set(saved) if k != "epochs" and saved.get(k) != config.get(k))
     if changed:
         diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {config.get(k)!r}" for k in changed)

@@ -69,6 +69,7 @@ class Progress:
     best_epoch: int | None = None
     bad_epochs: int = 0
     best_state: dict | None = None
+    last_inputs: torch.Tensor | None = None  # this rank's last training batch, for the output check (not saved)
 
 
 @dataclass(frozen=True)
