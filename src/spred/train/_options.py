@@ -207,15 +207,16 @@ def check_checkpoints(c: Checkpoints, legacy: bool = False) -> Checkpoints:
 
 
 def check_runtime(r: Runtime, legacy: bool = False) -> Runtime:
-    """``r`` with ``autocast`` as a dtype (or None) and ``device`` as a torch.device (or None)."""
+    """``r`` with ``autocast`` as a dtype (or None) and ``progress`` as a bool."""
     w = _who(r, legacy)
     check_int(r.seed, *w("seed"), 0)
     check_int(r.eval_batch_size, *w("eval_batch_size"), 1)
     if r.early_stopping is not None:
         check_int(r.early_stopping, *w("early_stopping"), 1)
     check_bool(r.history, *w("history"))
-    device = None if r.device is None else parse_device(r.device, *w("device"))
-    return dataclasses.replace(r, autocast=check_autocast(r.autocast, *w("autocast")), device=device, progress=bool(r.progress))
+    if r.device is not None:
+        parse_device(r.device, *w("device"))  # checked here, kept as given (the messages show it so)
+    return dataclasses.replace(r, autocast=check_autocast(r.autocast, *w("autocast")), progress=bool(r.progress))
 
 
 _CHECKS = {"optim": check_optim, "sparsity": check_sparsity, "checkpoints": check_checkpoints, "runtime": check_runtime}
