@@ -332,7 +332,7 @@ def _setup(model, train, epochs: int, batch_size: int, loss_fn, callbacks, optim
 
 def _train(run: Run, train, val, device: torch.device, seed: int, resume: bool, config: dict) -> Progress:
     """The epochs of the run (resumed from its checkpoint when asked), inside a forked global generator."""
-    prog = _Progress()
+    prog = Progress()
     rank = 0 if run.dist is None else run.dist.rank
     lock = None
     try:
@@ -358,9 +358,6 @@ def _train(run: Run, train, val, device: torch.device, seed: int, resume: bool, 
         release_lock(lock)
     return prog
 
-
-_Progress = Progress  # the names of earlier releases, for code that imported them
-_Run = Run
 
 
 # --------------------------------------------------------------------------- fit

@@ -145,8 +145,9 @@ def resolve(optim, sparsity, checkpoints, runtime, legacy: dict) -> tuple[Optim,
     unknown = sorted(set(legacy) - set(FLAT))
     if unknown:
         raise TypeError(f"fit got unexpected keyword argument(s) {', '.join(map(repr, unknown))}. Options go in the groups optim=Optim(...), sparsity=Sparsity(...), checkpoints=Checkpoints(...) and runtime=Runtime(...).")
-    if optim is not None and not isinstance(optim, Optim):
-        optim = Optim(optimizer=optim)  # a plain name, class or instance
+    plain = optim is not None and not isinstance(optim, Optim)
+    if plain:
+        optim = Optim(optimizer=optim)  # a plain name, class or instance: its errors name fit's 'optimizer'
     given = {"optim": optim, "sparsity": sparsity, "checkpoints": checkpoints, "runtime": runtime}
     out = []
     for group, cls in GROUPS.items():
@@ -157,7 +158,7 @@ def resolve(optim, sparsity, checkpoints, runtime, legacy: dict) -> tuple[Optim,
             raise TypeError(f"fit got both {group}={cls.__name__}(...) and the flat keyword(s) {names} of the same group: put them into {cls.__name__}(...), or use only the flat keywords.")
         if obj is not None and not isinstance(obj, cls):
             raise param_error(TypeError, group, "fit", f"a spred.train.{cls.__name__} or None", obj)
-        out.append(_CHECKS[group](cls(**flat) if obj is None else obj, obj is None))
+        out.append(_CHECKS[group](cls(**flat) if obj is None else obj, obj is None or (group == "optim" and plain)))
     return tuple(out)
 
 
