@@ -98,16 +98,16 @@ def test_a_shrinking_weight_is_predicted_to_vanish():
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
-        ({"target": 0.0}, ValueError, r"The 'target' parameter of TargetSparsity must be a float in the range \(0.0, 1.0\). Got 0.0"),
+        ({"target": 0.0}, ValueError, r"The 'target' parameter of TargetSparsity must be a float in the range \(0, 1\). Got 0.0"),
         ({"target": "high"}, TypeError, r"The 'target' parameter of TargetSparsity must be a float .*Got 'high' of type str"),
-        ({"target": 0.5, "warmup_epochs": -1}, ValueError, r"The 'warmup_epochs' parameter of TargetSparsity must be a float in the range \[0.0, inf\). Got -1"),
-        ({"target": 0.5, "ramp_epochs": 0}, ValueError, r"The 'ramp_epochs' parameter of TargetSparsity must be a float in the range \(0.0, inf\). Got 0"),
+        ({"target": 0.5, "warmup_epochs": -1}, ValueError, r"The 'warmup_epochs' parameter of TargetSparsity must be a float in the range \[0, inf\). Got -1"),
+        ({"target": 0.5, "ramp_epochs": 0}, ValueError, r"The 'ramp_epochs' parameter of TargetSparsity must be a float in the range \(0, inf\). Got 0"),
         ({"target": 0.5, "update_every": 0}, ValueError, r"The 'update_every' parameter of TargetSparsity must be an int >= 1. Got 0"),
-        ({"target": 0.5, "gain": -1.0}, ValueError, r"The 'gain' parameter of TargetSparsity must be a float in the range \(0.0, inf\). Got -1.0"),
-        ({"target": 0.5, "max_step": 0.0}, ValueError, r"The 'max_step' parameter of TargetSparsity must be a float in the range \(0.0, inf\). Got 0.0"),
+        ({"target": 0.5, "gain": -1.0}, ValueError, r"The 'gain' parameter of TargetSparsity must be a float in the range \(0, inf\). Got -1.0"),
+        ({"target": 0.5, "max_step": 0.0}, ValueError, r"The 'max_step' parameter of TargetSparsity must be a float in the range \(0, inf\). Got 0.0"),
         ({"target": 0.5, "initial_lam": -1e-3}, ValueError, r"The 'initial_lam' parameter of TargetSparsity must be a float"),
-        ({"target": 0.5, "threshold": 0.0}, ValueError, r"The 'threshold' parameter of TargetSparsity must be a float in the range \(0.0, inf\). Got 0.0"),
-        ({"target": 0.5, "trend_decay": 1.0}, ValueError, r"The 'trend_decay' parameter of TargetSparsity must be a float in the range \[0.0, 1.0\). Got 1.0"),
+        ({"target": 0.5, "threshold": 0.0}, ValueError, r"The 'threshold' parameter of TargetSparsity must be a float in the range \(0, inf\). Got 0.0"),
+        ({"target": 0.5, "trend_decay": 1.0}, ValueError, r"The 'trend_decay' parameter of TargetSparsity must be a float in the range \[0, 1\). Got 1.0"),
         ({"target": 0.5, "lam_bounds": (1e-3, 1e-4)}, ValueError, r"The 'lam_bounds' parameter of TargetSparsity must be \(low, high\) with 0 < low < high < inf. Got \(0.001, 0.0001\)"),
     ],
 )

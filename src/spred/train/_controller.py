@@ -39,10 +39,11 @@ from numbers import Real
 
 import torch
 
+from spred._validation import check_float, check_int
 from spred.nn import get_lam, set_lam, sparsified_tensors
 from spred.nn._rules import group_norms
 
-logger = logging.getLogger("spred")
+logger = logging.getLogger(__name__)
 
 FAST = 0.5  # decay of the fast trend average (per update)
 
@@ -51,16 +52,6 @@ def cubic_ramp(progress: float) -> float:
     """``1 - (1 - p)^3`` for ``p`` clipped to [0, 1]: fast early, flat at the end."""
     p = min(max(progress, 0.0), 1.0)
     return 1.0 - (1.0 - p) ** 3
-
-
-def _check_real(value, name: str, lo: float, hi: float, *, lo_open: bool = False, hi_open: bool = False) -> float:
-    interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise TypeError(f"The '{name}' parameter of TargetSparsity must be a float in the range {interval}. Got {value!r} of type {type(value).__name__} instead.")
-    ok = (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi)
-    if not ok or math.isnan(value):
-        raise ValueError(f"The '{name}' parameter of TargetSparsity must be a float in the range {interval}. Got {value!r} instead.")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -127,15 +118,15 @@ class TargetSparsity:
     trend_decay: float = 0.9
 
     def __post_init__(self):
-        _check_real(self.target, "target", 0.0, 1.0, lo_open=True, hi_open=True)
-        _check_real(self.warmup_epochs, "warmup_epochs", 0.0, math.inf, hi_open=True)
+        who = "TargetSparsity"
+        check_float(self.target, "target", who, 0.0, 1.0, low_open=True, high_open=True)
+        check_float(self.warmup_epochs, "warmup_epochs", who, 0.0)
         for name in ("ramp_epochs", "max_step", "initial_lam", "threshold", "horizon_epochs"):
             if getattr(self, name) is not None:
-                _check_real(getattr(self, name), name, 0.0, math.inf, lo_open=True, hi_open=True)
-        if isinstance(self.update_every, bool) or not isinstance(self.update_every, int) or self.update_every < 1:
-            raise ValueError(f"The 'update_every' parameter of TargetSparsity must be an int >= 1. Got {self.update_every!r} instead.")
-        _check_real(self.gain, "gain", 0.0, math.inf, lo_open=True, hi_open=True)
-        _check_real(self.trend_decay, "trend_decay", 0.0, 1.0, hi_open=True)
+                check_float(getattr(self, name), name, who, 0.0, low_open=True)
+        check_int(self.update_every, "update_every", who, 1)
+        check_float(self.gain, "gain", who, 0.0, low_open=True)
+        check_float(self.trend_decay, "trend_decay", who, 0.0, 1.0, high_open=True)
         bounds = self.lam_bounds
         if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2 and all(isinstance(b, Real) for b in bounds) and 0 < bounds[0] < bounds[1] < math.inf):
             raise ValueError(f"The 'lam_bounds' parameter of TargetSparsity must be (low, high) with 0 < low < high < inf. Got {bounds!r} instead.")
