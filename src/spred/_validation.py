@@ -44,7 +44,7 @@ def param_error(kind: type[Exception], name: str, who: str, expected: str, value
 
 def _interval(lo: float, hi: float, lo_open: bool, hi_open: bool) -> str:
     fmt = lambda x: "inf" if x == math.inf else "-inf" if x == -math.inf else f"{x:g}" if isinstance(x, float) else str(x)  # noqa: E731
-    return f"{'(' if lo_open else '['}{fmt(lo)}, {fmt(hi)}{')' if hi_open or hi == math.inf else ']'}"
+    return f"{'(' if lo_open or lo == -math.inf else '['}{fmt(lo)}, {fmt(hi)}{')' if hi_open or hi == math.inf else ']'}"
 
 
 def check_int(value: Any, name: str, who: str, low: int | None = None, high: int | None = None, *, optional: bool = False) -> int | None:
