@@ -9,6 +9,7 @@ name               network                                     parameters
 ``smallvgg``       :class:`SmallVGG`, 28x28 or 32x32           ~0.29M
 ``resnet20``       :class:`ResNet20`, CIFAR 32x32              269,722
 ``resnet18``       :class:`ResNet18`, CIFAR variant 32x32      11,173,962
+``studycnn``       :class:`StudyCNN`, MNIST 28x28              20,490
 =================  ==========================================  ============
 
 Build one by name with :func:`build`; sparsify it with :func:`spred.sparsify` and
@@ -23,6 +24,7 @@ from torch import nn
 from spred.models._lenet import LeNet5Caffe
 from spred.models._mlp import MLP, LeNet300100
 from spred.models._resnet import BasicBlock, ResNet18, ResNet20
+from spred.models._study import StudyCNN
 from spred.models._vgg import SmallVGG
 
 _REGISTRY: dict[str, type[nn.Module]] = {
@@ -32,6 +34,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "smallvgg": SmallVGG,
     "resnet20": ResNet20,
     "resnet18": ResNet18,
+    "studycnn": StudyCNN,
 }
 
 
@@ -91,6 +94,7 @@ __all__ = [
     "ResNet18",
     "ResNet20",
     "SmallVGG",
+    "StudyCNN",
     "build",
     "list_models",
 ]
