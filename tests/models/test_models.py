@@ -46,7 +46,7 @@ def test_output_shape(name):
         (ResNet20(shortcut="B"), 272_474),  # + 1x1 projections and their BN
         (ResNet18(), 11_173_962),  # CIFAR ResNet-18, "11.17M"
         (MLP(784, (300, 100), 10), 266_610),
-        (StudyCNN(), 20_490),  # 208 + 3,216 + 16,448 + 650
+        (StudyCNN(), 20_522),  # 208 + 3,216 + 16,448 + 650 (the old docstring said 20,490)
     ],
     ids=["lenet300100", "lenet5caffe", "resnet20", "resnet20-B", "resnet18", "mlp-as-lenet", "studycnn"],
 )

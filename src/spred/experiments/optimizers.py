@@ -67,7 +67,7 @@ import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from numbers import Real
+from numbers import Integral, Real
 from pathlib import Path
 
 import torch
@@ -222,11 +222,11 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     if missing:
         raise ValueError(f"The 'lr_grid' parameter of {WHO} has no grid for {missing}, which have no fixed 'lrs' either.")
     _check_lr_map(cfg.initial_lams, "initial_lams", WHO)
-    sizes = cfg.latency_batch_sizes
-    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not sizes:
-        raise param_error(TypeError, "latency_batch_sizes", WHO, "a non-empty list of ints >= 1", sizes)
-    for size in sizes:
-        check_int(size, "latency_batch_sizes", WHO, 1)
+    sizes, expected = cfg.latency_batch_sizes, "a non-empty list of ints >= 1"
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Sequence) or not all(isinstance(b, Integral) and not isinstance(b, bool) for b in sizes):
+        raise param_error(TypeError, "latency_batch_sizes", WHO, expected, sizes)
+    if not sizes or min(sizes) < 1:
+        raise param_error(ValueError, "latency_batch_sizes", WHO, expected, sizes)
     return cfg
 
 

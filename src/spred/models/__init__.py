@@ -9,7 +9,7 @@ name               network                                     parameters
 ``smallvgg``       :class:`SmallVGG`, 28x28 or 32x32           ~0.29M
 ``resnet20``       :class:`ResNet20`, CIFAR 32x32              269,722
 ``resnet18``       :class:`ResNet18`, CIFAR variant 32x32      11,173,962
-``studycnn``       :class:`StudyCNN`, MNIST 28x28              20,490
+``studycnn``       :class:`StudyCNN`, MNIST 28x28              20,522
 =================  ==========================================  ============
 
 Build one by name with :func:`build`; sparsify it with :func:`spred.sparsify` and
