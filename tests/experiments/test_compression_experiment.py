@@ -476,6 +476,7 @@ def test_l1_loss_adds_the_penalty_of_the_prunable_weights():
 
 
 def test_random_crop_flip_is_identity_in_eval_and_a_translation_in_training():
+    assert C.RandomCropFlip is spred.datasets.RandomCropFlip  # the transform lives in spred.datasets
     aug = C.RandomCropFlip(padding=2)
     x = torch.rand(6, 3, 8, 8)
     assert aug.eval()(x) is x

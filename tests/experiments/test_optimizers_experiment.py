@@ -301,6 +301,31 @@ def test_cli_lr_option_is_parsed_and_validated():
         opt_exp.config_from_args(parser.parse_args(["--lr", "sgd=fast"]))
 
 
+def test_runs_silence_the_loop_and_pruning_info_lines_by_logger_level(caplog):
+    """The per-epoch and per-pruning INFO lines are silenced by a level on the parent loggers, not a record filter."""
+    import logging
+
+    from spred.experiments import _optimizers_runs as runs
+
+    loop, prune = logging.getLogger("spred.train._loop"), logging.getLogger("spred.compress._prune")
+    levels = {name: logging.getLogger(name).level for name in runs.QUIET_LOGGERS}
+    with caplog.at_level(logging.INFO, logger="spred"):
+        with runs._quiet_logs():
+            loop.info("epoch line")
+            prune.info("pruning line")
+            loop.warning("a warning")
+            logging.getLogger("spred.experiments").info("one line per run")
+        loop.info("after")
+    assert [r.getMessage() for r in caplog.records] == ["a warning", "one line per run", "after"]
+    assert {name: logging.getLogger(name).level for name in runs.QUIET_LOGGERS} == levels
+
+
+def test_study_cnn_is_the_registered_model():
+    from spred.models import StudyCNN, build
+
+    assert opt_exp.StudyCNN is StudyCNN and type(build("studycnn", seed=0)) is StudyCNN
+
+
 def test_import_spred_does_not_import_matplotlib():
     import subprocess
     import sys
