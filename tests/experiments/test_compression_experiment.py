@@ -24,6 +24,8 @@ import spred
 from spred.compress import count_parameters, prune_channels
 from spred.experiments import _baselines_prune as bp
 from spred.experiments import _common
+from spred.experiments import _compression_structured as S
+from spred.experiments import _compression_unstructured as U
 from spred.experiments import compression as C
 from spred.models import LeNet5Caffe, LeNet300100, ResNet20, SmallVGG
 
@@ -77,6 +79,7 @@ def tiny_rows():
 
 
 def test_every_method_runs_and_reaches_its_target_ratio(tiny_rows):
+    assert tuple(U.RUNNERS) == C.METHODS  # the runner table is the method list, in its order
     total = count_parameters(_tiny())
     methods = [r["method"] for r in tiny_rows]
     assert methods == ["dense"] + [m for r in TINY.ratios["lenet300100"] for m in C.METHODS]
@@ -112,13 +115,13 @@ def test_zeros_stay_zero_through_masked_finetuning():
     data = _synthetic()
     model = _tiny()
     cfg = C.check_config(TINY)
-    ctx = C._Context(cfg, "lenet300100", 0, data, count_parameters(model), bp.find_chain(model, data.example), False)
+    ctx = U._Context(cfg, "lenet300100", 0, data, count_parameters(model), bp.find_chain(model, data.example), False)
     budget = bp.max_nonzero(ctx.total, 6.0)
     bp.magnitude_prune(model, budget, ctx.chain)
     bp.remove_dead_units(model, ctx.chain, data.example)
     zeros = {n: (p == 0).clone() for n, p in model.named_parameters()}
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    row = C._finish(ctx, model, "magnitude", 6.0, train_epochs=0, finetune_epochs=3, seconds=0.0, prune_steps=1)
+    row = U._finish(ctx, model, "magnitude", 6.0, train_epochs=0, finetune_epochs=3, seconds=0.0, prune_steps=1)
     changed = False
     for n, p in model.named_parameters():
         if n.endswith("weight"):
@@ -139,10 +142,10 @@ def test_compression_ratio_counts_parameters_only_never_buffers():
     n_buffers = sum(b.numel() for b in model.buffers())
     assert n_buffers > 0
     cfg = dataclasses.replace(C.check_config(TINY), batch_size=32)
-    ctx = C._Context(cfg, "smallvgg", 0, data, count_parameters(model), None, False)
+    ctx = U._Context(cfg, "smallvgg", 0, data, count_parameters(model), None, False)
     assert ctx.total == n_params
     bp.magnitude_prune(model, bp.max_nonzero(ctx.total, 5.0), None)
-    row = C._finish(ctx, model, "magnitude", 5.0, train_epochs=0, finetune_epochs=1, seconds=0.0, prune_steps=1)
+    row = U._finish(ctx, model, "magnitude", 5.0, train_epochs=0, finetune_epochs=1, seconds=0.0, prune_steps=1)
     nonzero = sum(int((p != 0).sum()) for p in model.parameters())
     assert row["nonzero"] == nonzero and row["compression_ratio"] == pytest.approx(n_params / nonzero)
     assert row["compression_ratio"] == pytest.approx(spred.sparsity_report(model).compression_ratio)
@@ -244,30 +247,30 @@ def test_structured_round_to_keeps_multiples_of_n_channels_and_the_function():
     data = _images(64)
     cfg = dataclasses.replace(C.check_config(TINY), structured_model="smallvgg", finetune_epochs=0, latency_repeats=2, round_to=4)
     collapsed = SmallVGG(in_channels=1, widths=(6, 10), batch_norm=False)
-    hidden = C.grouped_layers(collapsed)
+    hidden = S.grouped_layers(collapsed)
     zero = {0: [0, 1, 2], 1: [4], 2: [0, 2, 4, 6, 8], 3: list(range(8))}  # nonzero 3, 5, 5, 2 of 6, 6, 10, 10
     modules = dict(collapsed.named_modules())
     with torch.no_grad():
         for i, rows in zero.items():
             modules[hidden[i]].weight[rows] = 0.0
             modules[hidden[i]].bias[rows] = 0.0
-    ctx = C._Context(cfg, "smallvgg", 0, data, count_parameters(collapsed), None, False)
-    row = {**C._structured_row(ctx, "spred_group", 0.5, collapsed, 0.0, 0.0, 1, hidden), "lam_exponent": 0.5}
+    ctx = U._Context(cfg, "smallvgg", 0, data, count_parameters(collapsed), None, False)
+    row = {**S._structured_row(ctx, "spred_group", 0.5, collapsed, 0.0, 0.0, 1, hidden), "lam_exponent": 0.5}
     # 3 -> 4; 5 -> 8 > 6, so all 6; 5 -> 8; 2 -> 4: multiples of 4 or the full width, the fewest zero channels kept
     assert (row["round_to"], row["widths_nonzero"], row["widths_after"]) == (4, "3-5-5-2", "4-6-8-4")
     assert row["max_abs_diff_fp64"] <= 1e-10 and row["max_abs_diff"] <= 1e-5  # the kept zero channels change nothing
     # the kept zero channels are silenced (zero bias, the next layer's weights that read them zeroed): the exact widths' count
     assert row["params_pruned"] == count_parameters(prune_channels(collapsed, data.example)[0], nonzero=True)
     assert row["params_pruned"] < count_parameters(collapsed, nonzero=True)
-    baseline = C._filter_norm(ctx, SmallVGG(in_channels=1, widths=(6, 10), batch_norm=False), 0.0, hidden, row)
+    baseline = S._filter_norm(ctx, SmallVGG(in_channels=1, widths=(6, 10), batch_norm=False), 0.0, hidden, row)
     assert (baseline["widths_nonzero"], baseline["widths_after"]) == ("3-5-5-2", "4-6-8-4")  # as many nonzero channels as spred
     assert "-> 3-5-5-2 nonzero, 4-6-8-4 kept (multiples of 4)" in C.structured_table([row, baseline])
 
 
 def test_structured_lam_is_weighted_by_output_positions():
-    lams = C._layer_lams(LeNet5Caffe(), ["features.0", "features.2", "classifier.1"], 1e-3, 0.5, torch.zeros(2, 1, 28, 28))
+    lams = S._layer_lams(LeNet5Caffe(), ["features.0", "features.2", "classifier.1"], 1e-3, 0.5, torch.zeros(2, 1, 28, 28))
     assert lams == pytest.approx({"features.0.weight": 1e-3 * 24, "features.2.weight": 1e-3 * 8, "classifier.1.weight": 1e-3})
-    flat = C._layer_lams(LeNet5Caffe(), ["features.0", "classifier.1"], 1e-3, 0.0, torch.zeros(2, 1, 28, 28))
+    flat = S._layer_lams(LeNet5Caffe(), ["features.0", "classifier.1"], 1e-3, 0.0, torch.zeros(2, 1, 28, 28))
     assert flat == {"features.0.weight": 1e-3, "classifier.1.weight": 1e-3}
 
 
@@ -473,6 +476,7 @@ def test_l1_loss_adds_the_penalty_of_the_prunable_weights():
 
 
 def test_random_crop_flip_is_identity_in_eval_and_a_translation_in_training():
+    assert C.RandomCropFlip is spred.datasets.RandomCropFlip  # the transform lives in spred.datasets
     aug = C.RandomCropFlip(padding=2)
     x = torch.rand(6, 3, 8, 8)
     assert aug.eval()(x) is x
@@ -532,8 +536,8 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
     ("changes", "kind", "match"),
     [
         ({"models": "lenet300100"}, TypeError, r"The 'models' parameter of CompressionConfig must be a non-empty tuple"),
-        ({"models": ("vgg",)}, ValueError, r"The 'models' parameter of CompressionConfig must be distinct names"),
-        ({"methods": ("spred", "spred")}, ValueError, r"The 'methods' parameter of CompressionConfig must be distinct names"),
+        ({"models": ("vgg",)}, ValueError, r"The 'models' parameter of CompressionConfig must be a non-empty tuple of distinct values from \('lenet300100'"),
+        ({"methods": ("spred", "spred")}, ValueError, r"The 'methods' parameter of CompressionConfig must be a non-empty tuple of distinct values from \('spred'.* Got \('spred', 'spred'\)"),
         ({"ratios": [12]}, TypeError, r"The 'ratios' parameter of CompressionConfig must be a mapping"),
         ({"ratios": {}}, ValueError, r"has no ratios for model 'lenet300100'"),
         ({"ratios": {"lenet300100": 12}}, TypeError, r"must be a non-empty tuple of numbers for 'lenet300100'"),
@@ -543,15 +547,15 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"epochs": 2.0}, TypeError, r"The 'epochs' parameter of CompressionConfig must be an int >= 1. Got 2.0 of type float"),
         ({"train_size": 1}, ValueError, r"The 'train_size' parameter of CompressionConfig must be an int >= 2"),
         ({"optimizer": "adamw"}, ValueError, r"The 'optimizer' parameter of CompressionConfig must be one of \('adam', 'sgd'\)"),
-        ({"finetune_lr": 0.0}, ValueError, r"The 'finetune_lr' parameter of CompressionConfig must be a float in \(0.0, inf\). Got 0.0"),
-        ({"lam": float("inf")}, ValueError, r"The 'lam' parameter of CompressionConfig must be a float in \(0.0, inf\). Got inf"),
-        ({"str_s_init": float("nan")}, ValueError, r"The 'str_s_init' parameter of CompressionConfig must be a float in \[-inf, inf\). Got nan"),
+        ({"finetune_lr": 0.0}, ValueError, r"The 'finetune_lr' parameter of CompressionConfig must be a float in the range \(0, inf\). Got 0.0"),
+        ({"lam": float("inf")}, ValueError, r"The 'lam' parameter of CompressionConfig must be a float in the range \(0, inf\). Got inf"),
+        ({"str_s_init": float("nan")}, ValueError, r"The 'str_s_init' parameter of CompressionConfig must be a float in the range \[-inf, inf\). Got nan"),
         ({"finetune_lr": "0.1"}, TypeError, r"The 'finetune_lr' parameter of CompressionConfig must be a float"),
         ({"lrs": 0.1}, TypeError, r"The 'lrs' parameter of CompressionConfig must be a mapping method -> learning rate"),
         ({"lrs": {"spred": 0.1}}, ValueError, r"The 'lrs' parameter of CompressionConfig has no learning rate for \['gmp', 'l1', 'magnitude'"),
         ({"lrs": {**C.DEFAULT_LRS, "gmp": -1.0}}, ValueError, r"The 'lrs' parameter of CompressionConfig must be positive numbers. Got -1.0"),
         ({"lrs": {**C.DEFAULT_LRS, "gmp": "big"}}, TypeError, r"The 'lrs' parameter of CompressionConfig must be positive numbers. Got 'big'"),
-        ({"ramp": 1.5}, ValueError, r"The 'ramp' parameter of CompressionConfig must be a float in \(0.0, 1.0\]"),
+        ({"ramp": 1.5}, ValueError, r"The 'ramp' parameter of CompressionConfig must be a float in the range \(0, 1\]"),
         ({"gmp_start": 0.8}, ValueError, r"The 'gmp_start' parameter of CompressionConfig must be smaller than 'ramp'"),
         ({"structured": 1}, TypeError, r"The 'structured' parameter of CompressionConfig must be a bool"),
         ({"structured_model": "resnet18"}, ValueError, r"The 'structured_model' parameter of CompressionConfig must be one of \('lenet5caffe', 'smallvgg'\)"),
@@ -563,9 +567,9 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"structured_sparsity": "0.9"}, TypeError, r"The 'structured_sparsity' parameter of CompressionConfig must be a float or a non-empty tuple"),
         ({"structured_lam_exponents": 0.5}, TypeError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple"),
         ({"structured_lam_exponents": (2.0,)}, ValueError, r"The 'structured_lam_exponents' parameter of CompressionConfig must be a non-empty tuple of floats in \[0, 1\]. Got \(2.0,\)"),
-        ({"round_to": 0}, ValueError, r"The 'round_to' parameter of CompressionConfig must be an int >= 1. Got 0 instead"),
-        ({"round_to": 8.0}, TypeError, r"The 'round_to' parameter of CompressionConfig must be an int >= 1. Got 8.0 of type float"),
-        ({"controller_margin": -0.1}, ValueError, r"The 'controller_margin' parameter of CompressionConfig must be a float in \[0.0, 1.0\]"),
+        ({"round_to": 0}, ValueError, r"The 'round_to' parameter of CompressionConfig must be an int >= 1 or None. Got 0 instead"),
+        ({"round_to": 8.0}, TypeError, r"The 'round_to' parameter of CompressionConfig must be an int >= 1 or None. Got 8.0 of type float"),
+        ({"controller_margin": -0.1}, ValueError, r"The 'controller_margin' parameter of CompressionConfig must be a float in the range \[0, 1\]"),
         ({"seeds": 0}, TypeError, r"The 'seeds' parameter of CompressionConfig must be a non-empty tuple"),
         ({"seeds": (0, 0)}, ValueError, r"The 'seeds' parameter of CompressionConfig must be distinct ints >= 0"),
         ({"device": 0}, TypeError, r"The 'device' parameter of CompressionConfig must be a device string"),

@@ -187,14 +187,14 @@ def test_outputs_summary_and_figures(study, tmp_path):
         ({"targets": (0.5, 1.0)}, ValueError, r"The 'targets' parameter of optimizer_study must be a non-empty list of floats in \(0, 1\)"),
         ({"seeds": (-1,)}, ValueError, r"The 'seeds' parameter of optimizer_study"),
         ({"epochs": 0}, ValueError, r"The 'epochs' parameter of optimizer_study must be an int >= 1. Got 0"),
-        ({"threshold": 0.0}, ValueError, r"The 'threshold' parameter of optimizer_study must be a float > 0"),
-        ({"tolerance": 2.0}, ValueError, r"The 'tolerance' parameter of optimizer_study must be a float in \(0, 1\)"),
+        ({"threshold": 0.0}, ValueError, r"The 'threshold' parameter of optimizer_study must be a float in the range \(0, inf\). Got 0.0"),
+        ({"tolerance": 2.0}, ValueError, r"The 'tolerance' parameter of optimizer_study must be a float in the range \(0, 1\)"),
         ({"lrs": {"sgd": -1.0}}, ValueError, r"The 'lrs' entry for 'sgd' of optimizer_study must be a float > 0"),
         ({"lrs": {"lion": 1e-3}}, ValueError, r"The 'lrs' parameter of optimizer_study has unknown optimizers \['lion'\]"),
         ({"lrs": [0.1]}, TypeError, r"The 'lrs' parameter of optimizer_study must be a mapping \{optimizer: lr\} or \{sparsity type: \{optimizer: lr\}\}"),
         ({"lrs": {"dense": {"sgd": 0.1}, "adam": 0.1}}, ValueError, r"The 'lrs' parameter of optimizer_study mixes sparsity types and other keys \['adam'\]"),
         ({"lrs": {"dense": {"sgd": 0}}}, ValueError, r"The 'lrs\['dense'\]' entry for 'sgd' of optimizer_study must be a float > 0"),
-        ({"tune_target": 1.5}, ValueError, r"The 'tune_target' parameter of optimizer_study must be None or a float in \(0, 1\). Got 1.5"),
+        ({"tune_target": 1.5}, ValueError, r"The 'tune_target' parameter of optimizer_study must be a float in the range \(0, 1\) or None. Got 1.5"),
         ({"example_inputs": torch.zeros(1, 16)}, ValueError, r"The 'example_inputs' parameter of optimizer_study must be a tensor with at least 2 samples"),
     ],
 )
@@ -266,16 +266,16 @@ def test_tuning_raises_when_every_lr_diverges():
 def test_config_validation_messages():
     base = opt_exp.OptimizersConfig()
     cases = [
-        ({"datasets": ("cifar10",)}, r"The 'datasets' parameter of the optimizers experiment must be a non-empty subset of \['mnist', 'fashion_mnist'\]"),
-        ({"epochs": 0}, r"The 'epochs' parameter of the optimizers experiment must be an int >= 1. Got 0"),
-        ({"n_train": 1}, r"The 'n_train' parameter of the optimizers experiment must be None or an int >= 2. Got 1"),
-        ({"val_fraction": 1.5}, r"The 'val_fraction' parameter of the optimizers experiment must be a float in \(0, 1\). Got 1.5"),
-        ({"threshold": -1.0}, r"The 'threshold' parameter of the optimizers experiment must be a float > 0. Got -1.0"),
-        ({"momentum": 1.0}, r"The 'momentum' parameter of the optimizers experiment must be a float in \[0, 1\). Got 1.0"),
-        ({"tune_seed": -2}, r"The 'tune_seed' parameter of the optimizers experiment must be an int >= 0. Got -2"),
-        ({"lr_grid": {"sgd": ()}}, r"The 'lr_grid' entry for 'sgd' of the optimizers experiment must be a non-empty list of floats > 0"),
-        ({"lr_grid": {}}, r"The 'lr_grid' parameter of the optimizers experiment has no grid for \['sgd', 'adam', 'adamw', 'adamw_decoupled', 'adagrad'\]"),
-        ({"latency_batch_sizes": (0,)}, r"The 'latency_batch_sizes' parameter of the optimizers experiment must be a non-empty list of ints >= 1"),
+        ({"datasets": ("cifar10",)}, r"The 'datasets' parameter of OptimizersConfig must be a non-empty subset of \['mnist', 'fashion_mnist'\]"),
+        ({"epochs": 0}, r"The 'epochs' parameter of OptimizersConfig must be an int >= 1. Got 0"),
+        ({"n_train": 1}, r"The 'n_train' parameter of OptimizersConfig must be an int >= 2 or None. Got 1"),
+        ({"val_fraction": 1.5}, r"The 'val_fraction' parameter of OptimizersConfig must be a float in the range \(0, 1\). Got 1.5"),
+        ({"threshold": -1.0}, r"The 'threshold' parameter of OptimizersConfig must be a float in the range \(0, inf\). Got -1.0"),
+        ({"momentum": 1.0}, r"The 'momentum' parameter of OptimizersConfig must be a float in the range \[0, 1\). Got 1.0"),
+        ({"tune_seed": -2}, r"The 'tune_seed' parameter of OptimizersConfig must be an int >= 0. Got -2"),
+        ({"lr_grid": {"sgd": ()}}, r"The 'lr_grid' entry for 'sgd' of OptimizersConfig must be a non-empty list of floats > 0"),
+        ({"lr_grid": {}}, r"The 'lr_grid' parameter of OptimizersConfig has no grid for \['sgd', 'adam', 'adamw', 'adamw_decoupled', 'adagrad'\]"),
+        ({"latency_batch_sizes": (0,)}, r"The 'latency_batch_sizes' parameter of OptimizersConfig must be a non-empty list of ints >= 1"),
     ]
     for change, match in cases:
         import dataclasses
@@ -299,6 +299,31 @@ def test_cli_lr_option_is_parsed_and_validated():
         opt_exp.config_from_args(parser.parse_args(["--lr", "sgd"]))
     with pytest.raises(ValueError, match=r"The '--lr' option of spred run optimizers needs a number after '='. Got 'sgd=fast'"):
         opt_exp.config_from_args(parser.parse_args(["--lr", "sgd=fast"]))
+
+
+def test_runs_silence_the_loop_and_pruning_info_lines_by_logger_level(caplog):
+    """The per-epoch and per-pruning INFO lines are silenced by a level on the parent loggers, not a record filter."""
+    import logging
+
+    from spred.experiments import _optimizers_runs as runs
+
+    loop, prune = logging.getLogger("spred.train._loop"), logging.getLogger("spred.compress._prune")
+    levels = {name: logging.getLogger(name).level for name in runs.QUIET_LOGGERS}
+    with caplog.at_level(logging.INFO, logger="spred"):
+        with runs._quiet_logs():
+            loop.info("epoch line")
+            prune.info("pruning line")
+            loop.warning("a warning")
+            logging.getLogger("spred.experiments").info("one line per run")
+        loop.info("after")
+    assert [r.getMessage() for r in caplog.records] == ["a warning", "one line per run", "after"]
+    assert {name: logging.getLogger(name).level for name in runs.QUIET_LOGGERS} == levels
+
+
+def test_study_cnn_is_the_registered_model():
+    from spred.models import StudyCNN, build
+
+    assert opt_exp.StudyCNN is StudyCNN and type(build("studycnn", seed=0)) is StudyCNN
 
 
 def test_import_spred_does_not_import_matplotlib():

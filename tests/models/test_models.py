@@ -8,7 +8,7 @@ from torch import nn
 
 import spred
 import spred.models as models
-from spred.models import MLP, LeNet5Caffe, LeNet300100, ResNet18, ResNet20, SmallVGG, build, list_models
+from spred.models import MLP, LeNet5Caffe, LeNet300100, ResNet18, ResNet20, SmallVGG, StudyCNN, build, list_models
 
 # name -> (constructor kwargs, input shape, output classes)
 CASES = {
@@ -18,6 +18,7 @@ CASES = {
     "smallvgg": ({"in_channels": 3}, (2, 3, 32, 32), 10),
     "resnet20": ({}, (2, 3, 32, 32), 10),
     "resnet18": ({}, (2, 3, 32, 32), 10),
+    "studycnn": ({}, (2, 1, 28, 28), 10),
 }
 
 
@@ -45,8 +46,9 @@ def test_output_shape(name):
         (ResNet20(shortcut="B"), 272_474),  # + 1x1 projections and their BN
         (ResNet18(), 11_173_962),  # CIFAR ResNet-18, "11.17M"
         (MLP(784, (300, 100), 10), 266_610),
+        (StudyCNN(), 20_522),  # 208 + 3,216 + 16,448 + 650 (the old docstring said 20,490)
     ],
-    ids=["lenet300100", "lenet5caffe", "resnet20", "resnet20-B", "resnet18", "mlp-as-lenet"],
+    ids=["lenet300100", "lenet5caffe", "resnet20", "resnet20-B", "resnet18", "mlp-as-lenet", "studycnn"],
 )
 def test_parameter_counts_match_the_published_figures(model, expected):
     assert n_params(model) == expected
@@ -129,6 +131,9 @@ def test_build_errors():
         (lambda: SmallVGG(widths=()), ValueError, r"The 'widths' parameter of SmallVGG must be a non-empty sequence of ints >= 1. Got \(\)"),
         (lambda: SmallVGG(convs_per_stage=0), ValueError, r"The 'convs_per_stage' parameter of SmallVGG must be an int >= 1. Got 0"),
         (lambda: ResNet20(shortcut="C"), ValueError, r"The 'shortcut' parameter of ResNet20 must be one of \('A', 'B'\). Got 'C'"),
+        (lambda: StudyCNN(input_size=12), ValueError, r"The 'input_size' parameter of StudyCNN must be at least 16. Got 12"),
+        (lambda: StudyCNN(hidden=0), ValueError, r"The 'hidden' parameter of StudyCNN must be an int >= 1. Got 0"),
+        (lambda: MLP(1.5), TypeError, r"The 'in_features' parameter of MLP must be an int >= 1. Got 1.5 of type float"),
     ],
 )
 def test_constructor_errors(factory, error, match):

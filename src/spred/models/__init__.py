@@ -9,6 +9,7 @@ name               network                                     parameters
 ``smallvgg``       :class:`SmallVGG`, 28x28 or 32x32           ~0.29M
 ``resnet20``       :class:`ResNet20`, CIFAR 32x32              269,722
 ``resnet18``       :class:`ResNet18`, CIFAR variant 32x32      11,173,962
+``studycnn``       :class:`StudyCNN`, MNIST 28x28              20,522
 =================  ==========================================  ============
 
 Build one by name with :func:`build`; sparsify it with :func:`spred.sparsify` and
@@ -20,9 +21,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from spred._validation import param_error
 from spred.models._lenet import LeNet5Caffe
 from spred.models._mlp import MLP, LeNet300100
 from spred.models._resnet import BasicBlock, ResNet18, ResNet20
+from spred.models._study import StudyCNN
 from spred.models._vgg import SmallVGG
 
 _REGISTRY: dict[str, type[nn.Module]] = {
@@ -32,6 +35,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "smallvgg": SmallVGG,
     "resnet20": ResNet20,
     "resnet18": ResNet18,
+    "studycnn": StudyCNN,
 }
 
 
@@ -70,14 +74,14 @@ def build(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
     266610
     """
     if not isinstance(name, str):
-        raise TypeError(f"The 'name' parameter of build must be a str. Got {name!r} of type {type(name).__name__} instead.")
+        raise param_error(TypeError, "name", "build", "a str", name)
     cls = _REGISTRY.get(_key(name))
     if cls is None:
-        raise ValueError(f"The 'name' parameter of build must be one of {list_models()}. Got {name!r} instead.")
+        raise param_error(ValueError, "name", "build", f"one of {list_models()}", name)
     if seed is None:
         return cls(**kwargs)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"The 'seed' parameter of build must be an int or None. Got {seed!r} instead.")
+        raise param_error(TypeError, "seed", "build", "an int or None", seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(**kwargs)
@@ -91,6 +95,7 @@ __all__ = [
     "ResNet18",
     "ResNet20",
     "SmallVGG",
+    "StudyCNN",
     "build",
     "list_models",
 ]

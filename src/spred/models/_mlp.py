@@ -6,13 +6,9 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from spred._validation import check_int
+from spred._validation import check_float, check_int, param_error
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU, "sigmoid": nn.Sigmoid}
-
-
-def _check_width(value, name: str, who: str) -> int:
-    return check_int(value, name, who, 1)
 
 
 class MLP(nn.Sequential):
@@ -54,16 +50,15 @@ class MLP(nn.Sequential):
         bias: bool = True,
     ):
         who = "MLP"
-        _check_width(in_features, "in_features", who)
-        _check_width(out_features, "out_features", who)
-        if isinstance(hidden, int) or not isinstance(hidden, Sequence):
-            raise TypeError(f"The 'hidden' parameter of MLP must be a sequence of ints, e.g. (300, 100). Got {hidden!r} instead.")
+        check_int(in_features, "in_features", who, 1)
+        check_int(out_features, "out_features", who, 1)
+        if isinstance(hidden, (int, str, bytes)) or not isinstance(hidden, Sequence):
+            raise param_error(TypeError, "hidden", who, "a sequence of ints, e.g. (300, 100)", hidden)
         for width in hidden:
-            _check_width(width, "hidden", who)
+            check_int(width, "hidden", who, 1)
         if activation not in _ACTIVATIONS:
-            raise ValueError(f"The 'activation' parameter of MLP must be one of {sorted(_ACTIVATIONS)}. Got {activation!r} instead.")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ValueError(f"The 'dropout' parameter of MLP must be a float in the range [0, 1). Got {dropout!r} instead.")
+            raise param_error(ValueError, "activation", who, f"one of {sorted(_ACTIVATIONS)}", activation)
+        check_float(dropout, "dropout", who, 0, 1, high_open=True)
         layers: list[nn.Module] = [nn.Flatten()]
         widths = [in_features, *hidden]
         for n_in, n_out in zip(widths[:-1], widths[1:]):

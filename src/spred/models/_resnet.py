@@ -8,6 +8,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from spred._validation import check_choice
+
 SHORTCUTS = ("A", "B")
 
 
@@ -55,8 +57,7 @@ class _ResNet(nn.Module):
 
     def __init__(self, widths: Sequence[int], blocks: Sequence[int], in_channels: int, num_classes: int, shortcut: str, who: str):
         super().__init__()
-        if shortcut not in SHORTCUTS:
-            raise ValueError(f"The 'shortcut' parameter of {who} must be one of {SHORTCUTS}. Got {shortcut!r} instead.")
+        check_choice(shortcut, "shortcut", who, SHORTCUTS)
         self.conv1 = nn.Conv2d(in_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])
         self.relu = nn.ReLU(inplace=True)

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from spred._validation import check_int, param_error
+
 
 class SmallVGG(nn.Module):
     """VGG-style CNN: stages of ``(conv 3x3 -> BN -> ReLU) x convs_per_stage -> max-pool 2``.
@@ -47,10 +49,9 @@ class SmallVGG(nn.Module):
         batch_norm: bool = True,
     ):
         super().__init__()
-        if isinstance(widths, int) or not isinstance(widths, Sequence) or not widths or not all(isinstance(w, int) and w >= 1 for w in widths):
-            raise ValueError(f"The 'widths' parameter of SmallVGG must be a non-empty sequence of ints >= 1. Got {widths!r} instead.")
-        if isinstance(convs_per_stage, bool) or not isinstance(convs_per_stage, int) or convs_per_stage < 1:
-            raise ValueError(f"The 'convs_per_stage' parameter of SmallVGG must be an int >= 1. Got {convs_per_stage!r} instead.")
+        if isinstance(widths, (int, str, bytes)) or not isinstance(widths, Sequence) or not widths or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise param_error(ValueError, "widths", "SmallVGG", "a non-empty sequence of ints >= 1", widths)
+        check_int(convs_per_stage, "convs_per_stage", "SmallVGG", 1)
         layers: list[nn.Module] = []
         channels = in_channels
         for width in widths:

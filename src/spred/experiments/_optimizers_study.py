@@ -1,0 +1,508 @@
+"""``spred run optimizers``, the study: :func:`optimizer_study` and :func:`tune_learning_rates`.
+
+The study validates its arguments, tunes the learning rates it was not given (on a
+seeded validation split), then runs every (sparsity type, optimizer, target, seed) and
+the dense baselines through :mod:`spred.experiments._optimizers_runs`, in worker
+processes when ``n_jobs > 1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from numbers import Integral, Real
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import spred
+from spred._validation import check_float, check_int, param_error
+from spred.experiments import _common
+from spred.experiments._data import seeded_split
+from spred.experiments._optimizers_runs import (
+    DENSE_OF,
+    KINDS,
+    OPTIMIZERS,
+    SPARSITY_TYPES,
+    _attach_dense,
+    _dense_row,
+    _diverged_row,
+    _evaluate,
+    _last_layer,
+    _Setup,
+    _sparse_row,
+    _sparsify,
+    _train,
+)
+
+logger = logging.getLogger(__name__)
+
+# Half-decade grids of three values. On MNIST (quick settings) a first pass one step lower (SGD 0.01-0.1, Adam
+# 3e-4-3e-3, Adagrad 3e-3-3e-2) picked the top of every grid, so the grids moved up; in a second pass SGD 1.0
+# diverged (spred), decoupled AdamW 3e-2 was worse than 1e-2 and dense SGD preferred 0.03 to 0.1 and 0.3.
+# spred's SGD steps on v are ~10x smaller than dense ones with the default split (u = c, w = v / c with
+# c^2 = rms(v): a step on v scales with u^2 + w^2 ~ 2 rms(v)), hence one grid spans both.
+DEFAULT_LR_GRID = {
+    "sgd": (0.03, 0.1, 0.3),
+    "adam": (1e-3, 3e-3, 1e-2),
+    "adamw": (1e-3, 3e-3, 1e-2),
+    "adamw_decoupled": (3e-3, 1e-2, 3e-2),
+    "adagrad": (1e-2, 3e-2, 1e-1),
+}
+# lam at the start of training; the controller moves it by up to 1000x in half of training.
+# Start low: zeros made by overshooting do not come back. With 1e-4, Adam (lr 1e-3) zeroed 67% of the weights of
+# the MNIST CNN for targets of 20%, 40% and 60% alike: its normalised step drives every weight whose gradient is
+# below lam to zero within ~100 steps. A decoupled step shrinks by lr * lam, hence its larger start.
+DEFAULT_INITIAL_LAMS = {"sgd": 1e-5, "adam": 1e-5, "adamw": 1e-5, "adamw_decoupled": 1e-2, "adagrad": 1e-5}
+TUNING_COLUMNS = ("optimizer", "lr", "val_acc", "weight_sparsity", "reached_target", "chosen", "sparsity_type", "target", "seed", "epochs", "cpu_seconds")
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+def _real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _sequence(values, name: str, who: str, expected: str) -> None:
+    """A non-empty sequence that is not a string (TypeError / ValueError otherwise)."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Sequence):
+        raise param_error(TypeError, name, who, expected, values)
+    if not values:
+        raise param_error(ValueError, name, who, expected, values)
+
+
+def _check_names(values, allowed, name: str, who: str) -> tuple:
+    expected = f"a non-empty subset of {list(allowed)}"
+    _sequence(values, name, who, expected)
+    if not set(values) <= set(allowed):
+        raise param_error(ValueError, name, who, expected, values)
+    return tuple(values)
+
+
+def _check_targets(targets, who: str) -> tuple[float, ...]:
+    expected = "a non-empty list of floats in (0, 1)"
+    _sequence(targets, "targets", who, expected)
+    if not all(_real(t) and 0 < t < 1 for t in targets):
+        raise param_error(ValueError, "targets", who, expected, targets)
+    return tuple(float(t) for t in targets)
+
+
+def _check_seeds(seeds, who: str) -> tuple[int, ...]:
+    expected = "a non-empty list of ints >= 0"
+    _sequence(seeds, "seeds", who, expected)
+    if not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in seeds):
+        raise param_error(ValueError, "seeds", who, expected, seeds)
+    return tuple(int(s) for s in seeds)
+
+
+def _check_lr_map(values, name: str, who: str, *, grid: bool = False) -> dict:
+    if not isinstance(values, Mapping):
+        raise param_error(TypeError, name, who, f"a mapping from optimizer names to {'lists of ' if grid else ''}floats", values)
+    unknown = sorted(set(values) - set(OPTIMIZERS))
+    if unknown:
+        raise ValueError(f"The '{name}' parameter of {who} has unknown optimizers {unknown}; valid names are {list(OPTIMIZERS)}.")
+    out = {}
+    for key, value in values.items():
+        items = value if grid else [value]
+        if isinstance(items, str) or not isinstance(items, Sequence) or not items or not all(_real(v) and v > 0 for v in items):
+            what = "a non-empty list of floats > 0" if grid else "a float > 0"
+            raise ValueError(f"The '{name}' entry for {key!r} of {who} must be {what}. Got {value!r} instead.")
+        out[key] = tuple(float(v) for v in items) if grid else float(value)
+    return out
+
+
+def _nested_lrs(lrs, who: str) -> dict[str, dict[str, float]]:
+    """``{kind: {optimizer: lr}}`` for every kind, from a flat ``{optimizer: lr}`` or a nested mapping."""
+    if not isinstance(lrs, Mapping):
+        raise param_error(TypeError, "lrs", who, "a mapping {optimizer: lr} or {sparsity type: {optimizer: lr}}", lrs)
+    if any(k in KINDS for k in lrs):
+        unknown = sorted(set(lrs) - set(KINDS))
+        if unknown:
+            raise ValueError(f"The 'lrs' parameter of {who} mixes sparsity types and other keys {unknown}; nested keys must be among {list(KINDS)}.")
+        out = {k: _check_lr_map(v, f"lrs['{k}']", who) for k, v in lrs.items()}
+    else:
+        flat = _check_lr_map(lrs, "lrs", who)
+        out = {k: dict(flat) for k in KINDS}
+    return {k: out.get(k, {}) for k in KINDS}
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _is_tensor_pair(data) -> bool:
+    return isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)
+
+
+def _check_data(data, name: str) -> None:
+    from torch.utils.data import DataLoader
+
+    if _is_tensor_pair(data):
+        if len(data[0]) != len(data[1]) or len(data[0]) < 2:
+            raise ValueError(f"The '{name}' parameter of optimizer_study must hold at least 2 samples with as many targets as inputs. Got {len(data[0])} inputs and {len(data[1])} targets.")
+        return
+    if not isinstance(data, DataLoader):
+        raise TypeError(f"The '{name}' parameter of optimizer_study must be a tuple (X, y) of tensors or a DataLoader. Got {type(data).__name__} instead.")
+
+
+def _first_samples(data, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``n`` samples of ``(X, y)`` tensors, or of the batches a DataLoader yields (in its order)."""
+    if _is_tensor_pair(data):
+        return data[0][:n], data[1][:n]
+    xs, ys, count = [], [], 0
+    for x, y in data:
+        xs.append(x)
+        ys.append(y)
+        count += len(y)
+        if count >= n:
+            break
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _validation_split(train_data, fraction: float, seed: int = 0):
+    """``(train, val)``: the last ``fraction`` of a seeded permutation of ``(X, y)`` is held out."""
+    X, y = train_data
+    n_val = max(1, round(fraction * len(y)))
+    tr, va = seeded_split(len(y), len(y) - n_val, seed)
+    return (X[tr], y[tr]), (X[va], y[va])
+
+
+# --------------------------------------------------------------------------- learning rates
+
+
+def _tune_job(shared, job) -> dict:
+    """One tuning run (module level, so that worker processes can run it)."""
+    from spred.train import TargetSparsity
+
+    setup, val_data, sparsity_type, target, lams, seed = shared
+    optimizer, lr = job
+    dense, threshold = sparsity_type == "dense", setup.threshold
+    cpu = time.process_time()
+    with _common.torch_seed(seed):
+        model = setup.model_factory()
+    try:
+        if dense:
+            _train(setup, model, optimizer, lr, seed, None, threshold)
+            model.cpu()
+            sparsity, acc = 0.0, _evaluate(setup, model, val_data)
+        else:
+            _sparsify(model, sparsity_type, lams[optimizer], _last_layer(model))
+            _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=threshold), threshold)
+            model.cpu()
+            sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
+            acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
+    except FloatingPointError as exc:  # a learning rate that diverges is a result, not an error
+        logger.info("tuning %s lr %g diverged: %s", optimizer, lr, exc)
+        sparsity, acc = math.nan, math.nan
+    return {"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
+            "reached_target": dense or bool(abs(sparsity - target) <= setup.tolerance), "chosen": False,
+            "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": setup.epochs,
+            "cpu_seconds": time.process_time() - cpu}  # fmt: skip
+
+
+def tune_learning_rates(
+    model_factory: Callable[[], nn.Module],
+    train_data,
+    val_data,
+    *,
+    optimizers: Sequence[str] = OPTIMIZERS,
+    lr_grid: Mapping[str, Sequence[float]] | None = None,
+    sparsity_type: str = "unstructured",
+    target: float = 0.6,
+    seed: int = 0,
+    epochs: int = 10,
+    batch_size: int = 64,
+    threshold: float = 1e-3,
+    momentum: float = 0.9,
+    initial_lams: Mapping[str, float] | None = None,
+    tolerance: float = 0.02,
+    loss_fn: Callable | None = None,
+    device=None,
+    progress: bool = True,
+    n_jobs: int = 1,
+) -> tuple[dict[str, float], list[dict]]:
+    """Pick one learning rate per optimizer: the best validation accuracy at one sparsity level.
+
+    For every optimizer and learning rate of its grid, a model from ``model_factory`` is
+    sparsified (``sparsity_type``), trained on ``train_data`` to ``target`` with the
+    controller, collapsed at ``threshold`` and scored on ``val_data``. The chosen
+    learning rate is the one with the highest validation accuracy among the runs that
+    reached the target (``|sparsity - target| <= tolerance``), or among all runs if none did.
+    ``sparsity_type="dense"`` tunes the plain model instead (no spred, no target; for the
+    dense baselines: a learning rate tuned under spred need not suit the plain model, whose
+    gradient steps are scaled differently; ``"adamw_decoupled"`` is then plain AdamW).
+    ``n_jobs`` worker processes run the grid side by side, as in :func:`optimizer_study`.
+
+    Returns
+    -------
+    lrs : dict of str to float
+        The chosen learning rate per optimizer.
+    rows : list of dict
+        One row per (optimizer, lr): ``val_acc``, ``weight_sparsity``, ``reached_target``, ``chosen``.
+    """
+    check_int(n_jobs, "n_jobs", "tune_learning_rates", 1)
+    optimizers = _check_names(optimizers, OPTIMIZERS, "optimizers", "tune_learning_rates")
+    if sparsity_type not in KINDS:
+        raise param_error(ValueError, "sparsity_type", "tune_learning_rates", f"one of {list(KINDS)}", sparsity_type)
+    grid = _check_lr_map(dict(DEFAULT_LR_GRID if lr_grid is None else lr_grid), "lr_grid", "tune_learning_rates", grid=True)
+    lams = {**DEFAULT_INITIAL_LAMS, **dict(initial_lams or {})}
+    loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+    setup = _Setup(model_factory, train_data, val_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, tolerance, device, "tuning")
+    rows, chosen = [], {}
+    jobs = [(o, lr) for o in optimizers for lr in grid[o]]
+    shared = (setup, val_data, sparsity_type, target, lams, seed)
+    for _, row in _common.map_jobs(_tune_job, shared, jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress, desc="tuning lr"):
+        rows.append(row)
+        logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", row["optimizer"], sparsity_type, row["lr"], row["val_acc"], row["weight_sparsity"])
+    for optimizer in optimizers:
+        own = [r for r in rows if r["optimizer"] == optimizer and math.isfinite(r["val_acc"])]
+        pool = [r for r in own if r["reached_target"]] or own
+        if not pool:
+            raise FloatingPointError(f"every learning rate of the grid {list(grid[optimizer])} diverged for {optimizer}; lower the grid.")
+        best = max(pool, key=lambda r: r["val_acc"])
+        best["chosen"] = True
+        chosen[optimizer] = best["lr"]
+    return chosen, rows
+
+
+
+# --------------------------------------------------------------------------- the study
+
+
+def optimizer_study(
+    model_factory: Callable[[], nn.Module],
+    train_data,
+    test_data,
+    *,
+    optimizers: Sequence[str] = OPTIMIZERS,
+    sparsity_types: Sequence[str] = SPARSITY_TYPES,
+    targets: Sequence[float] = (0.2, 0.4, 0.6, 0.8),
+    seeds: Sequence[int] = (0, 1, 2),
+    epochs: int = 10,
+    lrs: Mapping | None = None,
+    lr_grid: Mapping[str, Sequence[float]] | None = None,
+    val_data=None,
+    val_fraction: float = 0.1,
+    example_inputs=None,
+    batch_size: int = 64,
+    threshold: float = 1e-3,
+    momentum: float = 0.9,
+    initial_lams: Mapping[str, float] | None = None,
+    tolerance: float = 0.02,
+    kkt_samples: int = 2048,
+    latency_batch_sizes: Sequence[int] = (1, 256),
+    latency_repeats: int = 30,
+    dense_baseline: bool = True,
+    tune_target: float | None = None,
+    tune_seed: int = 0,
+    loss_fn: Callable | None = None,
+    device=None,
+    dataset: str = "custom",
+    progress: bool = True,
+    n_jobs: int = 1,
+    tuning: list | None = None,
+) -> list[dict]:
+    """Compare optimizers under unstructured and structured spred on your own model.
+
+    For every optimizer, sparsity type, target and seed, ``model_factory()`` (called
+    under ``torch.manual_seed(seed)``, the caller's random state untouched) is
+    sparsified, trained by :func:`spred.train.fit` with a target-sparsity controller
+    to ``target`` zeros among its sparsified weights, collapsed to exact zeros at
+    ``threshold``, tested, physically pruned (structured), timed against the dense
+    architecture, and checked for L1 optimality (:func:`kkt_statistics`). See the
+    module docstring for the optimizers and the sparsity types.
+
+    Parameters
+    ----------
+    model_factory : callable () -> nn.Module
+        Builds a fresh, plain (not sparsified) model.
+    train_data, test_data : (X, y) tuple of tensors or DataLoader
+        As for :func:`spred.train.fit`.
+    optimizers : sequence of str, default=OPTIMIZERS
+        Among ``"sgd"``, ``"adam"``, ``"adamw"``, ``"adamw_decoupled"``, ``"adagrad"``.
+    sparsity_types : sequence of {"unstructured", "structured"}
+        ``structured`` puts one group per output channel / neuron on every Linear and
+        Conv layer except the last one (the output layer), which stays dense.
+    targets : sequence of float in (0, 1)
+    seeds : sequence of int
+    epochs : int, default=10
+    lrs : mapping, optional
+        Fixed learning rates: ``{optimizer: lr}`` for every sparsity type and the dense
+        baseline, or ``{"unstructured" | "structured" | "dense": {optimizer: lr}}``.
+        Those not given are tuned with :func:`tune_learning_rates` on ``lr_grid``, per
+        sparsity type (and on the plain model for the dense baselines).
+    lr_grid : mapping of str to sequence of float, optional
+        Default: ``DEFAULT_LR_GRID``.
+    val_data : (X, y) tuple or DataLoader, optional
+        Validation data for the tuning. Default: the last ``val_fraction`` of a seeded
+        permutation of ``train_data`` (tensors only), the tuning then trains on the rest.
+    val_fraction : float, default=0.1
+    example_inputs : Tensor, optional
+        Inputs for pruning and timing (at least 2 samples; batches cycle through them).
+        Default: the first 64 test inputs.
+    batch_size : int, default=64
+    threshold : float, default=1e-3
+        ``|v| <= threshold`` (group norm for structured) counts as zero.
+    momentum : float, default=0.9
+        SGD only.
+    initial_lams : mapping of str to float, optional
+        lam at the start, per optimizer. Default: ``DEFAULT_INITIAL_LAMS``.
+    tolerance : float, default=0.02
+        A run reached its target when ``|weight_sparsity - target| <= tolerance``; a
+        run that did not is logged as a warning and has ``reached_target=False``.
+    kkt_samples : int, default=2048
+        The KKT check uses the first ``kkt_samples`` training samples.
+    latency_batch_sizes : sequence of int, default=(1, 256)
+    latency_repeats : int, default=30
+    dense_baseline : bool, default=True
+        Also train every optimizer without spred (rows with ``sparsity_type="dense"``).
+    tune_target : float, optional
+        The target at which the learning rates are tuned. Default: the lowest of
+        ``targets`` (a learning rate that reaches it reaches the higher ones too; the
+        converse fails when a large learning rate kills units, whose weights every lam > 0 zeroes).
+    tune_seed : int, default=0
+    loss_fn : callable, default=cross-entropy
+    device : torch.device or str, optional
+        Where to train; evaluation, pruning and timing run on the CPU.
+    dataset : str, default="custom"
+        Written into every row.
+    progress : bool, default=True
+        A tqdm bar over the runs.
+    n_jobs : int, default=1
+        Worker processes for the runs (and the tuning); every run seeds itself, so the
+        results do not depend on it, only the wall time (and the timings' noise) does.
+        Needs a picklable ``model_factory``, data and ``loss_fn``.
+    tuning : list, optional
+        If given, the tuning rows (see :func:`tune_learning_rates`) are appended to it.
+
+    Returns
+    -------
+    list of dict
+        One row per run with the keys of ``CSV_COLUMNS``.
+
+    Examples
+    --------
+    >>> rows = optimizer_study(lambda: MyNet(), (X, y), (X_test, y_test), optimizers=("sgd", "adam"),
+    ...                        targets=(0.5, 0.9), seeds=(0,), lrs={"sgd": 0.05, "adam": 1e-3})  # doctest: +SKIP
+    """
+    who = "optimizer_study"
+    optimizers, sparsity_types, targets, seeds = _check_study(
+        model_factory, train_data, test_data, optimizers=optimizers, sparsity_types=sparsity_types, targets=targets, seeds=seeds,
+        ints={"epochs": epochs, "batch_size": batch_size, "kkt_samples": kkt_samples, "latency_repeats": latency_repeats, "n_jobs": n_jobs},
+        threshold=threshold, tolerance=tolerance,
+    )  # fmt: skip
+    lrs = _nested_lrs({} if lrs is None else lrs, who)
+    tune_target = min(targets) if tune_target is None else check_float(tune_target, "tune_target", who, 0, 1, low_open=True, high_open=True, optional=True)
+    lams = {**DEFAULT_INITIAL_LAMS, **_check_lr_map({} if initial_lams is None else initial_lams, "initial_lams", who)}
+    loss_fn = F.cross_entropy if loss_fn is None else loss_fn
+    _check_probe(model_factory(), who)
+    example_inputs = _example_inputs(example_inputs, test_data, who)
+    wanted = {kind: list(optimizers) for kind in sparsity_types}
+    if dense_baseline:
+        wanted["dense"] = list(dict.fromkeys(DENSE_OF[o] for o in optimizers))
+    common = {"lr_grid": lr_grid, "seed": tune_seed, "epochs": epochs, "batch_size": batch_size, "threshold": threshold, "momentum": momentum,
+              "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress,
+              "n_jobs": n_jobs}  # fmt: skip
+    sources = _tune_missing(model_factory, train_data, val_data, val_fraction, wanted, lrs, tune_target, common, tuning)
+    kkt_x, kkt_y = _first_samples(train_data, kkt_samples)
+    setup = _Setup(
+        model_factory, train_data, test_data, (kkt_x.cpu(), kkt_y.cpu()), example_inputs, epochs, batch_size, threshold, momentum, loss_fn,
+        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset,
+    )  # fmt: skip
+    jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
+    jobs += [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
+    rows = []
+    for (kind, optimizer, target, seed), row in _common.map_jobs(
+        _study_job, (setup, lrs, sources, lams), jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress,
+        desc=f"optimizers ({dataset})", postfix=lambda j: {"type": j[0], "opt": j[1], "target": j[2], "seed": j[3]},
+    ):  # fmt: skip
+        if row["diverged"]:
+            logger.warning("%s %s %s target %s seed %d diverged (non-finite loss)", dataset, optimizer, kind, target, seed)
+        logger.info(
+            "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
+            dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
+        )
+        rows.append(row)
+    _attach_dense(rows)
+    return rows
+
+
+def _check_study(model_factory, train_data, test_data, *, optimizers, sparsity_types, targets, seeds, ints: Mapping[str, int], threshold,
+                 tolerance) -> tuple[tuple, tuple, tuple, tuple]:  # fmt: skip
+    """Validate the study's arguments; ``(optimizers, sparsity_types, targets, seeds)`` as tuples."""
+    who = "optimizer_study"
+    if not callable(model_factory) or isinstance(model_factory, nn.Module):
+        raise TypeError(f"The 'model_factory' parameter of {who} must be a callable that builds a fresh model (e.g. lambda: MyNet()), not a model. Got {type(model_factory).__name__} instead.")
+    checked = (
+        _check_names(optimizers, OPTIMIZERS, "optimizers", who), _check_names(sparsity_types, SPARSITY_TYPES, "sparsity_types", who),
+        _check_targets(targets, who), _check_seeds(seeds, who),
+    )  # fmt: skip
+    _check_data(train_data, "train_data")
+    _check_data(test_data, "test_data")
+    for name, value in ints.items():
+        check_int(value, name, who, 1)
+    check_float(threshold, "threshold", who, 0, low_open=True)
+    check_float(tolerance, "tolerance", who, 0, 1, low_open=True, high_open=True)
+    return checked
+
+
+def _check_probe(probe, who: str) -> None:
+    """What ``model_factory()`` returned: a plain ``nn.Module``."""
+    if not isinstance(probe, nn.Module):
+        raise TypeError(f"The 'model_factory' parameter of {who} must return an nn.Module. Got {type(probe).__name__} instead.")
+    if spred.is_sparsified(probe):
+        raise ValueError(f"The 'model_factory' parameter of {who} must return a plain model; it returned a model already sparsified by spred.sparsify.")
+
+
+def _example_inputs(example_inputs, test_data, who: str) -> torch.Tensor:
+    """The inputs for pruning and timing (default: the first 64 test inputs), on the CPU."""
+    if example_inputs is None:
+        example_inputs = _first_samples(test_data, 64)[0]
+    if not isinstance(example_inputs, torch.Tensor) or len(example_inputs) < 2:
+        raise ValueError(f"The 'example_inputs' parameter of {who} must be a tensor with at least 2 samples (pruning reads the constants zero channels emit from them).")
+    return example_inputs.cpu()
+
+
+def _tune_missing(model_factory, train_data, val_data, val_fraction: float, wanted: Mapping[str, list], lrs: dict, tune_target: float,
+                  common: Mapping, tuning: list | None) -> dict[str, dict[str, str]]:  # fmt: skip
+    """Tune (in place into ``lrs``) every learning rate ``wanted`` but not given; returns ``{kind: {optimizer: "given" | "tuned"}}``."""
+    sources = {kind: {o: "given" for o in lrs[kind]} for kind in KINDS}
+    missing = {kind: [o for o in names if o not in lrs[kind]] for kind, names in wanted.items()}
+    missing = {kind: names for kind, names in missing.items() if names}
+    if not missing:
+        return sources
+    if val_data is None:
+        if not _is_tensor_pair(train_data):
+            raise ValueError(f"tuning the learning rates {missing} needs validation data: pass val_data=..., or lrs={{...}} for every optimizer.")
+        tune_train, val_data = _validation_split(train_data, val_fraction)
+    else:
+        tune_train = train_data
+    for kind, names in missing.items():
+        chosen, tune_rows = tune_learning_rates(model_factory, tune_train, val_data, optimizers=names, sparsity_type=kind, target=tune_target, **common)
+        if tuning is not None:
+            tuning.extend(tune_rows)
+        lrs[kind].update(chosen)
+        sources[kind].update({o: "tuned" for o in chosen})
+    return sources
+
+
+def _study_job(shared, job) -> dict:
+    """One run of the study (module level, so that worker processes can run it)."""
+    setup, lrs, sources, lams = shared
+    kind, optimizer, target, seed = job
+    lr, source = lrs[kind][optimizer], sources[kind][optimizer]
+    cpu = time.process_time()
+    try:
+        if kind == "dense":
+            row = _dense_row(setup, optimizer, lr, source, seed)
+        else:
+            row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+    except FloatingPointError as exc:  # a diverged run is a result: recorded, not raised
+        logger.info("%s %s target %s seed %d diverged: %s", optimizer, kind, target, seed, exc)
+        row = _diverged_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+    row["cpu_seconds"] = time.process_time() - cpu
+    return row
+
