@@ -549,7 +549,7 @@ def test_cli_ratios_apply_to_every_model_and_help_works():
         ({"optimizer": "adamw"}, ValueError, r"The 'optimizer' parameter of CompressionConfig must be one of \('adam', 'sgd'\)"),
         ({"finetune_lr": 0.0}, ValueError, r"The 'finetune_lr' parameter of CompressionConfig must be a float in the range \(0, inf\). Got 0.0"),
         ({"lam": float("inf")}, ValueError, r"The 'lam' parameter of CompressionConfig must be a float in the range \(0, inf\). Got inf"),
-        ({"str_s_init": float("nan")}, ValueError, r"The 'str_s_init' parameter of CompressionConfig must be a float in the range \[-inf, inf\). Got nan"),
+        ({"str_s_init": float("nan")}, ValueError, r"The 'str_s_init' parameter of CompressionConfig must be a float in the range \(-inf, inf\). Got nan"),
         ({"finetune_lr": "0.1"}, TypeError, r"The 'finetune_lr' parameter of CompressionConfig must be a float"),
         ({"lrs": 0.1}, TypeError, r"The 'lrs' parameter of CompressionConfig must be a mapping method -> learning rate"),
         ({"lrs": {"spred": 0.1}}, ValueError, r"The 'lrs' parameter of CompressionConfig has no learning rate for \['gmp', 'l1', 'magnitude'"),
