@@ -23,6 +23,7 @@ from spred.datasets._base import (
 from spred.datasets._loaders import fetch_dataset, load_dataset, load_fashion_mnist_subset, load_mnist
 from spred.datasets._readers import load_cifar10, read_arff, read_gds_soft, read_idx, read_mat
 from spred.datasets._registry import KINDS, DataFile, DatasetInfo, dataset_info, list_datasets
+from spred.datasets._synthetic import make_orthogonal_design, make_sparse_target
 
 __all__ = [
     "KINDS",
@@ -39,6 +40,8 @@ __all__ = [
     "load_dataset",
     "load_fashion_mnist_subset",
     "load_mnist",
+    "make_orthogonal_design",
+    "make_sparse_target",
     "read_arff",
     "read_gds_soft",
     "read_idx",

@@ -1,0 +1,291 @@
+"""The training of ``spred run lasso``: every (lr, alpha, seed) run at once, through :func:`spred.train.fit`.
+
+Every run is an independent model, so one method's runs for one optimizer train
+together: per learning rate, one ``nn.Linear(p, n_seeds)`` per alpha (spred) or one
+``(n_alphas, n_seeds, p)`` weight (the L1 baseline), in one module whose output is
+every run's prediction, handed to ``fit`` with full-batch steps (``epochs = n_steps``,
+``batch_size = n``) and one optimizer whose groups carry each run's lr (and, for
+spred, its ``lam`` through :func:`spred.param_groups`). Nothing couples the runs: the
+loss is a sum of per-run losses and SGD and Adam act coordinate-wise, so each is
+exactly the run of a lone ``nn.Linear(p, 1)`` (a test checks this).
+
+A run whose loss becomes non-finite is recorded (``diverged_step``), not raised: it
+stops counting in the loss (zero gradient), its factors and optimizer state are
+reset to zero after that step (so nothing non-finite stays in the model), its
+coefficients are reported as NaN, and the other runs go on. Training stops early once
+every run diverged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+import spred
+from spred.experiments import _common
+from spred.train import fit
+
+if TYPE_CHECKING:
+    from spred.experiments.lasso import LassoProblem
+
+__all__ = ["Fit", "fit_l1", "fit_spred"]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """The weights one (method, optimizer, lr) run reached for every alpha and seed."""
+
+    method: str
+    optimizer: str
+    lr: float
+    coefs: np.ndarray  # (n_alphas, n_seeds, p), float64; NaN for a diverged run
+    diverged_step: np.ndarray  # (n_alphas, n_seeds), -1 where the loss stayed finite
+    seconds: float  # training time of the optimizer run that produced it (shared by its lrs)
+
+    @property
+    def diverged(self) -> np.ndarray:
+        return self.diverged_step >= 0
+
+
+def _make_optimizer(name: str, groups: list[dict]) -> torch.optim.Optimizer:
+    """``torch.optim.SGD`` or ``Adam`` (default betas, no momentum); every group carries its own lr."""
+    if name == "sgd":
+        return torch.optim.SGD(groups)
+    return torch.optim.Adam(groups, fused=True)  # fused: the same update, fewer kernel launches
+
+
+def _initial_weights(seed: int, n_features: int, n_seeds: int, dtype: torch.dtype) -> torch.Tensor:
+    """The weight of one default-initialised ``nn.Linear(p, 1)``, repeated for every seed: (n_seeds, p).
+
+    Every run (method, optimizer, lr, alpha, seed) starts from this same weight. That
+    also makes the batched spred layers exact copies of single-seed runs: the default
+    ``init="preserve"`` split ``u = c, w = v / c`` takes ``c`` from the whole tensor.
+    """
+    with _common.torch_seed(seed):
+        weight = nn.Linear(n_features, 1, bias=False, dtype=dtype).weight.detach()
+    return weight.expand(n_seeds, n_features).clone()
+
+
+class _SpredRuns(nn.Module):
+    """Per lr, one sparsified ``nn.Linear(p, n_seeds)`` per alpha (``lam = alpha``)."""
+
+    def __init__(self, init: torch.Tensor, alphas: np.ndarray, n_lrs: int):
+        super().__init__()
+        n_seeds, p = init.shape
+        self.banks = nn.ModuleList(nn.ModuleList(nn.Linear(p, n_seeds, bias=False, dtype=init.dtype) for _ in alphas) for _ in range(n_lrs))
+        with torch.no_grad():
+            for layer in self.layers():
+                layer.weight.copy_(init)
+        for bank in self.banks:
+            spred.sparsify(bank, {f"{i}.weight": float(alpha) for i, alpha in enumerate(alphas)})
+
+    def layers(self):
+        return [layer for bank in self.banks for layer in bank]
+
+    def weights(self) -> torch.Tensor:
+        """The effective weights ``v = u * w``: (n_lrs, n_alphas, n_seeds, p)."""
+        return torch.stack([torch.stack([layer.weight for layer in bank]) for bank in self.banks])
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:  # (n_lrs, n_alphas, n_seeds, n)
+        return torch.einsum("np,...sp->...sn", X, self.weights())
+
+    def run_tensors(self, i: int, a: int) -> list[torch.Tensor]:
+        """The parameters of lr ``i``, alpha ``a`` (row ``s`` belongs to seed ``s``)."""
+        return list(spred.factors(self.banks[i][a], "weight"))
+
+
+class _L1Runs(nn.Module):
+    """Per lr, one plain ``(n_alphas, n_seeds, p)`` weight; the loss adds ``alpha * ||v||_1``."""
+
+    def __init__(self, init: torch.Tensor, alphas: np.ndarray, n_lrs: int):
+        super().__init__()
+        self.banks = nn.ParameterList(nn.Parameter(init.expand(len(alphas), *init.shape).clone()) for _ in range(n_lrs))
+
+    def weights(self) -> torch.Tensor:
+        return torch.stack(list(self.banks))
+
+    def forward(self, X: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("np,...sp->...sn", X, self.weights())
+
+    def run_tensors(self, i: int, a: int) -> list[torch.Tensor]:
+        return [self.banks[i][a]]
+
+
+class _Objective:
+    """The loss handed to ``fit``: the sum of the per-run losses of the runs still alive.
+
+    Per run ``mean((y_s - X v)^2) / 2`` (plus ``alpha * ||v||_1`` for the L1 baseline).
+    A run whose loss is not finite is recorded at this step and masked out (by
+    ``torch.where``, so its gradient is exactly zero) from then on.
+    """
+
+    def __init__(self, model: nn.Module, alphas: torch.Tensor | None, shape: tuple[int, ...]):
+        self.model, self.alphas = model, alphas
+        self.diverged = torch.full(shape, -1, dtype=torch.long)
+        self.calls = 0
+
+    def __call__(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        residual = y.T - out  # y: (n, n_seeds) -> (n_seeds, n)
+        penalty = None if self.alphas is None else self.alphas * self.model.weights().abs().sum(dim=-1)
+        per_run = 0.5 * residual.pow(2).mean(dim=-1)
+        loss = per_run if penalty is None else per_run + penalty
+        with torch.no_grad():
+            new = ~torch.isfinite(loss) & (self.diverged < 0)
+            self.diverged[new] = self.calls
+        self.calls += 1
+        dead = self.diverged >= 0
+        if bool(dead.any()):  # where, not a product: a dead run's gradient is exactly 0 even where its loss is inf
+            per_run = 0.5 * torch.where(dead[..., None], 0.0, residual).pow(2).mean(dim=-1)
+            loss = per_run if penalty is None else per_run + torch.where(dead, 0.0, penalty)
+        return loss.sum()  # run (lr, alpha, seed) only gets its own gradient
+
+
+class _Reset:
+    """A forward pre-hook: zero the factors and the optimizer state of the runs that diverged.
+
+    Runs before the forward pass uses the parameters (an in-place change after it
+    would break the backward pass), so a diverged run holds zeros, whose gradient and
+    decay are zero, from the next step on: nothing non-finite stays in the model.
+    """
+
+    def __init__(self, objective: _Objective, optimizer: torch.optim.Optimizer):
+        self.objective, self.optimizer = objective, optimizer
+        self.done = torch.zeros_like(objective.diverged, dtype=torch.bool)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, args) -> None:
+        dead = self.objective.diverged >= 0
+        for i, a, s in (dead & ~self.done).nonzero().tolist():
+            for tensor in model.run_tensors(i, a):
+                tensor[s] = 0.0
+                for value in self.optimizer.state.get(tensor, {}).values():
+                    if isinstance(value, torch.Tensor) and value.shape == tensor.shape:
+                        value[s] = 0.0
+        self.done |= dead
+
+
+class _Monitor:
+    """The callback after every ``fit`` epoch: advances the bar, stops once every run diverged."""
+
+    def __init__(self, objective: _Objective, n_steps: int, steps_per_epoch: int, bar):
+        self.objective, self.n_steps, self.k, self.bar = objective, n_steps, steps_per_epoch, bar
+
+    def __call__(self, state) -> bool:
+        self.bar.update(self.k)
+        if bool((self.objective.diverged >= 0).all()):
+            self.bar.update(self.n_steps - state.epoch * self.k)  # the bar is completed even though training stops
+            return True
+        return False
+
+
+class _FullBatches(torch.utils.data.Dataset):
+    """The full batch ``k`` times: one ``fit`` epoch is ``k`` full-batch steps (fewer per-epoch records)."""
+
+    def __init__(self, X: torch.Tensor, Y: torch.Tensor, k: int):
+        self.X, self.Y, self.k = X, Y, k
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.X, self.Y
+
+
+def _steps_per_epoch(n_steps: int, most: int = 100) -> int:
+    """The largest divisor of ``n_steps`` up to ``most``: ``epochs * k == n_steps`` exactly."""
+    return max(k for k in range(1, min(most, n_steps) + 1) if n_steps % k == 0)
+
+
+def _train(model: nn.Module, optimizer: torch.optim.Optimizer, problem: LassoProblem, alphas: torch.Tensor | None,
+           n_lrs: int, n_steps: int, dtype: torch.dtype, bar) -> tuple[np.ndarray, float]:
+    """``n_steps`` full-batch steps of ``fit``; returns the per-run divergence steps (n_lrs, n_alphas, n_seeds) and the seconds."""
+    objective = _Objective(model, alphas, (n_lrs, len(problem.alphas), len(problem.seeds)))
+    start = time.perf_counter()
+    if n_steps > 0:
+        X = torch.as_tensor(problem.X, dtype=dtype)
+        Y = torch.as_tensor(problem.Y, dtype=dtype).T  # (n, n_seeds): one row per sample
+        k = _steps_per_epoch(n_steps)
+        data = torch.utils.data.DataLoader(_FullBatches(X, Y, k), batch_size=None)
+        hook = model.register_forward_pre_hook(_Reset(objective, optimizer))
+        try:
+            with _common.quiet_logs("spred.train"):
+                fit(model, data, epochs=n_steps // k, optimizer=optimizer, loss_fn=objective,
+                    callbacks=[_Monitor(objective, n_steps, k, bar)], progress=False)  # fmt: skip
+        finally:
+            hook.remove()
+    return objective.diverged.numpy(), time.perf_counter() - start
+
+
+def _coefs(weights: torch.Tensor, diverged: np.ndarray) -> np.ndarray:
+    coefs = weights.detach().double().numpy().copy()
+    coefs[diverged >= 0] = np.nan  # a diverged run has no meaningful weights
+    return coefs
+
+
+def fit_spred(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_steps: int,
+              dtype: torch.dtype = torch.float64, bar=None) -> list[Fit]:
+    """Train one sparsified ``nn.Linear(p, n_seeds)`` per (lr, alpha), with ``lam = alpha``.
+
+    Row ``s`` of each layer minimises ``mean((y_s - X v)^2)/2 + alpha*||v||_1`` through
+    spred: the optimizer is built from ``spred.param_groups`` (coupled weight decay
+    ``alpha`` on the factors, one group per alpha) with each learning rate's groups set
+    to that lr, training is :func:`spred.train.fit`, and the result is
+    ``spred.collapse(threshold=0)``. One optimizer holds every lr; since SGD and Adam
+    update each tensor from its own gradient and state only, that is the same as one
+    run per lr.
+
+    Parameters
+    ----------
+    problem : LassoProblem
+    optimizer : {"sgd", "adam"}
+    lrs : sequence of float
+        One run per learning rate.
+    n_steps : int
+        Full-batch steps.
+    dtype : torch.dtype, default=torch.float64
+    bar : object with ``update(n)``, optional
+        Progress bar, advanced once per step.
+
+    Returns
+    -------
+    list of Fit
+        One per learning rate, in the order of ``lrs``.
+    """
+    init = _initial_weights(problem.design_seed, problem.X.shape[1], len(problem.seeds), dtype)
+    model = _SpredRuns(init, problem.alphas, len(lrs))
+    groups = [dict(group, lr=lr) for lr, bank in zip(lrs, model.banks) for group in spred.param_groups(bank)]
+    diverged, seconds = _train(model, _make_optimizer(optimizer, groups), problem, None, len(lrs), n_steps, dtype, bar or _NoBar())
+    fits = []
+    for i, (lr, bank) in enumerate(zip(lrs, model.banks)):
+        collapsed = spred.collapse(bank, threshold=0.0)
+        weights = torch.stack([layer.weight.detach() for layer in collapsed])
+        fits.append(Fit("spred", optimizer, lr, _coefs(weights, diverged[i]), diverged[i], seconds))
+    return fits
+
+
+def fit_l1(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_steps: int,
+           dtype: torch.dtype = torch.float64, bar=None) -> list[Fit]:
+    """The baseline: ``mean((y_s - X v)^2)/2 + alpha*||v||_1`` minimised directly.
+
+    The same initial weights, optimizers, learning rates, steps and loop as
+    :func:`fit_spred`; autograd's (sub)gradient of the L1 term is ``alpha*sign(v)``.
+    Per lr, all alphas and seeds are rows of one (n_alphas, n_seeds, p) parameter.
+    Parameters and returns as :func:`fit_spred`.
+    """
+    init = _initial_weights(problem.design_seed, problem.X.shape[1], len(problem.seeds), dtype)
+    model = _L1Runs(init, problem.alphas, len(lrs))
+    opt = _make_optimizer(optimizer, [{"params": [w], "lr": lr} for w, lr in zip(model.banks, lrs)])
+    alphas = torch.as_tensor(problem.alphas, dtype=dtype)[:, None]
+    diverged, seconds = _train(model, opt, problem, alphas, len(lrs), n_steps, dtype, bar or _NoBar())
+    return [Fit("l1", optimizer, lr, _coefs(w, diverged[i]), diverged[i], seconds) for i, (lr, w) in enumerate(zip(lrs, model.banks))]
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
