@@ -52,6 +52,7 @@ __all__ = [
     "an_int",
     "check_fields",
     "config_from_text",
+    "full_batches",
     "import_matplotlib",
     "map_jobs",
     "markdown_table",
@@ -406,6 +407,34 @@ def num_threads(n: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def full_batches(X, y, n_steps: int, most: int = 100):
+    """``(data, epochs)`` for :func:`spred.train.fit`: ``n_steps`` full-batch steps in few epochs.
+
+    ``data`` is a DataLoader that yields the full batch ``(X, y)`` ``k`` times per epoch
+    (``k`` the largest divisor of ``n_steps`` up to ``most``) and ``epochs * k ==
+    n_steps``: the same steps as ``epochs=n_steps, batch_size=len(X)``, with ``fit``'s
+    per-epoch work (history record, sparsity, callbacks) done ``k`` times less often.
+    """
+    from torch.utils.data import DataLoader
+
+    n_steps = check_int(n_steps, "n_steps", "full_batches", 1)
+    k = max(d for d in range(1, min(most, n_steps) + 1) if n_steps % d == 0)
+    return DataLoader(_Repeat(X, y, k), batch_size=None), n_steps // k
+
+
+class _Repeat:
+    """A map-style dataset whose every item is the full batch ``(X, y)``."""
+
+    def __init__(self, X, y, k: int):
+        self.X, self.y, self.k = X, y, k
+
+    def __len__(self) -> int:
+        return self.k
+
+    def __getitem__(self, i: int):
+        return self.X, self.y
 
 
 @contextlib.contextmanager

@@ -184,24 +184,6 @@ class _Monitor:
         return False
 
 
-class _FullBatches(torch.utils.data.Dataset):
-    """The full batch ``k`` times: one ``fit`` epoch is ``k`` full-batch steps (fewer per-epoch records)."""
-
-    def __init__(self, X: torch.Tensor, Y: torch.Tensor, k: int):
-        self.X, self.Y, self.k = X, Y, k
-
-    def __len__(self) -> int:
-        return self.k
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.X, self.Y
-
-
-def _steps_per_epoch(n_steps: int, most: int = 100) -> int:
-    """The largest divisor of ``n_steps`` up to ``most``: ``epochs * k == n_steps`` exactly."""
-    return max(k for k in range(1, min(most, n_steps) + 1) if n_steps % k == 0)
-
-
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, problem: LassoProblem, alphas: torch.Tensor | None,
            n_lrs: int, n_steps: int, dtype: torch.dtype, bar) -> tuple[np.ndarray, float]:
     """``n_steps`` full-batch steps of ``fit``; returns the per-run divergence steps (n_lrs, n_alphas, n_seeds) and the seconds."""
@@ -210,12 +192,12 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, problem: LassoPro
     if n_steps > 0:
         X = torch.as_tensor(problem.X, dtype=dtype)
         Y = torch.as_tensor(problem.Y, dtype=dtype).T  # (n, n_seeds): one row per sample
-        k = _steps_per_epoch(n_steps)
-        data = torch.utils.data.DataLoader(_FullBatches(X, Y, k), batch_size=None)
+        data, epochs = _common.full_batches(X, Y, n_steps)
+        k = n_steps // epochs
         hook = model.register_forward_pre_hook(_Reset(objective, optimizer))
         try:
             with _common.quiet_logs("spred.train"):
-                fit(model, data, epochs=n_steps // k, optimizer=optimizer, loss_fn=objective,
+                fit(model, data, epochs=epochs, optimizer=optimizer, loss_fn=objective,
                     callbacks=[_Monitor(objective, n_steps, k, bar)], progress=False)  # fmt: skip
         finally:
             hook.remove()
