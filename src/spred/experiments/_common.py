@@ -48,6 +48,7 @@ __all__ = [
     "ResultsFolder",
     "a_bool",
     "a_float",
+    "a_str",
     "add_common_arguments",
     "an_int",
     "check_fields",
@@ -136,6 +137,15 @@ def a_float(low: float = -math.inf, high: float = math.inf, *, low_open: bool = 
 
 def a_bool() -> Rule:
     return check_bool
+
+
+def a_str() -> Rule:
+    def check(v, name, who):
+        if not isinstance(v, str):
+            raise param_error(TypeError, name, who, "a str", v)
+        return v
+
+    return check
 
 
 def one_of(choices: Sequence[Any]) -> Rule:
