@@ -1,4 +1,4 @@
-"""The training of ``spred run lasso``: every (lr, alpha, seed) run at once, through :func:`spred.train.fit`.
+"""The runs of ``spred run lasso``: every (lr, alpha, seed) run trained at once through :func:`spred.train.fit`, and its rows.
 
 Every run is an independent model, so one method's runs for one optimizer train
 together: per learning rate, one ``nn.Linear(p, n_seeds)`` per alpha (spred) or one
@@ -18,6 +18,7 @@ every run diverged.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from spred.train import fit
 if TYPE_CHECKING:
     from spred.experiments.lasso import LassoProblem
 
-__all__ = ["Fit", "fit_l1", "fit_spred"]
+__all__ = ["Fit", "KKTProbe", "coef_rows_for", "fit_l1", "fit_spred", "rows_for"]
 
 
 @dataclass(frozen=True)
@@ -271,3 +272,81 @@ def fit_l1(problem: LassoProblem, optimizer: str, lrs: Sequence[float], *, n_ste
 class _NoBar:
     def update(self, n: int = 1) -> None:
         pass
+
+
+# --------------------------------------------------------------------------- evaluation: one row per run
+
+
+def _half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (out - target).pow(2).mean()
+
+
+class KKTProbe:
+    """``spred.kkt_residual`` for a given weight vector of one seed's problem.
+
+    A sparsified ``nn.Linear(p, 1)`` whose factors are set to ``(1, v)``, so that its
+    effective weight is exactly ``v``; the residual depends on ``v`` only.
+    """
+
+    def __init__(self, X: np.ndarray, y: np.ndarray):
+        self.batch = (torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)[:, None])
+        self.model = spred.sparsify(nn.Linear(X.shape[1], 1, bias=False, dtype=torch.float64), 1.0)
+        self.u, self.w = spred.factors(self.model, "weight")
+
+    def __call__(self, v: np.ndarray, alpha: float, threshold: float) -> float:
+        with torch.no_grad():
+            self.u.fill_(1.0)
+            self.w.copy_(torch.as_tensor(v, dtype=torch.float64)[None])
+        spred.set_lam(self.model, float(alpha))
+        return spred.kkt_residual(self.model, _half_mse, self.batch, threshold=threshold).relative
+
+
+def rows_for(method: str, optimizer: str, lr: float, coefs: np.ndarray, diverged_step: np.ndarray, problem: LassoProblem,
+             truth: np.ndarray, threshold: float, n_steps: int, probes: list[KKTProbe]) -> list[dict]:
+    """One row of ``lasso.csv`` per (alpha, seed) of one (method, optimizer, lr); ``truth`` is the closed form."""
+    z_abs = np.abs(problem.z)
+    rows = []
+    for a, alpha in enumerate(problem.alphas):
+        for s, seed in enumerate(problem.seeds):
+            v, v_star = coefs[a, s], truth[a, s]
+            zero_true = v_star == 0
+            diverged = bool(diverged_step[a, s] >= 0) or not np.all(np.isfinite(v))
+            zero, zero_thr = v == 0, np.abs(v) <= threshold
+            rows.append({
+                "method": method,
+                "optimizer": optimizer,
+                "lr": lr,
+                "alpha": float(alpha),
+                "seed": int(seed),
+                "alpha_max": float(problem.alpha_max[s]),
+                "alpha_ratio": float(alpha / problem.alpha_max[s]),
+                "n_features": int(v.size),
+                "n_steps": n_steps,
+                "error": math.nan if diverged else float(np.abs(v - v_star).max()),
+                "n_zero": int(zero.sum()),
+                "n_zero_thr": int(zero_thr.sum()),
+                "n_zero_true": int(zero_true.sum()),
+                "n_zero_found": int((zero & zero_true).sum()),
+                "n_zero_thr_found": int((zero_thr & zero_true).sum()),
+                "n_nonzero_true": int((~zero_true).sum()),
+                "support_exact": bool(np.array_equal(zero, zero_true)),
+                "support_thr": bool(np.array_equal(zero_thr, zero_true)),
+                "kkt": math.nan if diverged else float(probes[s](v, alpha, 0.0)),
+                "kkt_thr": math.nan if diverged else float(probes[s](v, alpha, threshold)),
+                "threshold": threshold,
+                "margin": float((alpha - z_abs[s][zero_true]).min()) if zero_true.any() else math.nan,
+                "smallest_coef": float(np.abs(v_star[~zero_true]).min()) if (~zero_true).any() else math.nan,
+                "diverged": diverged,
+                "diverged_step": int(diverged_step[a, s]),
+            })  # fmt: skip
+    return rows
+
+
+def coef_rows_for(method: str, optimizer: str, lr: float, coefs: np.ndarray, problem: LassoProblem) -> list[dict]:
+    """The coefficients of the first seed, one row per (alpha, feature)."""
+    return [
+        {"method": method, "optimizer": optimizer, "lr": lr, "alpha": float(alpha), "seed": int(problem.seeds[0]),
+         "feature": j, "coef": float(coefs[a, 0, j]), "true_coef": float(problem.coef[0, j])}
+        for a, alpha in enumerate(problem.alphas)
+        for j in range(coefs.shape[-1])
+    ]  # fmt: skip

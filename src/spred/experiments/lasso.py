@@ -39,13 +39,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-import spred
 from spred.datasets import make_orthogonal_design, make_sparse_target
 from spred.experiments import _common
 from spred.experiments._common import a_float, an_int, check_relation, mapping_of, one_of, some_of, tuple_of
-from spred.experiments._lasso_fit import Fit, fit_l1, fit_spred
+from spred.experiments._lasso_fit import Fit, KKTProbe, coef_rows_for, fit_l1, fit_spred, rows_for
 from spred.experiments._lasso_plots import METHOD_LABELS, plot_lr_sweep, plot_main
 
 logger = logging.getLogger(__name__)
@@ -275,82 +273,7 @@ def make_problem(cfg: LassoConfig) -> LassoProblem:
     return LassoProblem(X, Y, np.stack([c for _, c in targets]), tuple(cfg.seeds), alphas, cfg.design_seed)
 
 
-# --------------------------------------------------------------------------- evaluation
-
-
-def _half_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return 0.5 * (out - target).pow(2).mean()
-
-
-class _KKTProbe:
-    """``spred.kkt_residual`` for a given weight vector of one seed's problem.
-
-    A sparsified ``nn.Linear(p, 1)`` whose factors are set to ``(1, v)``, so that its
-    effective weight is exactly ``v``; the residual depends on ``v`` only.
-    """
-
-    def __init__(self, X: np.ndarray, y: np.ndarray):
-        self.batch = (torch.as_tensor(X, dtype=torch.float64), torch.as_tensor(y, dtype=torch.float64)[:, None])
-        self.model = spred.sparsify(nn.Linear(X.shape[1], 1, bias=False, dtype=torch.float64), 1.0)
-        self.u, self.w = spred.factors(self.model, "weight")
-
-    def __call__(self, v: np.ndarray, alpha: float, threshold: float) -> float:
-        with torch.no_grad():
-            self.u.fill_(1.0)
-            self.w.copy_(torch.as_tensor(v, dtype=torch.float64)[None])
-        spred.set_lam(self.model, float(alpha))
-        return spred.kkt_residual(self.model, _half_mse, self.batch, threshold=threshold).relative
-
-
-def _rows_for(method: str, optimizer: str, lr: float, coefs: np.ndarray, diverged_step: np.ndarray,
-              problem: LassoProblem, cfg: LassoConfig, probes: list[_KKTProbe]) -> list[dict]:
-    truth = soft_threshold(problem.z, problem.alphas)  # (n_alphas, n_seeds, p)
-    z_abs = np.abs(problem.z)
-    rows = []
-    for a, alpha in enumerate(problem.alphas):
-        for s, seed in enumerate(problem.seeds):
-            v, v_star = coefs[a, s], truth[a, s]
-            zero_true = v_star == 0
-            diverged = bool(diverged_step[a, s] >= 0) or not np.all(np.isfinite(v))
-            zero, zero_thr = v == 0, np.abs(v) <= cfg.threshold
-            rows.append({
-                "method": method,
-                "optimizer": optimizer,
-                "lr": lr,
-                "alpha": float(alpha),
-                "seed": int(seed),
-                "alpha_max": float(problem.alpha_max[s]),
-                "alpha_ratio": float(alpha / problem.alpha_max[s]),
-                "n_features": int(v.size),
-                "n_steps": cfg.n_steps if method != "closed_form" else 0,
-                "error": math.nan if diverged else float(np.abs(v - v_star).max()),
-                "n_zero": int(zero.sum()),
-                "n_zero_thr": int(zero_thr.sum()),
-                "n_zero_true": int(zero_true.sum()),
-                "n_zero_found": int((zero & zero_true).sum()),
-                "n_zero_thr_found": int((zero_thr & zero_true).sum()),
-                "n_nonzero_true": int((~zero_true).sum()),
-                "support_exact": bool(np.array_equal(zero, zero_true)),
-                "support_thr": bool(np.array_equal(zero_thr, zero_true)),
-                "kkt": math.nan if diverged else float(probes[s](v, alpha, 0.0)),
-                "kkt_thr": math.nan if diverged else float(probes[s](v, alpha, cfg.threshold)),
-                "threshold": cfg.threshold,
-                "margin": float((alpha - z_abs[s][zero_true]).min()) if zero_true.any() else math.nan,
-                "smallest_coef": float(np.abs(v_star[~zero_true]).min()) if (~zero_true).any() else math.nan,
-                "diverged": diverged,
-                "diverged_step": int(diverged_step[a, s]),
-            })  # fmt: skip
-    return rows
-
-
-def _coef_rows(method: str, optimizer: str, lr: float, coefs: np.ndarray, problem: LassoProblem) -> list[dict]:
-    """The coefficients of the first seed, one row per (alpha, feature)."""
-    return [
-        {"method": method, "optimizer": optimizer, "lr": lr, "alpha": float(alpha), "seed": int(problem.seeds[0]),
-         "feature": j, "coef": float(coefs[a, 0, j]), "true_coef": float(problem.coef[0, j])}
-        for a, alpha in enumerate(problem.alphas)
-        for j in range(coefs.shape[-1])
-    ]  # fmt: skip
+# --------------------------------------------------------------------------- the experiment
 
 
 @dataclass
@@ -369,10 +292,10 @@ def _train_all(cfg: LassoConfig, problem: LassoProblem, probes, progress: bool |
     """Every (method, optimizer): rows and coefficient rows (closed form first), and the seconds per training."""
     from tqdm.auto import tqdm
 
-    truth = soft_threshold(problem.z, problem.alphas)
+    truth = soft_threshold(problem.z, problem.alphas)  # (n_alphas, n_seeds, p)
     no_divergence = np.full((len(problem.alphas), len(problem.seeds)), -1)
-    rows = _rows_for("closed_form", "", math.nan, truth, no_divergence, problem, cfg, probes)
-    coef_rows = _coef_rows("closed_form", "", math.nan, truth, problem)
+    rows = rows_for("closed_form", "", math.nan, truth, no_divergence, problem, truth, cfg.threshold, 0, probes)
+    coef_rows = coef_rows_for("closed_form", "", math.nan, truth, problem)
     runs = [(m, o) for m in cfg.methods for o in cfg.optimizers]
     seconds = {}
     fitters = {"spred": fit_spred, "l1": fit_l1}
@@ -385,8 +308,8 @@ def _train_all(cfg: LassoConfig, problem: LassoProblem, probes, progress: bool |
                 if fit.diverged.any():
                     logger.info("%s %s lr=%g: the loss became non-finite for %d of %d (alpha, seed) runs",
                                 method, optimizer, fit.lr, int(fit.diverged.sum()), fit.diverged.size)  # fmt: skip
-                rows += _rows_for(method, optimizer, fit.lr, fit.coefs, fit.diverged_step, problem, cfg, probes)
-                coef_rows += _coef_rows(method, optimizer, fit.lr, fit.coefs, problem)
+                rows += rows_for(method, optimizer, fit.lr, fit.coefs, fit.diverged_step, problem, truth, cfg.threshold, cfg.n_steps, probes)
+                coef_rows += coef_rows_for(method, optimizer, fit.lr, fit.coefs, problem)
     return rows, coef_rows, seconds
 
 
@@ -413,7 +336,7 @@ def run_experiment(cfg: LassoConfig, out: str | Path | None = None, *, plot: boo
     with _common.output_folder(out, NAME) as folder:
         start = time.perf_counter()
         problem = make_problem(cfg)
-        probes = [_KKTProbe(problem.X, y) for y in problem.Y]
+        probes = [KKTProbe(problem.X, y) for y in problem.Y]
         rows, coef_rows, seconds = _train_all(cfg, problem, probes, progress)
         seconds["total"] = time.perf_counter() - start
         summary = summarise(rows)
