@@ -8,7 +8,7 @@ Every experiment writes its results through :func:`output_folder`::
         fig.savefig(folder.file("lasso.png"))
     # on leaving the block the staged files replace the old set, then the manifest is written
 
-The guarantees (docs/guarantees.md lists the tests that hold them):
+The guarantees (docs/lasso_experiment.md, "The output folder"; tests/experiments/test_outdir.py holds them):
 
 * **No data loss.** ``--out`` must be a new folder, an empty one or one that spred
   wrote (it holds the manifest ``.spred-results.json``); a non-empty folder without
