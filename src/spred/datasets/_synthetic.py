@@ -109,6 +109,15 @@ def make_sparse_target(
     -------
     y : ndarray of shape (n_samples,)
     coef : ndarray of shape (n_features,)
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from spred.datasets import make_orthogonal_design, make_sparse_target
+    >>> X = make_orthogonal_design(50, 8, random_state=0)
+    >>> y, coef = make_sparse_target(X, 3, noise=0.0, random_state=1)
+    >>> int((coef != 0).sum()), bool(np.allclose(y, X @ coef))
+    (3, True)
     """
     who = "make_sparse_target"
     X = np.asarray(X, dtype=float)
