@@ -371,3 +371,26 @@ def test_write_csv_round_trips_floats_and_markdown_table_has_one_line_per_row(tm
     table = _common.markdown_table(rows, [("A", "a"), ("C", lambda r: "yes" if r["c"] else "no")])
     lines = table.splitlines()
     assert lines[0] == "| A | C |" and len(lines) == 4 and lines[3].endswith("| no |")
+
+
+@pytest.mark.parametrize(("method", "optimizer"), [("spred", "sgd"), ("l1", "sgd")])
+def test_a_diverging_run_never_puts_a_non_finite_value_into_the_model(monkeypatch, method, optimizer):
+    # Training goes through spred.train.fit; a diverged run is masked and reset, so fit
+    # never sees a non-finite loss or parameter, while the other runs train normally.
+    from spred.experiments import _lasso_fit
+
+    finite, real = [], _lasso_fit.fit
+
+    def checked(model, data, **kwargs):
+        def check(state):
+            finite.append(all(bool(torch.isfinite(p).all()) for p in state.model.parameters()))
+
+        return real(model, data, **{**kwargs, "callbacks": [*kwargs["callbacks"], check]})
+
+    monkeypatch.setattr(_lasso_fit, "fit", checked)
+    problem = lasso.make_problem(dataclasses.replace(QUICK, n_alphas=2))
+    fitter = lasso.fit_spred if method == "spred" else lasso.fit_l1
+    good, bad = fitter(problem, optimizer, [0.01, 1e4], n_steps=101)  # 101 is prime: one step per fit epoch
+    assert bad.diverged.all() and np.isnan(bad.coefs).all()
+    assert not good.diverged.any() and np.isfinite(good.coefs).all()
+    assert len(finite) == 101 and all(finite)

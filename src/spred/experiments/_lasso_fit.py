@@ -9,11 +9,13 @@ spred, its ``lam`` through :func:`spred.param_groups`). Nothing couples the runs
 loss is a sum of per-run losses and SGD and Adam act coordinate-wise, so each is
 exactly the run of a lone ``nn.Linear(p, 1)`` (a test checks this).
 
-A run whose loss becomes non-finite is recorded (``diverged_step``), not raised: it
-stops counting in the loss (zero gradient), its factors and optimizer state are
-reset to zero after that step (so nothing non-finite stays in the model), its
-coefficients are reported as NaN, and the other runs go on. Training stops early once
-every run diverged.
+A run whose loss becomes non-finite, or exceeds ``finfo(dtype).max ** 0.25`` (about
+1e77 in float64, 1e9 in float32: far above any converging run of this problem, and low
+enough that no factor can overflow in the next step), is recorded (``diverged_step``),
+not raised: it stops counting in the loss (zero gradient), its factors and optimizer
+state are reset to zero before the next step (so nothing non-finite ever enters the
+model), its coefficients are reported as NaN, and the other runs go on. Training stops
+early once every run diverged.
 """
 
 from __future__ import annotations
@@ -122,12 +124,13 @@ class _Objective:
     """The loss handed to ``fit``: the sum of the per-run losses of the runs still alive.
 
     Per run ``mean((y_s - X v)^2) / 2`` (plus ``alpha * ||v||_1`` for the L1 baseline).
-    A run whose loss is not finite is recorded at this step and masked out (by
-    ``torch.where``, so its gradient is exactly zero) from then on.
+    A run whose loss is not finite or above ``limit`` is recorded at this step and
+    masked out (by ``torch.where``, so its gradient is exactly zero) from then on.
     """
 
-    def __init__(self, model: nn.Module, alphas: torch.Tensor | None, shape: tuple[int, ...]):
+    def __init__(self, model: nn.Module, alphas: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype):
         self.model, self.alphas = model, alphas
+        self.limit = torch.finfo(dtype).max ** 0.25
         self.diverged = torch.full(shape, -1, dtype=torch.long)
         self.calls = 0
 
@@ -137,7 +140,7 @@ class _Objective:
         per_run = 0.5 * residual.pow(2).mean(dim=-1)
         loss = per_run if penalty is None else per_run + penalty
         with torch.no_grad():
-            new = ~torch.isfinite(loss) & (self.diverged < 0)
+            new = ~(loss <= self.limit) & (self.diverged < 0)  # NaN compares False: caught too
             self.diverged[new] = self.calls
         self.calls += 1
         dead = self.diverged >= 0
@@ -188,7 +191,7 @@ class _Monitor:
 def _train(model: nn.Module, optimizer: torch.optim.Optimizer, problem: LassoProblem, alphas: torch.Tensor | None,
            n_lrs: int, n_steps: int, dtype: torch.dtype, bar) -> tuple[np.ndarray, float]:
     """``n_steps`` full-batch steps of ``fit``; returns the per-run divergence steps (n_lrs, n_alphas, n_seeds) and the seconds."""
-    objective = _Objective(model, alphas, (n_lrs, len(problem.alphas), len(problem.seeds)))
+    objective = _Objective(model, alphas, (n_lrs, len(problem.alphas), len(problem.seeds)), dtype)
     start = time.perf_counter()
     if n_steps > 0:
         X = torch.as_tensor(problem.X, dtype=dtype)
