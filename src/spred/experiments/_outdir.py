@@ -132,7 +132,7 @@ def _check_folder(path: Path, name: str) -> None:
             shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
             raise OutputFolderError(
                 f"The 'out' folder '{path}' is not empty and was not written by spred run (it holds {shown}); "
-                "choose a new or empty folder so that no file of yours is replaced."
+                "choose a new or empty folder so that no file of yours is replaced (results of an older spred have no manifest: move them away)."
             )
     try:
         path.mkdir(parents=True, exist_ok=True)
