@@ -3,6 +3,11 @@
 Every command lives in its own module, which provides ``add_arguments(parser)``
 and ``run(args) -> int``; this file only wires them up, so that ``spred --help``
 stays fast (nothing heavy is imported until a command runs).
+
+Errors a user can fix (a bad option or config value, an unusable ``--out``, a missing
+or corrupt dataset, a failed download) end the command with one line
+``spred: error: ...`` on stderr and exit code 2; ``--traceback`` shows the full
+traceback instead. Ctrl-C ends it with ``spred: interrupted`` and exit code 130.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"spred {__version__}")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument("--traceback", action="store_true", help="on an error, show the full traceback instead of one line")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module, help_text) in COMMANDS.items():
         _add(sub, name, module, help_text)
@@ -53,6 +59,18 @@ def build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in EXPERIMENTS.items():
         _add(run_sub, name, module, help_text)
     return parser
+
+
+#: What a user's input can cause: bad values (ValueError, TypeError: config values,
+#: dataset names, checksum errors), and files (OSError: a missing dataset, a folder
+#: that cannot be written, a failed download). They end a command with one line.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _fail(exc: BaseException) -> int:
+    message = str(exc) or type(exc).__name__
+    print(f"spred: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,13 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "_run"):
         parser.print_help()
         return 2
-    if args._config is not None:  # a bad option or config file: one line, before any work starts
-        try:
+    try:
+        if args._config is not None:  # a bad option or config file: one line, before any work starts
             args._config(args)
-        except (ValueError, TypeError) as exc:
-            print(f"spred: error: {exc}", file=sys.stderr)
-            return 2
-    return int(args._run(args) or 0)
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("spred: interrupted", file=sys.stderr)
+        return 130
+    except USER_ERRORS as exc:
+        if args.traceback:
+            raise
+        return _fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -79,16 +79,20 @@ def test_average_ranks_share_ties():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"The 'methods' of the genes experiment must be a non-empty subset of .* Got \['svm'\]"):
+    with pytest.raises(ValueError, match=r"The 'methods' parameter of GenesConfig must be a non-empty tuple of distinct values from .* Got \('svm',\)"):
         genes.check_config(replace(genes.GenesConfig(), methods=("svm",)))
-    with pytest.raises(ValueError, match=r"The 'ks' of the genes experiment must be a non-empty list of ints >= 1. Got \[0\]"):
+    with pytest.raises(ValueError, match=r"The 'ks' parameter of GenesConfig must be a non-empty tuple of ints >= 1. Got \(0,\)"):
         genes.check_config(replace(genes.GenesConfig(), ks=(0,)))
-    with pytest.raises(ValueError, match=r"The 'seeds' of the genes experiment must be a non-empty list of ints >= 0. Got \[\]"):
+    with pytest.raises(TypeError, match=r"The 'seeds' parameter of GenesConfig must be a non-empty tuple of ints >= 0. Got \(\)"):
         genes.check_config(replace(genes.GenesConfig(), seeds=()))
-    with pytest.raises(ValueError, match=r"The 'test_size' of the genes experiment must be in \(0, 1\). Got 1.5"):
+    with pytest.raises(ValueError, match=r"The 'test_size' parameter of GenesConfig must be a float in the range \(0, 1\). Got 1.5"):
         genes.check_config(replace(genes.GenesConfig(), test_size=1.5))
-    with pytest.raises(ValueError, match=r"The 'datasets' of the genes experiment must be gene-expression datasets .* Got \['mnist_test'\]"):
+    with pytest.raises(ValueError, match=r"The 'datasets' parameter of GenesConfig must be a tuple of gene-expression datasets from .* Got \('mnist_test',\)"):
         genes.check_config(replace(genes.GenesConfig(), datasets=("mnist_test",)))
+    with pytest.raises(TypeError, match=r"The 'hidden' parameter of GenesConfig must be an int >= 1. Got 2.5"):
+        genes.check_config(replace(genes.GenesConfig(), hidden=2.5))
+    cfg = genes.check_config(replace(genes.GenesConfig(), seeds=[0, 1], ks=[5]))
+    assert cfg.seeds == (0, 1) and cfg.ks == (5,)
 
 
 def test_importing_spred_and_the_experiment_does_not_load_matplotlib():

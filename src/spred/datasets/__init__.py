@@ -23,6 +23,7 @@ from spred.datasets._base import (
 from spred.datasets._loaders import fetch_dataset, load_cifar10, load_dataset, load_fashion_mnist_subset, load_mnist
 from spred.datasets._readers import read_arff, read_gds_soft, read_idx, read_mat
 from spred.datasets._registry import KINDS, DataFile, DatasetInfo, dataset_info, list_datasets
+from spred.datasets._synthetic import make_orthogonal_design, make_sparse_target
 from spred.datasets._transforms import RandomCropFlip
 
 __all__ = [
@@ -41,6 +42,8 @@ __all__ = [
     "load_dataset",
     "load_fashion_mnist_subset",
     "load_mnist",
+    "make_orthogonal_design",
+    "make_sparse_target",
     "read_arff",
     "read_gds_soft",
     "read_idx",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import math
 import time
 import types
@@ -24,6 +23,8 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+
+from spred.experiments._common import quiet_logs
 
 __all__ = ["BASELINES", "Selection", "l1_logistic_support", "select_anova", "select_hsic_lasso", "select_l1_logistic",
            "select_lassonet", "select_mlp_l1", "select_mlp_wd", "select_random"]  # fmt: skip
@@ -37,18 +38,6 @@ class Selection:
     y_pred: np.ndarray | None  # own test predictions (None: the method has no k-feature predictor)
     seconds: float
     shared: bool = False  # True: taken from the fit of a larger k (its time is counted there)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Keep spred.train.fit's per-epoch INFO lines out of the benchmark's output."""
-    log = logging.getLogger("spred")
-    level = log.level
-    log.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        log.setLevel(level)
 
 
 def _from_ranking(order: np.ndarray, ks, seconds: float) -> dict[int, Selection]:
@@ -255,7 +244,7 @@ def _mlp_ranking(X, y, seed, cfg, l1: float) -> np.ndarray:
         return loss + l1 * first.abs().sum() if l1 > 0 else loss
 
     Xt, yt = torch.as_tensor(X, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
-    with _quiet():
+    with quiet_logs("spred.train"):
         fit(net, (Xt, yt), epochs=cfg.mlp_epochs, optimizer="adam", lr=cfg.mlp_lr, weight_decay=cfg.mlp_weight_decay,
             loss_fn=loss_fn, batch_size=len(Xt), seed=seed, progress=False)  # fmt: skip
     norms = torch.linalg.vector_norm(first.detach(), dim=0).double().numpy()

@@ -14,7 +14,6 @@ kept, and the sparsity per layer) in ``--out``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 
 import numpy as np
@@ -22,17 +21,19 @@ import torch
 from torch import nn
 
 import spred
-from spred.experiments._common import import_matplotlib, markdown_table, num_threads, prepare_out_dir
+from spred.datasets import make_orthogonal_design, make_sparse_target
+from spred.experiments._common import full_batches, import_matplotlib, markdown_table, nonnegative_int, num_threads, output_folder, positive_int, quiet_logs
+from spred.train import fit
 
-logger = logging.getLogger("spred")
+logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser):
-    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: results/demo)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="output folder (default: results/demo); a new or empty folder, or one spred wrote")
     parser.add_argument("--quick", action="store_true", help="fewer steps (for tests)")
     parser.add_argument("--no-plot", action="store_true", help="skip the figure")
-    parser.add_argument("--threads", type=int, default=2, metavar="N", help="torch CPU threads (default: 2)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=positive_int, default=2, metavar="N", help="torch CPU threads (default: 2)")
+    parser.add_argument("--seed", type=nonnegative_int, default=0, help="random seed, an int >= 0 (default: 0)")
 
 
 def _half_mse(out, target):
@@ -40,27 +41,23 @@ def _half_mse(out, target):
 
 
 def _fit_linear(x, y, alpha, steps, lr, seed):
-    """Plain torch: sparsify an nn.Linear, SGD with spred's param groups, collapse."""
+    """sparsify an nn.Linear, full-batch SGD (spred's param groups) through spred.train.fit, collapse."""
     torch.manual_seed(seed)
     model = spred.sparsify(nn.Linear(x.shape[1], 1).double(), lam=alpha)
-    opt = torch.optim.SGD(spred.param_groups(model), lr=lr)
-    for _ in range(steps):
-        opt.zero_grad()
-        _half_mse(model(x), y).backward()
-        opt.step()
+    with quiet_logs("spred.train"):
+        data, epochs = full_batches(x, y, steps)  # ``steps`` full-batch steps
+        fit(model, data, epochs=epochs, optimizer="sgd", lr=lr, momentum=0.0, loss_fn=_half_mse, progress=False)
     kkt = spred.kkt_residual(model, _half_mse, (x, y), threshold=1e-10)
     return spred.collapse(model, threshold=1e-10), kkt
 
 
 def lasso_part(quick, seed):
-    gen = torch.Generator().manual_seed(seed)
     n, p = 300, 20
-    a = torch.randn(n, p, generator=gen, dtype=torch.float64)
-    q, _ = torch.linalg.qr(a - a.mean(0))
-    x = q * math.sqrt(n)  # X^T X / n = I
-    v_true = torch.zeros(p, dtype=torch.float64)
-    v_true[:8] = torch.tensor([2.0, -1.5, 1.0, -0.8, 0.6, -0.4, 0.3, -0.2], dtype=torch.float64)
-    y = x @ v_true + 0.3 * torch.randn(n, generator=gen, dtype=torch.float64)
+    x_np = make_orthogonal_design(n, p, center=True, random_state=[seed, 0])  # X^T X / n = I, centred columns
+    v_true = np.zeros(p)
+    v_true[:8] = [2.0, -1.5, 1.0, -0.8, 0.6, -0.4, 0.3, -0.2]
+    y_np, _ = make_sparse_target(x_np, coef=v_true, noise=0.3, random_state=[seed, 1])
+    x, y = torch.as_tensor(x_np), torch.as_tensor(y_np)
     z = x.T @ (y - y.mean()) / n
     # One alpha per support size 1..8 (the true one): midway between consecutive |z_j|,
     # the knots of the path. Near a knot every first-order method crawls (DESIGN.md 2).
@@ -121,14 +118,9 @@ def network_part(quick, seed):
     epochs = 20 if quick else 60
     lr, thr = 3e-3, 1e-3
 
-    def train(model, params):
-        opt = torch.optim.Adam(params, lr=lr)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(epochs):
-            for idx in torch.randperm(len(x_tr), generator=gen).split(64):
-                opt.zero_grad()
-                nn.functional.cross_entropy(model(x_tr[idx]), y_tr[idx]).backward()
-                opt.step()
+    def train(model):
+        with quiet_logs("spred.train"):
+            fit(model, (x_tr, y_tr), epochs=epochs, batch_size=64, optimizer="adam", lr=lr, seed=seed, progress=False)
         return model
 
     def accuracy(model):
@@ -137,12 +129,12 @@ def network_part(quick, seed):
 
     t0 = time.perf_counter()
     dense = make()
-    train(dense, dense.parameters())
+    train(dense)
     model = make()
     spred.sparsify(model, {"0.weight": 3e-2}, groups="in")  # input pixels (feature selection)
     spred.sparsify(model, {"2.weight": 1e-2}, groups="out")  # hidden neurons
     spred.sparsify(model, {"4.weight": 3e-3})  # elementwise L1 on the output layer
-    train(model, spred.param_groups(model))
+    train(model)
     sparse = spred.collapse(model, threshold=thr)
     elapsed = time.perf_counter() - t0
     report = spred.sparsity_report(model, threshold=thr)  # the groups as penalised ("in": pixels)
@@ -181,14 +173,14 @@ def plot(lasso, net, path):
 
 
 def run(args) -> int:
-    out = prepare_out_dir(args.out, "demo")
     t0 = time.perf_counter()
-    with num_threads(args.threads):
+    with output_folder(args.out, "demo") as folder, num_threads(args.threads):
         lasso = lasso_part(args.quick, args.seed)
         net = network_part(args.quick, args.seed)
+        if not args.no_plot:
+            plot(lasso, net, folder.file("demo.png"))
     if not args.no_plot:
-        path = plot(lasso, net, out / "demo.png")
-        print(f"\nfigure: {path}")
+        print(f"\nfigure: {folder.final('demo.png')}")
     ok = lasso["same_support"] and lasso["max_error"] < 1e-6
     print(f"\nLasso: spred on the closed form at every alpha: {'yes' if ok else 'NO'} (max error {lasso['max_error']:.1e}); "
           f"total {time.perf_counter() - t0:.0f} s")  # fmt: skip

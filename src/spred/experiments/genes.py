@@ -20,10 +20,13 @@ Protocol (docs/feature_selection.md has the long version):
 
 Outputs under ``--out``: ``genes_runs.csv`` (one row per dataset, seed, method and
 k), ``genes_summary.csv`` (mean and std over seeds), ``genes_ranks.csv`` (average rank
-of each method over datasets), ``genes.png`` and ``config.json``; the terminal gets
-the markdown tables. ``genes_runs.csv`` is rewritten after every split; a method that
-raises on a split is recorded (NaN accuracies, the message in ``error``) and left
-out of means and ranks, and the run goes on.
+of each method over datasets), ``genes.png`` and ``config.json`` (written as one set
+when the run ends, see ``_outdir``); the terminal gets the markdown tables.
+``genes_runs.csv`` is rewritten (staged) after every split, so an interrupted run
+leaves its finished splits in ``--out``'s hidden staging folder (the log says where)
+until the next run into ``--out``. A method that raises on a split is recorded (NaN
+accuracies, the message in ``error``) and left out of means and ranks, and the run
+goes on.
 
 Ranks: for each dataset, k and score, methods are ranked by mean accuracy over the
 seeds (1 = best, ties share the average rank); the average over datasets is the
@@ -37,15 +40,16 @@ import math
 import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from spred.experiments import _common
 from spred.experiments._baselines_fs import BASELINES, Selection
+from spred.experiments._common import a_float, a_str, an_int, check_relation, some_of, tuple_of
 
-logger = logging.getLogger("spred")
+logger = logging.getLogger(__name__)
 
 NAME = "genes"
 SPRED_METHODS = ("spred_linear", "spred_mlp", "spred_ensemble")
@@ -118,24 +122,36 @@ class GenesConfig:
 QUICK = {"datasets": QUICK_DATASETS, "seeds": (0, 1, 2)}
 
 
+_RULES = {
+    "datasets": tuple_of(a_str(), "a tuple of dataset names", allow_empty=True),
+    "seeds": tuple_of(an_int(0), "a non-empty tuple of ints >= 0", distinct=True),
+    "ks": tuple_of(an_int(1), "a non-empty tuple of ints >= 1", distinct=True),
+    "methods": some_of(METHODS),
+    "test_size": a_float(0.0, 1.0, low_open=True, high_open=True),
+    "spred_max_iter": an_int(1),
+    "spred_lr": a_float(0.0, low_open=True),
+    "spred_weight_decay": a_float(0.0),
+    "hidden": an_int(1),
+    "mlp_epochs": an_int(1),
+    "mlp_lr": a_float(0.0, low_open=True),
+    "mlp_weight_decay": a_float(0.0),
+    "mlp_l1": a_float(0.0),
+    "lassonet_lambda_start": a_float(0.0, low_open=True),
+    "lassonet_path_multiplier": a_float(1.0, low_open=True),
+    "hsic_block": an_int(1),
+    "hsic_permutations": an_int(1),
+}
+
+
 def check_config(cfg: GenesConfig) -> GenesConfig:
-    """Validate a config; every message names the field and the value."""
-    unknown = sorted(set(cfg.methods) - set(METHODS))
-    if unknown or not cfg.methods:
-        raise ValueError(f"The 'methods' of the genes experiment must be a non-empty subset of {list(METHODS)}. Got {list(cfg.methods)} instead.")
-    if not cfg.seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in cfg.seeds):
-        raise ValueError(f"The 'seeds' of the genes experiment must be a non-empty list of ints >= 0. Got {list(cfg.seeds)} instead.")
-    if not cfg.ks or not all(isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in cfg.ks):
-        raise ValueError(f"The 'ks' of the genes experiment must be a non-empty list of ints >= 1. Got {list(cfg.ks)} instead.")
-    if not 0 < cfg.test_size < 1:
-        raise ValueError(f"The 'test_size' of the genes experiment must be in (0, 1). Got {cfg.test_size!r} instead.")
+    """Validate every field of ``cfg`` and return it (sequences as tuples); messages name the field and the value."""
+    cfg = replace(cfg, **_common.check_fields(cfg, _RULES))
     if cfg.datasets:
         from spred.datasets import list_datasets
 
         genes = {n.lower(): n for n in list_datasets(kind="gene expression")}
-        bad = [d for d in cfg.datasets if d.lower() not in genes]
-        if bad:
-            raise ValueError(f"The 'datasets' of the genes experiment must be gene-expression datasets {sorted(genes.values())}. Got {bad}.")
+        known = all(d.lower() in genes for d in cfg.datasets)
+        check_relation(known, cfg, "datasets", f"a tuple of gene-expression datasets from {sorted(genes.values())}")
     return cfg
 
 
@@ -378,32 +394,33 @@ def run_experiment(cfg: GenesConfig, out: str | Path | None = None, *, plot_figu
     from spred.datasets import load_dataset
 
     cfg = check_config(cfg)
-    out_dir = _common.prepare_out_dir(out, NAME)
-    names = dataset_names(cfg)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    rows: list[dict] = []
-    bar = tqdm(total=len(names) * len(cfg.seeds), desc="genes", unit="split", disable=progress is False)
-    for name in names:
-        X, y = load_dataset(name, return_X_y=True)
-        X = np.asarray(X, dtype=np.float64)
-        for seed in cfg.seeds:
-            bar.set_postfix(dataset=name, seed=seed, refresh=False)
-            rows += run_split(name, X, y, seed, cfg)
-            _common.write_csv(rows, out_dir / "genes_runs.csv", CSV_COLUMNS)  # finished splits survive an interrupted run
-            bar.update(1)
-    bar.close()
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    summary = summarise(rows)
-    methods = [m for m in METHODS if m in cfg.methods]
-    ranks = average_ranks(summary, methods)
-    files = {
-        "runs": _common.write_csv(rows, out_dir / "genes_runs.csv", CSV_COLUMNS),
-        "summary": _common.write_csv(summary, out_dir / "genes_summary.csv"),
-        "ranks": _common.write_csv(ranks, out_dir / "genes_ranks.csv"),
-    }
-    if plot_figure:
-        files["figure"] = plot(ranks, methods, [k for k in cfg.ks if any(r["k"] == k for r in rows)], out_dir / "genes.png")
-    files["config"] = _common.write_config(out_dir / "config.json", cfg, experiment=NAME, extra={"datasets_run": names, "wall_seconds": seconds, "cpu_seconds": cpu_seconds})
+    with _common.output_folder(out, NAME) as folder:
+        names = dataset_names(cfg)
+        start, cpu_start = time.perf_counter(), time.process_time()
+        rows: list[dict] = []
+        bar = tqdm(total=len(names) * len(cfg.seeds), desc="genes", unit="split", disable=progress is False)
+        for name in names:
+            X, y = load_dataset(name, return_X_y=True)
+            X = np.asarray(X, dtype=np.float64)
+            for seed in cfg.seeds:
+                bar.set_postfix(dataset=name, seed=seed, refresh=False)
+                rows += run_split(name, X, y, seed, cfg)
+                folder.write_csv(rows, "genes_runs.csv", CSV_COLUMNS)  # an interrupted run keeps its finished splits (staged)
+                bar.update(1)
+        bar.close()
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        summary = summarise(rows)
+        methods = [m for m in METHODS if m in cfg.methods]
+        ranks = average_ranks(summary, methods)
+        files = {
+            "runs": folder.final("genes_runs.csv"),
+            "summary": folder.write_csv(summary, "genes_summary.csv"),
+            "ranks": folder.write_csv(ranks, "genes_ranks.csv"),
+        }
+        if plot_figure:
+            plot(ranks, methods, [k for k in cfg.ks if any(r["k"] == k for r in rows)], folder.file("genes.png"))
+            files["figure"] = folder.final("genes.png")
+        files["config"] = folder.write_config(cfg, extra={"datasets_run": names, "wall_seconds": seconds, "cpu_seconds": cpu_seconds})
     return GenesResults(rows, summary, ranks, files, seconds, cpu_seconds)
 
 
@@ -431,9 +448,9 @@ def add_arguments(parser) -> None:
     """Options of ``spred run genes``."""
     _common.add_common_arguments(parser, NAME, "5 datasets x 3 splits (about 13 minutes on 2 cores)")
     parser.add_argument("--datasets", nargs="+", default=None, metavar="NAME", help="gene-expression datasets (default: all)")
-    parser.add_argument("--ks", type=int, nargs="+", default=None, metavar="K", help="numbers of genes to select (default 10 50)")
+    parser.add_argument("--ks", type=_common.positive_int, nargs="+", default=None, metavar="K", help="numbers of genes to select (default 10 50)")
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=None, help="methods to run (default: all)")
-    parser.add_argument("--max-iter", dest="spred_max_iter", type=int, default=None, help="SpredSelector epochs per path point (default 200)")
+    parser.add_argument("--max-iter", dest="spred_max_iter", type=_common.positive_int, default=None, help="SpredSelector epochs per path point (default 200)")
 
 
 def config_from_args(args) -> GenesConfig:
