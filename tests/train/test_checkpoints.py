@@ -167,3 +167,16 @@ def test_temporary_files_of_killed_writes_are_removed(tmp_path, data, make_net):
     live.write_bytes(b"y")
     fit(make_net(), (X, y), epochs=1, checkpoint_dir=tmp_path, resume=True, **QUIET)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint.pt", live.name])
+
+
+def test_a_float64_weight_above_float32_range_is_finite():
+    """The guard checks each tensor in its own dtype: 1e300 is a finite float64 (it was cast to float32 inf)."""
+    from spred.train._guard import model_non_finite
+
+    model = torch.nn.Linear(2, 1).double()
+    with torch.no_grad():
+        model.weight.fill_(1e300)
+    assert model_non_finite(model) == []
+    with torch.no_grad():
+        model.bias.fill_(float("nan"))
+    assert model_non_finite(model) == ["bias"]

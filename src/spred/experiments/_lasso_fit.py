@@ -151,24 +151,43 @@ class _Objective:
 
 
 class _Reset:
-    """A forward pre-hook: zero the factors and the optimizer state of the runs that diverged.
+    """An optimizer step post-hook: zero the factors and the optimizer state of the runs that diverged.
 
-    Runs before the forward pass uses the parameters (an in-place change after it
-    would break the backward pass), so a diverged run holds zeros, whose gradient and
-    decay are zero, from the next step on: nothing non-finite stays in the model.
+    A run diverges when its loss was not finite or above the limit (marked by the
+    objective) or when the step just taken left a non-finite factor or product in it
+    (marked here, with the step number the next loss would have given it, as when the
+    loss found it one step later). Zeroing right after the step keeps every value in the
+    model finite at all times, which ``fit``'s non-finite guard checks after each epoch;
+    a zeroed run's gradient and decay are zero from then on.
     """
 
-    def __init__(self, objective: _Objective, optimizer: torch.optim.Optimizer):
-        self.objective, self.optimizer = objective, optimizer
+    def __init__(self, objective: _Objective, model: nn.Module):
+        self.objective, self.model = objective, model
         self.done = torch.zeros_like(objective.diverged, dtype=torch.bool)
 
     @torch.no_grad()
-    def __call__(self, model: nn.Module, args) -> None:
+    def _mark_overflows(self) -> None:
+        n_lrs, n_alphas, _ = self.objective.diverged.shape
+        for i in range(n_lrs):
+            for a in range(n_alphas):
+                tensors = self.model.run_tensors(i, a)
+                product = tensors[0]
+                for t in tensors[1:]:
+                    product = product * t
+                bad = ~torch.isfinite(product).all(dim=-1)
+                for t in tensors:
+                    bad |= ~torch.isfinite(t).all(dim=-1)
+                new = bad & (self.objective.diverged[i, a] < 0)
+                self.objective.diverged[i, a][new] = self.objective.calls
+
+    @torch.no_grad()
+    def __call__(self, optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+        self._mark_overflows()
         dead = self.objective.diverged >= 0
         for i, a, s in (dead & ~self.done).nonzero().tolist():
-            for tensor in model.run_tensors(i, a):
+            for tensor in self.model.run_tensors(i, a):
                 tensor[s] = 0.0
-                for value in self.optimizer.state.get(tensor, {}).values():
+                for value in optimizer.state.get(tensor, {}).values():
                     if isinstance(value, torch.Tensor) and value.shape == tensor.shape:
                         value[s] = 0.0
         self.done |= dead
@@ -198,7 +217,7 @@ def _train(model: nn.Module, optimizer: torch.optim.Optimizer, problem: LassoPro
         Y = torch.as_tensor(problem.Y, dtype=dtype).T  # (n, n_seeds): one row per sample
         data, epochs = _common.full_batches(X, Y, n_steps)
         k = n_steps // epochs
-        hook = model.register_forward_pre_hook(_Reset(objective, optimizer))
+        hook = optimizer.register_step_post_hook(_Reset(objective, model))
         try:
             with _common.quiet_logs("spred.train"):
                 fit(model, data, epochs=epochs, optimizer=optimizer, loss_fn=objective,
