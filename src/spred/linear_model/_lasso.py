@@ -83,7 +83,7 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
     random_state : int, RandomState instance or None, default=None
         Seed of the minibatch shuffling (stochastic solvers).
     verbose : int, default=0
-        Log solver progress to ``logging.getLogger("spred")``.
+        Log solver progress at INFO level to the ``"spred.linear_model"`` loggers (children of ``"spred"``).
 
     Attributes
     ----------

@@ -77,8 +77,13 @@ class GroupedLinear(nn.Module):
 
 
 def _linear(n_features, K, groups, fit_intercept):
+    """The linear model at zero (sparsify's function-preserving split then gives ``w = 0``)."""
     if groups is None:
-        return nn.Linear(n_features, K, bias=fit_intercept, dtype=torch.float64)
+        model = nn.Linear(n_features, K, bias=fit_intercept, dtype=torch.float64)
+        with torch.no_grad():
+            for param in model.parameters():
+                param.zero_()
+        return model
     return GroupedLinear(*groups, bias=fit_intercept)
 
 
