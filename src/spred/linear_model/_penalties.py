@@ -22,9 +22,24 @@ from ._groups import check_group_weights, check_groups
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["GroupPenalty", "GroupSub", "L1Penalty", "L1Sub", "make_penalty"]
+__all__ = ["GroupPenalty", "GroupSub", "L1Penalty", "L1Sub", "flat_group_norms", "l1_violation", "make_penalty"]
 
 INIT_IMBALANCE = 1.2  # u = 1.2 sqrt|v|, w = v / u: function-preserving, not balanced
+
+
+def flat_group_norms(x, starts):
+    """L2 norm of each group of ``x``, the groups stored one after the other from ``starts``.
+
+    The NumPy mirror of :func:`spred.nn._rules.group_norms` on the solvers' flat layout
+    (held against it in tests/linear_model/test_rules_agree.py).
+    """
+    return np.sqrt(np.add.reduceat(x**2, starts))
+
+
+def l1_violation(v, g, alpha):
+    """Per-entry L1 KKT violation ``dist(-g, alpha * d|v|)``: ``|g + alpha sign v|`` on the support,
+    ``max(|g| - alpha, 0)`` at zero (the NumPy mirror of :func:`spred.nn._rules.kkt_residuals`)."""
+    return np.where(v != 0, np.abs(g + alpha * np.sign(v)), np.maximum(np.abs(g) - alpha, 0.0))
 
 
 class L1Penalty:
@@ -56,7 +71,7 @@ class L1Penalty:
 
     def violation(self, v, g):
         """Per-unit KKT violation ``dist(-g, alpha * d|v|)`` (max over the K entries)."""
-        viol = np.where(v != 0, np.abs(g + self.alpha * np.sign(v)), np.maximum(np.abs(g) - self.alpha, 0.0))
+        viol = l1_violation(v, g, self.alpha)
         return viol if self.K == 1 else viol.reshape(self.p, self.K).max(axis=1)
 
     def support_units(self, v):
@@ -93,7 +108,7 @@ class GroupPenalty:
         return float(np.max(self._norms(g) / self.weights)) if g.size else 0.0
 
     def _norms(self, v):
-        return np.sqrt(np.add.reduceat(v[self.idx] ** 2, self.ptr[:-1]))
+        return flat_group_norms(v[self.idx], self.ptr[:-1])
 
     def unit_entries(self, units):
         return np.concatenate([self.idx[self.ptr[g]:self.ptr[g + 1]] for g in units]) if units.size else np.empty(0, np.int64)
@@ -107,15 +122,15 @@ class GroupPenalty:
         nz = nv > 0
         scale = np.where(nz, aw / np.where(nz, nv, 1.0), 0.0)
         res = gg + np.repeat(scale, self.sizes) * v[self.idx]
-        res_norm = np.sqrt(np.add.reduceat(res**2, self.ptr[:-1]))
-        gnorm = np.sqrt(np.add.reduceat(gg**2, self.ptr[:-1]))
+        res_norm = flat_group_norms(res, self.ptr[:-1])
+        gnorm = flat_group_norms(gg, self.ptr[:-1])
         return np.where(nz, res_norm, np.maximum(gnorm - aw, 0.0))
 
     def support_units(self, v):
         return self._norms(v) > 0
 
     def score(self, g):
-        gnorm = np.sqrt(np.add.reduceat(g[self.idx] ** 2, self.ptr[:-1]))
+        gnorm = flat_group_norms(g[self.idx], self.ptr[:-1])
         return gnorm / np.maximum(self.alpha * self.weights, 1e-300)
 
     def subproblem(self, units):
@@ -198,7 +213,7 @@ class GroupSub:
         self.alpha_rep = self.alpha_g[self.rep]
 
     def norms(self, v):
-        return np.sqrt(np.add.reduceat(v**2, self.ptr[:-1])) if self.m else np.empty(0)
+        return flat_group_norms(v, self.ptr[:-1]) if self.m else np.empty(0)
 
     def to_factors(self, v, b, c0):
         nv = self.norms(v)

@@ -23,7 +23,7 @@ import torch
 
 from spred.nn._rules import kkt_zero, relative_threshold, zero_mask
 
-from ._penalties import L1Sub
+from ._penalties import L1Sub, flat_group_norms, l1_violation
 
 logger = logging.getLogger(__name__)
 
@@ -185,8 +185,7 @@ class _L1Polish:
 
     def certified(self):
         """The KKT conditions hold on the whole working set to ``tol_abs``."""
-        v, gv, alpha = self.v, self.gv, self.alpha
-        viol = np.where(v != 0, np.abs(gv + alpha * np.sign(v)), np.abs(gv) - alpha)
+        viol = l1_violation(self.v, self.gv, self.alpha)
         worst = viol.max() if viol.size else 0.0
         if self.nb:
             worst = max(worst, np.abs(self.gb).max())
@@ -284,7 +283,7 @@ def polish_group(pen, sub, v, b, tol_abs, max_newton=60):
     else:
         return v, b, False
     _, gv, _ = sub.fg(v, b)
-    gnorm = np.sqrt(np.add.reduceat(gv**2, pen.ptr[:-1]))
+    gnorm = flat_group_norms(gv, pen.ptr[:-1])
     viol = np.where(active, 0.0, gnorm - pen.alpha_g)
     return v, b, bool(viol.max() <= tol_abs)
 
