@@ -102,3 +102,21 @@ def test_the_squared_datafit_with_an_intercept_is_the_centred_one_at_the_optimal
     explicit, _, _ = make_datafit("squared", X, y, False)
     b = np.array([y_off - X_off @ v])
     assert explicit.value(v, b) == pytest.approx(centred.value(v), rel=1e-12)
+
+
+def test_weighted_group_penalty_at_balance_is_the_group_penalty():
+    """With unequal group weights the minibatch solver adds its weighted ridge to the loss; at
+    balance it is the NumPy group penalty ``alpha sum_g c_g ||v_g||``."""
+    v, _ = _vectors(6)
+    _, (ptr, idx, w) = _grouped("sqrt_size")
+    state = MinibatchState(8, 1, loss="squared", alpha=0.3, optimizer="adam", learning_rate=0.1,
+                           fit_intercept=False, groups=(ptr, idx, w))
+    assert state.weighted
+    padded = state.model.padded(torch.from_numpy(v)[:, None])
+    norms = group_norms(padded, "out")
+    s, wf = state._factors
+    with torch.no_grad():
+        s.copy_(norms.sqrt())
+        wf.copy_(torch.where(norms > 0, padded / norms.sqrt().clamp_min(1e-300), torch.zeros_like(padded)))
+    np.testing.assert_allclose(state.coef()[:, 0], v, rtol=1e-12)
+    assert float(state.weighted_penalty().detach()) == pytest.approx(GroupPenalty(0.3, ptr, idx, w).value(v), rel=1e-12)

@@ -26,9 +26,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from spred.nn import factors, sparsify
+from spred.nn import factors, param_groups, sparsify
 from spred.nn._rules import group_norms, kkt_zero, relative_threshold
-from spred.train import build_optimizer
+from spred.train import OPTIMIZERS, build_optimizer
 
 from ._datafits import make_datafit
 from ._penalties import make_penalty
@@ -43,11 +43,12 @@ _DIVERGENCE = 1e6  # an objective this many times its value at the start of a ca
 
 class GroupedLinear(nn.Module):
     """``x @ v + b`` with the coefficients stored group by group: ``weight`` has one row per
-    penalty group (zero-padded to the largest group) and ``v_j = weight[g(j), k(j)] / c_g``.
+    penalty group, zero-padded to the largest group, and ``v_j = weight[g(j), k(j)]``.
 
     With ``spred.sparsify(..., groups="out")`` every row gets one scale factor, so
-    coupled weight decay ``alpha`` is ``alpha * sum_g ||weight_g||`` = the weighted group
-    lasso ``alpha * sum_g c_g ||v_g||`` (the padding entries get no gradient and stay 0).
+    coupled weight decay ``alpha`` is the group lasso ``alpha * sum_g ||v_g||`` (the
+    padding entries get no gradient and stay 0). ``group_weights`` are the penalty
+    weights ``c_g`` (see :meth:`MinibatchState.weighted_penalty`).
     """
 
     def __init__(self, grp_ptr, grp_idx, group_weights, bias):
@@ -57,17 +58,15 @@ class GroupedLinear(nn.Module):
         pos = np.empty(int(sizes.sum()), dtype=np.int64)
         group_of = np.repeat(np.arange(sizes.size), sizes)
         pos[grp_idx] = group_of * width + (np.arange(grp_idx.size) - np.repeat(grp_ptr[:-1], sizes))
-        scale = np.empty(pos.size)
-        scale[grp_idx] = 1.0 / np.asarray(group_weights, float)[group_of]
         self.weight = nn.Parameter(torch.zeros((sizes.size, width), dtype=torch.float64))
         self.bias = nn.Parameter(torch.zeros(1, dtype=torch.float64)) if bias else None
         self.register_buffer("pos", torch.from_numpy(pos))
-        self.register_buffer("scale", torch.from_numpy(scale))
         self.group_weights = torch.as_tensor(np.asarray(group_weights, float))
+        self.weighted = not bool(np.allclose(group_weights, 1.0))
 
     def coef(self, W):
         """The coefficients ``v`` (n_features, 1) of the weight ``W``."""
-        return (W.reshape(-1)[self.pos] * self.scale)[:, None]
+        return W.reshape(-1)[self.pos][:, None]
 
     def padded(self, v):
         """``v`` (n_features, 1) laid out as the weight: one row per group, zero-padded."""
@@ -147,7 +146,14 @@ class MinibatchState:
         self.model = _linear(c["n_features"], c["K"], c["groups"], c["fit_intercept"])
         sparsify(self.model, lam=c["alpha"], groups=None if c["groups"] is None else "out",
                  include=(type(self.model),))
-        self.opt, _ = build_optimizer(self.model, c["optimizer"], lr=c["learning_rate"], momentum=0.0)
+        self.weighted = getattr(self.model, "weighted", False)
+        if self.weighted:
+            # per-group penalty weights: spred's lam is one number per tensor, so the factors get no
+            # weight decay and the weighted penalty goes into the loss (weighted_penalty)
+            groups = param_groups(self.model, penalty_in_loss=True)
+            self.opt, _ = build_optimizer(self.model, OPTIMIZERS[c["optimizer"]](groups, lr=c["learning_rate"]))
+        else:
+            self.opt, _ = build_optimizer(self.model, c["optimizer"], lr=c["learning_rate"], momentum=0.0)
         self._product = self.model.parametrizations.weight[0]
         self._factors = factors(self.model)
 
@@ -207,7 +213,16 @@ class MinibatchState:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(z[:, 0], y)
         else:
             loss = torch.nn.functional.cross_entropy(z, y)
+        if self.weighted:
+            loss = loss + self.weighted_penalty()
         return loss, v
+
+    def weighted_penalty(self):
+        """``(alpha/2) sum_g c_g (s_g^2 + ||w_g||^2)``: spred's penalty (:func:`spred.penalty`) with a
+        weight ``c_g`` per group, ``alpha sum_g c_g ||v_g||`` at balance (weighted groups only)."""
+        s, w = self._factors
+        c = self.model.group_weights
+        return 0.5 * self.alpha * (c * (s[:, 0] ** 2 + (w**2).sum(dim=1))).sum()
 
     def _grad_v(self, t):
         """dL/dv (n_features, K) from the ``.grad`` of the tensor returned by :meth:`_loss`."""
