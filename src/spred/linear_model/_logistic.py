@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.linear_model._base import LinearClassifierMixin, SparseCoefMixin
@@ -12,6 +14,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import SpredLinearMixin, encode_classes, fit_full_batch, is_stochastic
 from ._path import spred_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SpredLogisticRegression"]
 

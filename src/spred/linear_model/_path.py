@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.utils import check_array, check_consistent_length
 from sklearn.utils.multiclass import type_of_target
@@ -9,6 +11,8 @@ from sklearn.utils.validation import column_or_1d
 
 from spred._validation import Integral, Interval, Real, StrOptions, validate_params
 from ._base import compute_alpha_max, encode_classes, make_datafit, make_penalty, path_core
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["alpha_max", "spred_path"]
 
