@@ -135,6 +135,7 @@ class MinibatchState:
             if fit_intercept and intercept_init is not None:
                 self.model.bias.copy_(torch.as_tensor(np.asarray(intercept_init, float).reshape(-1)))
         self.n_seen = 0
+        self.last = (self.coef(), self.intercept())  # (v, b) after the last call: where the next one starts
         # Running estimate of the data-fit gradient dL/dv: an exponential moving average
         # of the minibatch gradients over about GRAD_HORIZON samples (bias-corrected).
         self._g_sum = torch.zeros((n_features, K), dtype=torch.float64)
@@ -252,7 +253,7 @@ class MinibatchState:
     def coef(self):
         """The coefficients ``v`` (n_features, K), NumPy."""
         with torch.no_grad():
-            return _coef_of(self.model, self.model.weight).numpy().copy()
+            return _coef_of(self.model, self._product.forward(*self._factors)).numpy().copy()
 
     def intercept(self):
         if self.model.bias is None:
@@ -286,24 +287,37 @@ def _objective(datafit, penalty, v, b):
         return float(datafit.value(v.ravel(), b) + penalty.value(v.ravel()))
 
 
-def _diverged(name, obj, ref, learning_rate):
-    """FloatingPointError if ``obj`` is non-finite or ``_DIVERGENCE`` times ``ref``, else None."""
-    if math.isfinite(obj) and obj <= _DIVERGENCE * ref:
-        return None
-    return FloatingPointError(
-        f"{name} diverged: the objective on the data given went from {ref:.3g} to {obj:.3g} "
-        f"with learning_rate={learning_rate:g}. Lower learning_rate or standardise the "
-        "features (StandardScaler)."
-    )
+class _DivergenceGuard:
+    """The divergence check of one call: the objective on the data given must stay finite and at
+    most ``_DIVERGENCE`` times the larger of its value at the start of the call and the loss of
+    the all-zero model (the start is evaluated only when the second bound is exceeded)."""
+
+    def __init__(self, name, state, datafit, penalty, learning_rate):
+        self.name, self.datafit, self.penalty, self.learning_rate = name, datafit, penalty, learning_rate
+        self.start = state.last
+        b_zero = np.zeros(datafit.nb) if datafit.nb else np.zeros(1)
+        self.zero_loss = float(datafit.value(np.zeros(datafit.p * datafit.n_outputs), b_zero))
+
+    def check(self, obj):
+        """Raise FloatingPointError if the objective ``obj`` has diverged."""
+        if math.isfinite(obj) and obj <= _DIVERGENCE * self.zero_loss:
+            return
+        ref = max(_objective(self.datafit, self.penalty, *self.start), self.zero_loss)
+        if math.isfinite(obj) and obj <= _DIVERGENCE * ref:
+            return
+        raise FloatingPointError(
+            f"{self.name} diverged: the objective on the data given went from {ref:.3g} to {obj:.3g} "
+            f"with learning_rate={self.learning_rate:g}. Lower learning_rate or standardise the "
+            "features (StandardScaler)."
+        )
 
 
 def _train(name, state, datafit, penalty, X, y, *, batch_size, max_epochs, tol, n_iter_no_change, learning_rate):
     """Up to ``max_epochs`` epochs; early stop after ``n_iter_no_change`` epochs without a relative
     decrease of the objective by ``tol`` (``tol=None``: run all epochs). Raises FloatingPointError
-    when the objective becomes non-finite or explodes. Returns the number of epochs run."""
-    b_zero = np.zeros(datafit.nb) if datafit.nb else np.zeros(1)
-    ref = max(_objective(datafit, penalty, state.coef(), state.intercept()),
-              float(datafit.value(np.zeros(datafit.p * datafit.n_outputs), b_zero)))
+    when the objective becomes non-finite or explodes. Returns the number of epochs run; the final
+    ``(v, b)`` are in ``state.last``."""
+    guard = _DivergenceGuard(name, state, datafit, penalty, learning_rate)
     Xt, yt = state.to_tensors(X, y)
     best, stall, epochs = np.inf, 0, 0
     for _ in range(max_epochs):
@@ -311,10 +325,9 @@ def _train(name, state, datafit, penalty, X, y, *, batch_size, max_epochs, tol, 
         epochs += 1
         if tol is None:
             continue
-        obj = _objective(datafit, penalty, state.coef(), state.intercept())
-        err = _diverged(name, obj, ref, learning_rate)
-        if err is not None:
-            raise err
+        state.last = (state.coef(), state.intercept())
+        obj = _objective(datafit, penalty, *state.last)
+        guard.check(obj)
         if obj < best - tol * max(abs(best), 1e-12) or not np.isfinite(best):
             best, stall = obj, 0
         else:
@@ -322,9 +335,8 @@ def _train(name, state, datafit, penalty, X, y, *, batch_size, max_epochs, tol, 
             if stall >= n_iter_no_change:
                 break
     if tol is None:
-        err = _diverged(name, _objective(datafit, penalty, state.coef(), state.intercept()), ref, learning_rate)
-        if err is not None:
-            raise err
+        state.last = (state.coef(), state.intercept())
+        guard.check(_objective(datafit, penalty, *state.last))
     return epochs
 
 
@@ -375,7 +387,7 @@ def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, 
     bs = batch_size if batch_size is not None else min(256, X.shape[0])
     epochs = _train(name, state, datafit, penalty, X, y, batch_size=bs, max_epochs=max_epochs, tol=tol,
                     n_iter_no_change=n_iter_no_change, learning_rate=learning_rate)
-    v, b = state.coef(), state.intercept()
+    v, b = state.last
     G = state.grad_estimate() if streaming else None  # streaming: the running average over chunks
     if G is None or X.shape[0] >= state.GRAD_HORIZON:
         G = full_gradient(datafit, v, b)  # all the data given, at the final iterate
