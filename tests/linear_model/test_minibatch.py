@@ -43,7 +43,7 @@ def test_partial_fit_streams_chunks():
 def test_running_gradient_estimate_matches_the_full_gradient_at_a_fixed_point():
     """With a learning rate too small to move the factors, the running average of the
     minibatch gradients is the full-data gradient dL/dv up to sampling noise."""
-    from spred.linear_model._base import minibatch_grad
+    from spred.linear_model._minibatch import _minibatch_datafit, full_gradient
 
     X, y, _ = _stream_problem(2, n=4000)
     m = SpredLasso(alpha=0.1, solver="sgd", learning_rate=1e-12, batch_size=100, random_state=0)
@@ -51,7 +51,7 @@ def test_running_gradient_estimate_matches_the_full_gradient_at_a_fixed_point():
         for chunk in np.array_split(np.arange(4000), 40):
             m.partial_fit(X[chunk], y[chunk])
     state = m._minibatch_state
-    G = minibatch_grad("squared", X, y, state.coef(), state.intercept())
+    G = full_gradient(_minibatch_datafit("squared", X, y, True, 1), state.coef(), state.intercept())
     est = state.grad_estimate()
     # each entry of G is a mean of 4000 terms of spread ~2; the estimate averages all of them
     np.testing.assert_allclose(est, G, atol=0.05)

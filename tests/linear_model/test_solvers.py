@@ -8,7 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from spred.linear_model import _solvers as S
+from spred.linear_model._datafits import _LogisticSub, _QuadraticGramSub, _QuadraticMatrixSub
+from spred.linear_model._lbfgs import lbfgs
+from spred.linear_model._penalties import GroupSub, L1Sub
+from spred.linear_model._polish import _solve_psd, polish_l1
 
 
 def test_lbfgs_minimises_a_quadratic():
@@ -20,7 +23,7 @@ def test_lbfgs_minimises_a_quadratic():
     def fun(x):
         return 0.5 * x @ H @ x - b @ x, H @ x - b
 
-    x, f, g, it, status = S._lbfgs(fun, np.zeros(20), 500, gtol=1e-7)
+    x, f, g, it, status = lbfgs(fun, np.zeros(20), 500, gtol=1e-7)
     np.testing.assert_allclose(x, np.linalg.solve(H, b), atol=1e-7)
     assert status == "gtol" and it < 100
 
@@ -28,7 +31,7 @@ def test_lbfgs_minimises_a_quadratic():
 @settings(max_examples=50, deadline=None)
 @given(hnp.arrays(np.float64, st.integers(1, 30), elements=st.floats(-10, 10)))
 def test_factor_init_preserves_v_and_is_off_the_trap_line(v):
-    sub = S._L1Sub(alpha=0.3, m=v.size)
+    sub = L1Sub(alpha=0.3, m=v.size)
     x = sub.to_factors(v, None, c0=0.7)
     u, w = x[: v.size], x[v.size:]
     np.testing.assert_allclose(u * w, v, atol=1e-12)
@@ -50,8 +53,8 @@ def test_spred_gradient_matches_finite_differences():
     rng = np.random.default_rng(1)
     X = rng.standard_normal((30, 6))
     y = rng.standard_normal(30)
-    sub = S._QuadraticMatrixSub(X, y)
-    pen = S._L1Sub(alpha=0.2, m=6)
+    sub = _QuadraticMatrixSub(X, y)
+    pen = L1Sub(alpha=0.2, m=6)
     fun, _ = pen.objective(sub)
     x = rng.standard_normal(12)
     f, g = fun(x)
@@ -64,8 +67,8 @@ def test_group_spred_gradient_matches_finite_differences():
     rng = np.random.default_rng(2)
     X = rng.standard_normal((30, 6))
     y = (rng.random(30) > 0.5).astype(float)
-    sub = S._LogisticSub(X, y, fit_intercept=True)
-    pen = S._GroupSub(np.array([0.1, 0.2, 0.3]), np.array([1, 2, 3]))
+    sub = _LogisticSub(X, y, fit_intercept=True)
+    pen = GroupSub(np.array([0.1, 0.2, 0.3]), np.array([1, 2, 3]))
     fun, _ = pen.objective(sub)
     x = rng.standard_normal(3 + 6 + 1)
     f, g = fun(x)
@@ -79,11 +82,11 @@ def test_polish_is_exact_from_a_rough_iterate():
     X = rng.standard_normal((50, 8))
     y = X[:, 0] * 2 - X[:, 1] + 0.1 * rng.standard_normal(50)
     G, c = X.T @ X / 50, X.T @ y / 50
-    sub = S._QuadraticGramSub(G, c, 0.0, 50)
+    sub = _QuadraticGramSub(G, c, 0.0, 50)
     alpha = 0.1
-    pen = S._L1Sub(alpha, 8)
+    pen = L1Sub(alpha, 8)
     rough = np.array([1.9, -0.9, 1e-9, -2e-9, 0.02, 0.0, 0.0, 0.0])
-    v, _, ok = pen.polish(sub, rough, None, tol_abs=1e-12)
+    v, _, ok = polish_l1(pen, sub, rough, None, tol_abs=1e-12)
     assert ok
     g = G @ v - c
     nz = v != 0
@@ -92,15 +95,19 @@ def test_polish_is_exact_from_a_rough_iterate():
 
 
 def test_decide_zeros_keeps_small_kkt_violators():
-    v = np.array([1e-6, 1e-6, 0.5])
-    g = np.array([0.05, 0.2, -0.1])
-    out = S.decide_zeros(v, g, alpha=0.1, threshold=1e-3)
-    np.testing.assert_array_equal(out, [0.0, 1e-6, 0.5])
+    from torch import nn
+
+    from spred.linear_model._minibatch import decide_zeros
+
+    v = np.array([[1e-6], [1e-6], [0.5]])
+    g = np.array([[0.05], [0.2], [-0.1]])
+    out = decide_zeros(nn.Linear(3, 1), v, g, alpha=0.1, threshold=1e-3)
+    np.testing.assert_array_equal(out[:, 0], [0.0, 1e-6, 0.5])
 
 
 def test_solve_psd_handles_singular_matrices():
     H = np.ones((3, 3))
-    d = S._solve_psd(H, np.array([3.0, 3.0, 3.0]))
+    d = _solve_psd(H, np.array([3.0, 3.0, 3.0]))
     np.testing.assert_allclose(H @ d, [3.0, 3.0, 3.0])
 
 

@@ -1,35 +1,32 @@
 """The one private fit path shared by spred's linear estimators and path functions.
 
-Like skglm's ``_glm_fit``: build the datafit (squared / logistic / multinomial) and
-the penalty (L1 / group), run a solver from :mod:`._solvers`, and hand back plain
-NumPy results. The functions read no estimator state except the parameters passed in;
-:class:`SpredLinearMixin` holds what the two estimators share (parameter constraints,
-the minibatch wiring).
+Like skglm's ``_glm_fit``: build the datafit (:mod:`._datafits`: squared / logistic /
+multinomial) and the penalty (:mod:`._penalties`: L1 / group), run a solver
+(:mod:`._working_set` full batch, :mod:`._minibatch` SGD / Adam / Adagrad), and hand
+back plain NumPy results. The functions read no estimator state except the
+parameters passed in; :class:`SpredLinearMixin` holds what the two estimators share
+(parameter constraints, the minibatch wiring).
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
-import scipy.sparse as sp
 from sklearn.exceptions import ConvergenceWarning
-
 from sklearn.utils import check_random_state
 
 from spred._validation import Integral, Interval, Real, StrOptions
-from ._groups import check_group_weights, check_groups
-from ._solvers import (
-    GroupPenalty,
-    L1Penalty,
-    LogisticDatafit,
-    MinibatchState,
-    MultinomialDatafit,
-    QuadraticDatafit,
-    decide_zeros,
-    lasso_dual_gap,
-    solve_ws,
-)
+from ._datafits import make_datafit
+from ._minibatch import fit_minibatch
+from ._penalties import make_penalty
+from ._working_set import compute_alpha_max, lasso_dual_gap, solve_ws
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MINIBATCH_SOLVERS", "SpredLinearMixin", "compute_alpha_max", "encode_classes",
+           "fit_full_batch", "is_stochastic", "make_datafit", "make_penalty", "path_core"]
 
 MINIBATCH_SOLVERS = ("sgd", "adam", "adagrad")
 
@@ -80,62 +77,6 @@ class SpredLinearMixin:
         self.stop_crit_ = float("nan")
         self.alpha_max_ = float("nan")
         return coef, intercept
-
-
-def _column_means(X):
-    return np.asarray(X.mean(axis=0)).ravel()
-
-
-def make_datafit(loss, X, y, fit_intercept):
-    """Datafit for ``loss`` on validated data.
-
-    For ``loss="squared"`` the intercept is handled by centring (implicitly for
-    sparse ``X``): returns ``(datafit, X_offset, y_offset)``. For the logistic losses
-    ``y`` must already be encoded (0/1 vector, or an integer class vector for
-    ``"multinomial"``) and the intercept is a solver variable.
-    """
-    if loss == "squared":
-        y = np.asarray(y, dtype=np.float64)
-        if fit_intercept:
-            X_offset = _column_means(X)
-            y_offset = float(y.mean())
-            return QuadraticDatafit(X, y - y_offset, X_offset), X_offset, y_offset
-        return QuadraticDatafit(X, y, None), None, 0.0
-    if loss == "logistic":
-        return LogisticDatafit(X, np.asarray(y, dtype=np.float64), fit_intercept), None, 0.0
-    if loss == "multinomial":
-        y = np.asarray(y, dtype=np.int64)
-        K = int(y.max()) + 1
-        Y = np.zeros((y.size, K))
-        Y[np.arange(y.size), y] = 1.0
-        return MultinomialDatafit(X, Y, fit_intercept), None, 0.0
-    raise ValueError(f"Unknown loss {loss!r}.")  # pragma: no cover - validated upstream
-
-
-def make_penalty(alpha, n_features, n_outputs, groups, group_weights):
-    """L1 penalty, or group penalty when ``groups`` is given.
-
-    Returns ``(penalty, group_spec)`` with ``group_spec = (grp_ptr, grp_indices,
-    weights)`` or ``None``.
-    """
-    if groups is None:
-        return L1Penalty(alpha, n_features, n_outputs), None
-    if n_outputs != 1:
-        raise ValueError(
-            "groups is only supported for the squared and the binary logistic loss; "
-            f"got {n_outputs} classes. Use groups=None (elementwise L1) for "
-            "multinomial models."
-        )
-    grp_indices, grp_ptr = check_groups(groups, n_features)
-    weights = check_group_weights(group_weights, grp_ptr)
-    return GroupPenalty(alpha, grp_ptr, grp_indices, weights), (grp_ptr, grp_indices, weights)
-
-
-def compute_alpha_max(datafit, penalty):
-    """Smallest ``alpha`` for which all coefficients are zero (intercept optimal)."""
-    m = datafit.p * datafit.n_outputs
-    _, g, _ = datafit.fg(np.zeros(m), datafit.init_intercept())
-    return penalty.dual_norm(g)
 
 
 def encode_classes(y):
@@ -205,121 +146,3 @@ def _check_finite(name, coef):
             f"{name} produced non-finite coefficients. Scale the features "
             "(e.g. StandardScaler) or increase alpha."
         )
-
-
-def minibatch_grad(loss, X, y, coef, intercept):
-    """Gradient of the mean loss w.r.t. the coefficients on ``(X, y)``, NumPy."""
-    Z = X @ coef.reshape(X.shape[1], -1) + intercept
-    n = X.shape[0]
-    if loss == "squared":
-        D = Z - np.asarray(y, float)[:, None]
-    elif loss == "logistic":
-        D = 1.0 / (1.0 + np.exp(-Z)) - np.asarray(y, float)[:, None]
-    else:
-        Z = Z - Z.max(axis=1, keepdims=True)
-        P = np.exp(Z)
-        P /= P.sum(axis=1, keepdims=True)
-        D = P
-        D[np.arange(n), np.asarray(y, dtype=np.int64)] -= 1.0
-    G = np.asarray(X.T @ D) / n
-    return G
-
-
-def _objective(loss, X, y, coef, intercept, penalty_value):
-    Z = X @ coef + intercept
-    if loss == "squared":
-        r = Z[:, 0] - y
-        return 0.5 * float(r @ r) / X.shape[0] + penalty_value
-    if loss == "logistic":
-        z = Z[:, 0]
-        return float(np.mean(np.logaddexp(0.0, z) - y * z)) + penalty_value
-    Zm = Z.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(Z - Zm).sum(axis=1)) + Zm[:, 0]
-    return float(np.mean(lse - Z[np.arange(X.shape[0]), np.asarray(y, dtype=np.int64)])) + penalty_value
-
-
-def fit_minibatch(name, X, y, *, loss, n_outputs, alpha, fit_intercept, groups, group_weights,
-                  solver, learning_rate, batch_size, max_epochs, tol, threshold, random_state,
-                  state=None, n_iter_no_change=5, polish=False, polish_max_iter=200, streaming=False):
-    """Run (or continue) the minibatch spred solver.
-
-    Runs up to ``max_epochs`` epochs of minibatch steps; stops early when the
-    objective on ``(X, y)`` has not improved by more than ``tol`` (relative) for
-    ``n_iter_no_change`` epochs (pass ``tol=None`` to run all epochs). Returns
-    ``(state, coef, intercept, n_epochs)`` where ``coef`` has exact zeros decided by
-    :func:`~._solvers.decide_zeros` (threshold plus KKT with the gradient on ``(X, y)``,
-    or, with ``streaming=True`` (``partial_fit``), the running minibatch average). With
-    ``polish=True`` (the full data is in memory, as in ``fit``) the minibatch solution
-    then warm-starts the working-set solver on ``(X, y)`` for at most
-    ``polish_max_iter`` L-BFGS iterations, which makes the zeros exact and the KKT
-    conditions hold to ``tol`` (in the units of the full-batch solver).
-    """
-    if sp.issparse(X):
-        X = X.toarray()
-    X = np.asarray(X, dtype=np.float64)
-    y = np.asarray(y)
-    if loss != "multinomial":
-        y = y.astype(np.float64)
-    p = X.shape[1]
-    if state is None:
-        _, group_spec = make_penalty(alpha, p, n_outputs, groups, group_weights)
-        if loss == "squared":
-            b0 = np.array([np.mean(y)]) if fit_intercept else None
-        elif loss == "logistic":
-            m = np.clip(np.mean(y), 1e-6, 1 - 1e-6)
-            b0 = np.array([np.log(m / (1 - m))]) if fit_intercept else None
-        else:
-            b0 = None
-        seed = random_state.randint(np.iinfo(np.int32).max)
-        state = MinibatchState(p, n_outputs, loss=loss, alpha=alpha, optimizer=solver,
-                               learning_rate=learning_rate, fit_intercept=fit_intercept,
-                               groups=group_spec, intercept_init=b0, seed=seed)
-        state.group_spec = group_spec
-    bs = batch_size if batch_size is not None else min(256, X.shape[0])
-    Xt, yt = state.to_tensors(X, y)
-    best, stall, epochs = np.inf, 0, 0
-    for _ in range(max_epochs):
-        state.run(Xt, yt, n_epochs=1, batch_size=bs)
-        epochs += 1
-        if tol is None:
-            continue
-        v = state.coef()
-        with np.errstate(over="ignore", invalid="ignore"):
-            pen = alpha * float(np.abs(v).sum())
-            obj = _objective(loss, X, y, v, state.intercept(), pen)
-        if obj < best - tol * max(abs(best), 1e-12) or not np.isfinite(best):
-            best, stall = obj, 0
-        else:
-            stall += 1
-            if stall >= n_iter_no_change:
-                break
-    v = state.coef()  # (p, K)
-    b = state.intercept()
-    _check_finite(name, v)
-    G = state.grad_estimate() if streaming else None  # streaming: the running average over chunks
-    if G is None or X.shape[0] >= state.GRAD_HORIZON:
-        G = minibatch_grad(loss, X, y, v, b)  # all the data given, at the final iterate
-    thr = threshold if threshold != "auto" else 1e-3 * (np.abs(v).max() if v.size else 0.0)
-    if state.group_spec is None:
-        v = decide_zeros(v, G, alpha, thr)
-    else:
-        grp_ptr, grp_idx, weights = state.group_spec
-        nv = np.sqrt(np.add.reduceat(v[grp_idx, 0] ** 2, grp_ptr[:-1]))
-        ng = np.sqrt(np.add.reduceat(G[grp_idx, 0] ** 2, grp_ptr[:-1]))
-        zero = (nv <= thr) & (ng <= alpha * weights)
-        mask = np.repeat(zero, np.diff(grp_ptr))
-        v = v.copy()
-        v[grp_idx[mask], 0] = 0.0
-    if polish:
-        datafit, X_offset, y_offset = make_datafit(loss, X, y, fit_intercept)
-        penalty, _ = make_penalty(alpha, p, n_outputs, groups, group_weights)
-        amax = compute_alpha_max(datafit, penalty)
-        b_init = None if loss == "squared" or not fit_intercept else b
-        res = solve_ws(datafit, penalty, coef_init=v.ravel(), intercept_init=b_init,
-                       alpha_max=amax, tol=tol if tol else 1e-4, max_iter=polish_max_iter)
-        v = res.coef.reshape(p, n_outputs)
-        if loss == "squared":
-            b = np.array([y_offset - X_offset @ v[:, 0]]) if fit_intercept else b
-        elif fit_intercept:
-            b = np.asarray(res.intercept, dtype=np.float64).ravel()
-    return state, v, b, epochs

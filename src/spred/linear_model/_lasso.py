@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -12,6 +13,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import SpredLinearMixin, fit_full_batch, is_stochastic
 from ._path import spred_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SpredLasso"]
 
@@ -83,7 +86,7 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
     random_state : int, RandomState instance or None, default=None
         Seed of the minibatch shuffling (stochastic solvers).
     verbose : int, default=0
-        Log solver progress to ``logging.getLogger("spred")``.
+        Log solver progress at INFO level to the ``"spred.linear_model"`` loggers (children of ``"spred"``).
 
     Attributes
     ----------

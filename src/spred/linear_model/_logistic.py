@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.base import BaseEstimator, _fit_context
 from sklearn.linear_model._base import LinearClassifierMixin, SparseCoefMixin
@@ -12,6 +14,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from ._base import SpredLinearMixin, encode_classes, fit_full_batch, is_stochastic
 from ._path import spred_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SpredLogisticRegression"]
 
@@ -65,7 +69,7 @@ class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoe
     random_state : int, RandomState instance or None, default=None
         Seed of the minibatch shuffling.
     verbose : int, default=0
-        Log solver progress to ``logging.getLogger("spred")``.
+        Log solver progress at INFO level to the ``"spred.linear_model"`` loggers (children of ``"spred"``).
 
     Attributes
     ----------
@@ -213,6 +217,12 @@ class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoe
             classes_, _ = encode_classes(np.asarray(classes))
             self.classes_ = classes_
             self.n_iter_ = 0
+        elif classes is not None and not np.array_equal(np.unique(np.asarray(classes)), self.classes_):
+            raise ValueError(
+                f"classes={np.unique(np.asarray(classes)).tolist()} differs from the classes of the "
+                f"first call to partial_fit, {self.classes_.tolist()}. Pass the same classes (or "
+                "classes=None) on later calls, or call fit to start over."
+            )
         X, y = self._validate_input(X, y, reset=first)
         unknown = np.setdiff1d(np.unique(y), self.classes_)
         if unknown.size:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 from sklearn.utils import check_array, check_consistent_length
+from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import column_or_1d
 
 from spred._validation import Integral, Interval, Real, StrOptions, validate_params
 from ._base import compute_alpha_max, encode_classes, make_datafit, make_penalty, path_core
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["alpha_max", "spred_path"]
 
@@ -29,6 +34,13 @@ def _prepare(X, y, loss, fit_intercept):
         y = check_array(y, ensure_2d=False, dtype=np.float64)
         datafit, _, _ = make_datafit("squared", X, y, fit_intercept)
         return datafit, None
+    target = type_of_target(y, input_name="y")
+    if target not in ("binary", "multiclass"):
+        raise ValueError(
+            f"loss='logistic' needs class labels, but y is of type {target!r} "
+            "(sklearn.utils.multiclass.type_of_target). Use loss='squared' for a "
+            "continuous target, or encode the classes as integers or strings."
+        )
     classes, y_enc = encode_classes(y)
     if classes.size == 2:
         datafit, _, _ = make_datafit("logistic", X, y_enc, fit_intercept)
@@ -125,7 +137,7 @@ def spred_path(X, y, *, loss="squared", alphas=100, eps=1e-3, fit_intercept=Fals
     max_iter : int, default=1000
         Maximum number of L-BFGS iterations per alpha.
     verbose : int, default=0
-        Log progress to the ``"spred"`` logger.
+        Log progress at INFO level to the ``"spred.linear_model"`` loggers (children of ``"spred"``).
 
     Returns
     -------
