@@ -41,7 +41,7 @@ import torch
 
 from spred._validation import check_float, check_int
 from spred.nn import get_lam, set_lam, sparsified_tensors
-from spred.nn._rules import group_norms
+from spred.nn._rules import group_norms, zero_mask
 
 logger = logging.getLogger(__name__)
 
@@ -264,14 +264,11 @@ class SparsityController:
                     trend[0].mul_(FAST).add_(slope, alpha=1 - FAST)
                     trend[1].mul_(slow).add_(slope, alpha=1 - slow)
             self.prev_log[t.name] = log_v
-            zero = v <= self.threshold
+            zero = zero_mask(raw, t.spred.groups, t.spred.out_dim, self.threshold)  # the one rule
             ahead = zero
             trend = self.trends.get(t.name)
-            if trend is not None:
-                ahead = zero | (log_v + horizon * trend.max(dim=0).values.clamp_max(0) <= log_thr)
-            if t.spred.groups is not None:
-                exact = raw == 0
-                zero, ahead = zero.expand_as(raw) | exact, ahead.expand_as(raw) | exact
+            if trend is not None:  # predicted: the trend of log|v| (group norms) reaches the threshold within the horizon
+                ahead = zero | (log_v + horizon * trend.max(dim=0).values.clamp_max(0) <= log_thr).expand_as(raw)
             zeros += int(zero.sum())
             predicted += int(ahead.sum())
             numel += raw.numel()
