@@ -13,7 +13,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from spred.feature_selection import PathPoint, SpredSelector
-from spred.feature_selection._selector import _alpha_max, _between, _next_alpha, _top_k
+from spred.feature_selection._path import _alpha_max, _between, _next_alpha, _top_k
 
 FAST = dict(max_iter=20, refit_iter=20, max_bisect=3, hidden_layer_sizes=(8,))
 
@@ -227,7 +227,7 @@ def test_errors():
         SpredSelector("mlp", hidden_layer_sizes=()).fit(X, y)
     with pytest.raises(ValueError, match="stability_selection=3 needs refit=True"):
         SpredSelector(stability_selection=3, refit=False).fit(X, y)
-    with pytest.raises(ValueError, match="The 'device' parameter of SpredSelector must name a torch device"):
+    with pytest.raises(ValueError, match=r"The 'device' parameter of SpredSelector must be the name of a torch device \('cpu', 'cuda', 'cuda:1', ...\). Got 'gpu9' instead"):
         SpredSelector(device="gpu9").fit(X, y)
     with pytest.raises(ValueError, match=r"needs at least 2 classes in y; got 1 class"):
         SpredSelector().fit(X, np.zeros(len(y)))

@@ -36,7 +36,7 @@ from spred.train._controller import SparsityController, TargetSparsity
 from spred.train._data import LoaderBatches, as_batches
 from spred.train._distributed import Distributed, check_loader, context, default_device, is_wrapped_ddp, loss_scale, rank_seed, unwrap, wrap
 
-logger = logging.getLogger("spred")
+logger = logging.getLogger(__name__)  # provisional: the train helper's version replaces this at merge
 
 OPTIMIZERS: dict[str, type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
@@ -331,6 +331,7 @@ class _Run:
     net: nn.Module  # what the forward pass calls: the model, or its DistributedDataParallel wrapper
     dist: Distributed | None = None  # the process group, or None for one process
     amp: torch.dtype | None = None  # autocast dtype of the forward pass (bfloat16), or None
+    history: bool = True  # provisional: the train helper's version replaces this at merge
 
     @property
     def is_main(self) -> bool:
@@ -432,7 +433,7 @@ def _record(run: _Run, prog: _Progress, epoch: int, train_loss: float, val: dict
         "val_loss": None if val is None else val["loss"],
         "val_acc": None if val is None else val["acc"],
         "lam": sum(lams) / len(lams) if lams else None,
-        "sparsity": _sparsity(run, threshold),
+        "sparsity": _sparsity(run, threshold) if run.history else None,  # provisional: the train helper's version replaces this at merge
         "target": None if run.controller is None else run.controller.wanted(prog.step),
         "lr": run.optimizer.param_groups[0]["lr"],
         "step": prog.step,
@@ -574,6 +575,8 @@ def _run_epoch(run: _Run, prog: _Progress, train, val, epoch: int, threshold: fl
     val_metrics = None if val is None else _evaluate_batches(run.model, val, run.loss_fn, run.dist, run.amp)
     prog.epoch = epoch
     record = _record(run, prog, epoch, train_loss, val_metrics, threshold, time.perf_counter() - t0)
+    if not run.history:  # provisional: the train helper's version replaces this at merge
+        prog.history.clear()
     prog.history.append(record)
     early = _track_best(run, prog, record, patience)
     state = TrainState(run.model, run.optimizer, epoch, prog.step, prog.history)
@@ -584,9 +587,9 @@ def _run_epoch(run: _Run, prog: _Progress, train, val, epoch: int, threshold: fl
     if not run.is_main:
         return
     logger.info(
-        "epoch %d/%d  train loss %.4g  val loss %s  val acc %s  sparsity %.2f%%  lam %s  %.1fs",
+        "epoch %d/%d  train loss %.4g  val loss %s  val acc %s  sparsity %s%%  lam %s  %.1fs",
         epoch, run.epochs, record["train_loss"], _fmt(record["val_loss"], ".4g"), _fmt(record["val_acc"], ".4f"),
-        100 * record["sparsity"], _fmt(record["lam"], ".3g"), record["time_s"],
+        _fmt(record["sparsity"] and 100 * record["sparsity"], ".2f"), _fmt(record["lam"], ".3g"), record["time_s"],
     )
     if prog.stopped:
         reason = f"no better validation loss in {patience} epochs" if early else "asked by a callback"
@@ -686,6 +689,7 @@ def fit(
     eval_batch_size: int = 1024,
     callbacks: Sequence[Callable[[TrainState], bool | None]] = (),
     autocast: str | torch.dtype | None = None,
+    history: bool = True,  # provisional: the train helper's version replaces this at merge
 ) -> TrainResult:
     """Train ``model`` on ``train_data``: the one training loop of spred.
 
@@ -794,6 +798,9 @@ def fit(
         gradients, the optimizer state, the penalty and ``|v|`` (hence every zero
         decision) stay in the parameters' dtype. float16 is refused: it needs loss
         scaling, which ``fit`` does not do.
+    history : bool, default=True
+        Keep one record per epoch. False: skip the per-epoch sparsity count and keep
+        only the last epoch's record (its ``sparsity`` is None).
 
     Returns
     -------
@@ -851,6 +858,8 @@ def fit(
         loss_fn = F.cross_entropy
     elif not callable(loss_fn):
         raise TypeError(f"The 'loss_fn' parameter of fit must be a callable (output, target) -> loss. Got {loss_fn!r} instead.")
+    if not isinstance(history, bool):  # provisional: the train helper's version replaces this at merge
+        raise TypeError(f"The 'history' parameter of fit must be a bool. Got {history!r} instead.")
     if not isinstance(resume, bool):
         raise TypeError(f"The 'resume' parameter of fit must be a bool. Got {resume!r} instead.")
     if resume and checkpoint_dir is None:
@@ -888,7 +897,7 @@ def fit(
     run = _Run(
         inner, opt, _build_scheduler(scheduler, opt, epochs * n_batches), loss_fn, add_penalty, keep, controller, epochs,
         progress and (dist is None or dist.is_main), None if checkpoint_dir is None else checkpoint_path(checkpoint_dir),
-        tuple(sparsified_tensors(inner)), net=net, dist=dist, amp=amp,
+        tuple(sparsified_tensors(inner)), net=net, dist=dist, amp=amp, history=history,
     )
     config = {
         "epochs": epochs, "optimizer": optimizer if isinstance(optimizer, str) else type(opt).__name__, "lr": lr,
