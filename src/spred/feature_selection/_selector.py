@@ -193,7 +193,10 @@ class SpredSelector(SelectorMixin, BaseEstimator):
         Seeds the network's initialisation, the minibatch order, the validation split
         and the subsamples.
     verbose : int, default=0
-        > 0: a progress bar over path points and INFO messages on the "spred" logger.
+        > 0: a progress bar over path points and INFO messages on the
+        ``spred.feature_selection`` loggers (children of ``"spred"``). > 1: also the
+        per-epoch lines of :func:`spred.train.fit` (the ``spred.train`` logger is set to
+        WARNING during ``fit`` otherwise, and restored).
 
     Attributes
     ----------
