@@ -25,7 +25,7 @@ or a factory), checks it against the task, and holds the layer surgery the selec
 needs: finding the input layer of a user's network and swapping it for a narrower or
 wider one.
 
-This module imports only torch.
+This module imports only torch (and spred's validation).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ import copy
 
 import torch
 from torch import nn
+
+from spred._validation import check_choice, param_error
 
 __all__ = [
     "INPUT_LAYER", "KINDS", "SelectorNet", "build_network", "find_input_layer", "make_network", "new_linear", "probe_network",
@@ -71,14 +73,10 @@ class SelectorNet(nn.Module):
 
     def __init__(self, n_features: int, n_outputs: int, kind: str = "ensemble", hidden_layer_sizes: tuple[int, ...] = (32,)):
         super().__init__()
-        if kind not in KINDS:
-            raise ValueError(f"The 'kind' parameter of SelectorNet must be one of {KINDS}. Got {kind!r} instead.")
+        check_choice(kind, "kind", "SelectorNet", KINDS)
         hidden = tuple(int(h) for h in hidden_layer_sizes)
         if kind != "linear" and (not hidden or min(hidden) < 1):
-            raise ValueError(
-                f"The 'hidden_layer_sizes' parameter of SelectorNet must be a non-empty tuple of positive ints for kind={kind!r}. "
-                f"Got {hidden_layer_sizes!r} instead."
-            )
+            raise param_error(ValueError, "hidden_layer_sizes", "SelectorNet", f"a non-empty tuple of positive ints for kind={kind!r}", hidden_layer_sizes)
         self.kind = kind
         self.n_outputs = int(n_outputs)
         self.n_linear = 0 if kind == "mlp" else self.n_outputs

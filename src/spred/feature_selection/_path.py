@@ -39,7 +39,8 @@ class PathPoint:
     alpha : float
         Penalty strength (coupled weight decay on the input gates).
     n_selected : int
-        Number of features whose group norm exceeds ``threshold`` times the largest one.
+        Number of features selected at this point (:func:`selected`: group norm above
+        ``threshold`` times the largest one, gradient not well inside the ball of radius alpha).
     selected : tuple of int
         Their indices.
     train_loss : float
