@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 
 import numpy as np
@@ -13,7 +14,7 @@ from sklearn.preprocessing import StandardScaler
 from torch import nn
 
 from spred.feature_selection import PathPoint, SpredSelector
-from spred.feature_selection._selector import _alpha_max, _between, _next_alpha, _top_k
+from spred.feature_selection._path import _alpha_max, _between, _next_alpha, _top_k
 
 FAST = dict(max_iter=20, refit_iter=20, max_bisect=3, hidden_layer_sizes=(8,))
 
@@ -227,7 +228,7 @@ def test_errors():
         SpredSelector("mlp", hidden_layer_sizes=()).fit(X, y)
     with pytest.raises(ValueError, match="stability_selection=3 needs refit=True"):
         SpredSelector(stability_selection=3, refit=False).fit(X, y)
-    with pytest.raises(ValueError, match="The 'device' parameter of SpredSelector must name a torch device"):
+    with pytest.raises(ValueError, match=r"The 'device' parameter of SpredSelector must be the name of a torch device \('cpu', 'cuda', 'cuda:1', ...\). Got 'gpu9' instead"):
         SpredSelector(device="gpu9").fit(X, y)
     with pytest.raises(ValueError, match=r"needs at least 2 classes in y; got 1 class"):
         SpredSelector().fit(X, np.zeros(len(y)))
@@ -299,3 +300,84 @@ def test_warm_start_with_the_same_k_keeps_the_selection():
     sel.fit(X, y)
     np.testing.assert_array_equal(sel.get_support(), support)
     assert len(sel.path_) == n_points
+
+
+# --------------------------------------------------------------------------- issue 19: refused inputs
+
+
+@pytest.mark.parametrize("name", ["n_features_to_select", "max_iter", "refit_iter", "batch_size", "n_iter_no_change", "stability_selection"])
+def test_a_bool_is_not_an_int(name):
+    # scikit-learn's Interval(Integral) takes True for 1: n_features_to_select=True selected one feature
+    X, y = _data(p=10)
+    with pytest.raises(TypeError, match=rf"The '{name}' parameter of SpredSelector must be .*\. Got True of type bool instead"):
+        SpredSelector("linear", **{**FAST, name: True}).fit(X, y)
+
+
+@pytest.mark.parametrize("value", [3.0, 0.1, -2.5e6])
+def test_a_constant_regression_target_is_refused(value):
+    # a constant y used to select k arbitrary features (alpha_max is 0, every feature is equally useless)
+    X, _ = make_regression(n_samples=60, n_features=8, random_state=0)
+    y = np.full(60, value)
+    with pytest.raises(ValueError, match=r"needs a target that varies: y is constant \(.* on 60 samples\)"):
+        SpredSelector("linear", task="regression", n_features_to_select=2, **FAST).fit(X, y)
+    with pytest.raises(ValueError, match=r"y is constant \(.* on 54 samples used for training\)"):
+        SpredSelector("linear", task="regression", early_stopping=True, n_features_to_select=2, **FAST).fit(X, y)
+
+
+def test_a_constant_class_target_is_refused():
+    X, _ = _data(p=8)
+    with pytest.raises(ValueError, match=r"needs at least 2 classes in y; got 1 class \(\['a'\]\)"):
+        SpredSelector("linear", n_features_to_select=2, **FAST).fit(X, np.full(len(X), "a"))
+
+
+# --------------------------------------------------------------------------- issue 18: one rule, one loop
+
+
+def test_the_selection_decision_is_the_zero_rule_and_the_kkt_rule():
+    from spred.feature_selection._path import _KKT_TOL, selected
+    from spred.nn._rules import group_norms, kkt_zero, relative_threshold, zero_mask, zero_units
+
+    gen = torch.Generator().manual_seed(0)
+    W = torch.randn(6, 40, generator=gen, dtype=torch.float64) * torch.logspace(-6, 0, 40, dtype=torch.float64)
+    W[:, 3] = 0.0
+    G = torch.randn(6, 40, generator=gen, dtype=torch.float64)
+    norms, grads = group_norms(W, "in").reshape(-1), group_norms(G, "in").reshape(-1)
+    for threshold in (0.0, 1e-3, 0.2):
+        thr = relative_threshold(norms, threshold)
+        zero = zero_units(W, 1, thr, groups="in")  # the rule structured pruning applies to input columns
+        assert np.array_equal(selected(norms.numpy(), grads.numpy(), 0.0, threshold), ~zero.numpy())
+        alpha = float(grads.median())
+        leaving = kkt_zero(norms, grads, (1 - _KKT_TOL) * alpha, float("inf"))
+        expect = ~(zero_mask(norms, None, 0, thr) | leaving)
+        got = selected(norms.numpy(), grads.numpy(), alpha, threshold)
+        assert np.array_equal(got, expect.numpy()) and 0 < got.sum() < (~zero).sum()
+    assert not selected(np.zeros(5), np.ones(5), 1.0, 1e-3).any()  # all-zero: nothing selected
+
+
+def test_every_path_stage_is_one_call_of_train_fit_without_history(monkeypatch):
+    import spred.feature_selection._trainer as trainer
+
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    real = trainer.fit
+    monkeypatch.setattr(trainer, "fit", spy)
+    X, y = _data()
+    sel = SpredSelector("linear", n_features_to_select=3, refit=False, random_state=0, **FAST).fit(X, y)
+    assert len(calls) == len(sel.path_) and all(c["history"] is False for c in calls)
+    assert [c["epochs"] for c in calls] == [pt.n_epochs for pt in sel.path_]
+
+
+def test_verbose_levels_of_the_log(caplog):
+    X, y = _data(p=10)
+    for verbose, selector_line, epoch_lines in ((0, False, False), (1, True, False), (2, True, True)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="spred"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            SpredSelector("linear", n_features_to_select=3, verbose=verbose, random_state=0, **FAST).fit(X, y)
+        assert ("features at alpha=" in caplog.text) == selector_line, verbose
+        assert ("train loss" in caplog.text) == epoch_lines, verbose
+    assert logging.getLogger("spred.train").level == logging.NOTSET  # restored
