@@ -127,3 +127,20 @@ def test_relative_threshold_is_a_scale_free_zero_rule():
     assert thr == pytest.approx(2e-3)
     assert zero_mask(norms, None, 0, thr).tolist() == [True, True, False, False]
     assert relative_threshold(torch.zeros(3), 0.1) == 0.0
+
+
+@pytest.mark.parametrize("rel", [0.0, 1e-2])
+def test_the_selector_drops_the_features_the_rules_mark(rel):
+    """A feature (a column of the first layer) is selected unless its norm is a zero at the relative
+    threshold, or zero is optimal for it with the selector's KKT margin."""
+    from spred.feature_selection._path import _KKT_TOL, selected
+
+    v = _weights()
+    norms = v.norm(dim=0)  # the input features' group norms
+    assert zero_units(v, 1, relative_threshold(norms, rel), groups="in").tolist() == zero_mask(norms, None, 0, relative_threshold(norms, rel)).tolist()
+    alpha = 0.05
+    grads = torch.linspace(0.0, 0.1, v.shape[1], dtype=torch.float64)
+    expected = ~(zero_mask(norms, None, 0, relative_threshold(norms, rel)) | kkt_zero(norms, grads, (1 - _KKT_TOL) * alpha, float("inf")))
+    assert selected(norms.numpy(), grads.numpy(), alpha, rel).tolist() == expected.tolist()
+    # with alpha = 0 only the magnitude rule decides
+    assert selected(norms.numpy(), grads.numpy(), 0.0, rel).tolist() == (~zero_mask(norms, None, 0, relative_threshold(norms, rel))).tolist()

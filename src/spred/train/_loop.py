@@ -196,8 +196,10 @@ def _run_epoch(run: Run, prog: Progress, train, val, epoch: int, data_gen: torch
     """Train one epoch, check the weights, evaluate, record, track the best epoch and call the callbacks."""
     t0 = time.perf_counter()
     train_loss = _train_epoch(run, prog, train.epoch(data_gen, epoch), len(train), epoch)
-    # the last step's loss was finite, but the step itself may have overflowed
-    check_run(run, prog, epoch=epoch, saved_epoch=prog.epoch)
+    # the last step's loss was finite, but the step itself may have overflowed. Without history (the tight
+    # loops of the selector: one step per epoch) the weights are checked before a checkpoint and on return only.
+    if run.history:
+        check_run(run, prog, epoch=epoch, saved_epoch=prog.epoch)
     val_metrics = None if val is None else _evaluate_batches(run.model, val, run.loss_fn, run.dist, run.amp)
     prog.epoch = epoch
     record = _record(run, prog, epoch, train_loss, val_metrics, time.perf_counter() - t0)
