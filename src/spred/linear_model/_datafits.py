@@ -119,6 +119,15 @@ class _LogisticSub:
         return 0.25
 
 
+def _multinomial_fg(Z, Y, with_intercept):
+    """Mean multinomial log-loss of the scores ``Z`` (n, K) against one-hot ``Y``, the loss's
+    gradient with respect to ``Z`` (divided by n) and the intercept's gradient (None without one)."""
+    lse = _logsumexp_rows(Z)
+    f = np.mean(lse - np.einsum("ij,ij->i", Z, Y))
+    D = (np.exp(Z - lse[:, None]) - Y) / Z.shape[0]
+    return f, D, (D.sum(axis=0) if with_intercept else None)
+
+
 class _MultinomialSub:
     """Mean multinomial log-loss; v holds a (k, K) matrix row-major; intercept (K,)."""
 
@@ -137,11 +146,7 @@ class _MultinomialSub:
         return Z
 
     def fg(self, v, b):
-        Z = self._Z(v, b)
-        lse = _logsumexp_rows(Z)
-        f = np.mean(lse - np.einsum("ij,ij->i", Z, self.Y))
-        D = (np.exp(Z - lse[:, None]) - self.Y) / self.n
-        gb = D.sum(axis=0) if self.nb else None
+        f, D, gb = _multinomial_fg(self._Z(v, b), self.Y, self.nb)
         return f, (self.Xw.T @ D).ravel(), gb
 
     def hess(self, A, v, b):
@@ -356,11 +361,7 @@ class MultinomialDatafit:
         return Z
 
     def fg(self, v, b):
-        Z = self._Z(v, b)
-        lse = _logsumexp_rows(Z)
-        f = np.mean(lse - np.einsum("ij,ij->i", Z, self.Y))
-        D = (np.exp(Z - lse[:, None]) - self.Y) / self.n
-        gb = D.sum(axis=0) if self.nb else None
+        f, D, gb = _multinomial_fg(self._Z(v, b), self.Y, self.nb)
         return f, np.asarray(self.X.T @ D).ravel(), gb
 
     def value(self, v, b):
