@@ -67,8 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
 USER_ERRORS = (ValueError, TypeError, OSError)
 
 
-def _fail(exc: BaseException) -> int:
-    message = str(exc) or type(exc).__name__
+def fail(exc: BaseException) -> int:
+    """Print ``exc`` as one line, ``spred: error: ...``, on stderr; return the exit code 2."""
+    message = " ".join(str(exc).split()) or type(exc).__name__
     print(f"spred: error: {message}", file=sys.stderr)
     return 2
 
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as exc:
         if args.traceback:
             raise
-        return _fail(exc)
+        return fail(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -98,7 +98,7 @@ def test_cli_info(data_home, capsys):
 
 def test_cli_info_unknown_and_no_action(capsys):
     assert main(["datasets", "info", "mnist"]) == 2
-    assert "error: Unknown dataset 'mnist'. Did you mean 'mnist_test', 'mnist_train'?" in capsys.readouterr().err
+    assert "spred: error: Unknown dataset 'mnist'. Did you mean 'mnist_test', 'mnist_train'?" in capsys.readouterr().err
     assert main(["datasets"]) == 2
     assert "usage: spred datasets" in capsys.readouterr().out
 

@@ -187,7 +187,7 @@ def _cli(capsys, *argv):
 def test_cli_fetch_unknown_name_is_a_one_line_error(capsys):
     code, _, err = _cli(capsys, "fetch", "mnist")
     assert code == 2
-    assert err == "error: Unknown dataset 'mnist'. Did you mean 'mnist_test', 'mnist_train'? " \
+    assert err == "spred: error: Unknown dataset 'mnist'. Did you mean 'mnist_test', 'mnist_train'? " \
         "See spred.datasets.list_datasets() for all names.\n"  # fmt: skip
 
 
@@ -196,14 +196,14 @@ def test_cli_fetch_failures_are_one_line_errors(toy_idx, tmp_path, capsys):
     # every source fails (the mirror has no such file)
     code, _, err = _cli(capsys, "--data-home", str(home), "fetch", "toy_idx", "--base-url", (tmp_path / "nowhere").as_uri())
     assert code == 2 and err.count("\n") == 1
-    assert re.fullmatch(r"error: Could not download 'toy/images\.gz' from any source: file://.*\n", err)
+    assert re.fullmatch(r"spred: error: Could not download 'toy/images\.gz' from any source: file://.*\n", err)
     # the mirror serves a corrupted file
     bad = tmp_path / "bad"
     (bad / "toy").mkdir(parents=True)
     (bad / "toy/images.gz").write_bytes(b"not the file")
     code, _, err = _cli(capsys, "--data-home", str(home), "fetch", "toy_idx", "--base-url", bad.as_uri())
     assert code == 2 and err.count("\n") == 1
-    assert err.startswith(f"error: Checksum mismatch for file '{(bad / 'toy/images.gz').as_uri()}'")
+    assert err.startswith(f"spred: error: Checksum mismatch for file '{(bad / 'toy/images.gz').as_uri()}'")
     # no public URL (the CIFAR-10 zip)
     code, _, err = _cli(capsys, "--data-home", str(home), "fetch", "cifar10_test")
     assert code == 2 and err.count("\n") == 1 and "has no public URL" in err

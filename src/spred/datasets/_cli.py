@@ -18,9 +18,9 @@ _USER_ERRORS = (ValueError, OSError, http.client.HTTPException)
 
 
 def _error(exc: BaseException) -> int:
-    message = " ".join(str(exc).split()) or type(exc).__name__
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    from spred.cli import fail  # the one format of a command's error line
+
+    return fail(exc)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
