@@ -197,6 +197,109 @@ def _tiny_784(seed):
         return nn.Sequential(nn.Flatten(), nn.Linear(784, 32), nn.ReLU(), nn.Linear(32, 10))
 
 
+# --------------------------------------------------------------------------- the output folder (issue 19, items 1 and 6)
+
+SMALL = dataclasses.replace(TINY, ratios={"lenet300100": (5.0,)}, methods=("spred",), dense=False, epochs=1, finetune_epochs=1)
+
+
+@pytest.fixture
+def small_run(monkeypatch):
+    """A run of one method on the tiny 784-input MLP (under a second); ``calls`` records every data load."""
+    calls: list = []
+    monkeypatch.setattr(C, "load_data", lambda dataset, **kw: calls.append(dataset) or _images())
+    monkeypatch.setattr(C, "build_model", lambda name, seed: _tiny_784(seed))
+    monkeypatch.setattr(C, "_warm_up", lambda device: calls.append("warm-up"))
+
+    def run(out, **changes):
+        return C.run_experiment(dataclasses.replace(SMALL, **changes), out, plot_figure=False, progress=False)
+
+    run.calls = calls
+    return run
+
+
+def _cli(*argv):
+    from spred.cli import main
+
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        code = main(["-q", "run", "compression", *argv])
+    return code, stderr.getvalue()
+
+
+def test_a_folder_with_the_users_files_is_refused_before_any_work_and_left_untouched(tmp_path, small_run):
+    (tmp_path / "compression.csv").write_text("my,data\n")
+    (tmp_path / "summary.md").write_text("my notes")
+    code, err = _cli("--quick", "--out", str(tmp_path))
+    assert code == 2 and err.startswith("spred: error: The 'out' folder") and "was not written by spred run" in err
+    assert len(err.strip().splitlines()) == 1 and small_run.calls == []  # refused before the warm-up and the data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compression.csv", "summary.md"]
+    assert (tmp_path / "compression.csv").read_text() == "my,data\n" and (tmp_path / "summary.md").read_text() == "my notes"
+    with pytest.raises(ValueError, match=r"The 'out' folder '.*' is not empty and was not written by spred run \(it holds compression.csv"):
+        small_run(tmp_path)
+    assert small_run.calls == []
+
+
+def test_results_are_read_back_through_the_manifest(tmp_path, small_run):
+    res = small_run(tmp_path, seeds=(0, 1))
+    assert set(res.files) == {"runs", "summary", "summary_md", "config"} and all(p.parent == tmp_path and p.is_file() for p in res.files.values())
+    cfg, rows, structured = C.load_results(tmp_path)
+    assert cfg == C.check_config(dataclasses.replace(SMALL, seeds=(0, 1))) and structured == []
+    assert [(r["method"], r["seed"]) for r in rows] == [("spred", 0), ("spred", 1)]
+    assert rows[0]["compression_ratio"] == res.rows[0]["compression_ratio"]  # exact round trip
+    assert C.summarise(rows)[0]["n_seeds"] == 2
+    with (tmp_path / "compression.csv").open("a") as fh:
+        fh.write("lenet300100,spred,7\n")  # a row of another run appended by hand
+    with pytest.raises(ValueError, match=r"are mixed: 'compression.csv' is not the file that run \w+ wrote"):
+        C.load_results(tmp_path)
+    with pytest.raises(ValueError, match=r"holds no results of 'spred run compression'"):
+        C.load_results(tmp_path / "nothing")
+
+
+def test_an_interrupted_run_leaves_the_previous_set_and_a_rerun_replaces_it(tmp_path, small_run, monkeypatch):
+    small_run(tmp_path, seeds=(0,))
+    real = C.run_unstructured
+
+    def interrupt_on_seed_2(cfg, model, seed, data, **kw):
+        if seed == 2:
+            raise KeyboardInterrupt
+        return real(cfg, model, seed, data, **kw)
+
+    monkeypatch.setattr(C, "run_unstructured", interrupt_on_seed_2)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path, seeds=(1, 2))  # seed 1 finished, its CSV staged
+    cfg, rows, _ = C.load_results(tmp_path)  # the previous, complete set, not seed 1's partial CSV
+    assert cfg.seeds == (0,) and {r["seed"] for r in rows} == {0}
+    staged = [p for p in tmp_path.iterdir() if p.name.startswith(".spred-tmp-")]
+    assert len(staged) == 1 and {r["seed"] for r in _common.read_csv(staged[0] / "compression.csv")} == {1}
+    small_run(tmp_path, seeds=(3,))
+    assert C.load_results(tmp_path)[0].seeds == (3,) and not any(p.name.startswith(".spred-tmp-") for p in tmp_path.iterdir())
+
+
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, monkeypatch):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(dataset, **kw):
+        started.set()
+        release.wait(30)
+        return _images()
+
+    monkeypatch.setattr(C, "load_data", slow)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(small_run(tmp_path)))
+    thread.start()
+    try:
+        assert started.wait(30)
+        code, err = _cli("--quick", "--out", str(tmp_path))
+    finally:
+        release.set()
+        thread.join(60)
+    assert code == 2 and "is in use by another spred run (pid" in err and len(err.strip().splitlines()) == 1
+    cfg, rows, _ = C.load_results(tmp_path)  # the first run finished, its set whole
+    assert first and cfg.epochs == 1 and [r["seed"] for r in rows] == [0]
+
+
 # --------------------------------------------------------------------------- structured
 
 

@@ -330,11 +330,13 @@ def test_resolve_config_reports_a_missing_or_broken_config_file(tmp_path):
         _common.resolve_config(lasso.LassoConfig, config_file=tmp_path / "list.json")
 
 
-def test_prepare_out_dir_creates_folders_and_refuses_a_file(tmp_path):
-    assert _common.prepare_out_dir(tmp_path / "a" / "b", "lasso").is_dir()
+def test_output_folder_creates_folders_and_refuses_a_file(tmp_path):
+    with _common.output_folder(tmp_path / "a" / "b", "lasso") as folder:
+        assert folder.path.is_dir()
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match=r"The 'out' folder '.*file' exists and is not a folder"):
-        _common.prepare_out_dir(tmp_path / "file", "lasso")
+        with _common.output_folder(tmp_path / "file", "lasso"):
+            pass
 
 
 def test_num_threads_sets_and_restores_and_rejects_bad_values():

@@ -176,6 +176,108 @@ def test_outputs_summary_and_figures(study, tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+# --------------------------------------------------------------------------- the output folder (issue 19, items 1 and 6)
+
+SMALL = opt_exp.OptimizersConfig(
+    datasets=("mnist",), optimizers=("sgd",), sparsity_types=("unstructured",), targets=(0.3,), seeds=(0,), epochs=2, batch_size=32,
+    lrs={"sgd": 0.05}, dense_baseline=False, latency_batch_sizes=(1,), latency_repeats=1, kkt_samples=64,
+)  # fmt: skip
+
+
+@pytest.fixture
+def small_run(monkeypatch):
+    """A run of one optimizer and type on the tiny MLP and synthetic data (well under a second); ``calls`` records every data load."""
+    calls: list = []
+    monkeypatch.setattr(opt_exp, "load_dataset", lambda name, cfg, data_home=None: calls.append(name) or (_data(256, 0), _data(64, 1)))
+    monkeypatch.setattr(opt_exp, "StudyCNN", _factory)
+
+    def run(out, **changes):
+        cfg = opt_exp.OptimizersConfig(**{**SMALL.__dict__, **changes})
+        return opt_exp.run_experiment(cfg, out, plot_figure=False, progress=False)
+
+    run.calls = calls
+    return run
+
+
+def _cli(*argv):
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        code = main(["-q", "run", "optimizers", *argv])
+    return code, stderr.getvalue()
+
+
+def test_a_folder_with_the_users_files_is_refused_before_any_work_and_left_untouched(tmp_path, small_run):
+    (tmp_path / "config.json").write_text('{"mine": true}')
+    (tmp_path / "optimizers.csv").write_text("my,data\n")
+    code, err = _cli("--quick", "--out", str(tmp_path))
+    assert code == 2 and err.startswith("spred: error: The 'out' folder") and "was not written by spred run" in err
+    assert len(err.strip().splitlines()) == 1 and small_run.calls == []  # refused before loading any data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "optimizers.csv"]
+    assert (tmp_path / "config.json").read_text() == '{"mine": true}' and (tmp_path / "optimizers.csv").read_text() == "my,data\n"
+    with pytest.raises(ValueError, match=r"The 'out' folder '.*' is not empty and was not written by spred run \(it holds config.json"):
+        small_run(tmp_path)
+    assert small_run.calls == []
+
+
+def test_results_are_read_back_through_the_manifest(tmp_path, small_run):
+    res = small_run(tmp_path, seeds=(0, 1))
+    assert set(res.files) == {"runs", "summary", "markdown", "config"} and all(p.parent == tmp_path and p.is_file() for p in res.files.values())
+    cfg, rows, tuning = opt_exp.load_results(tmp_path)
+    assert cfg == opt_exp.check_config(opt_exp.OptimizersConfig(**{**SMALL.__dict__, "seeds": (0, 1)})) and tuning == []
+    assert [(r["optimizer"], r["seed"]) for r in rows] == [("sgd", 0), ("sgd", 1)]
+    assert [r["test_acc"] for r in rows] == [r["test_acc"] for r in res.rows]  # exact round trip
+    (tmp_path / "optimizers.csv").write_text((tmp_path / "optimizers.csv").read_text().replace(",0,", ",7,", 1))  # edited by hand
+    with pytest.raises(ValueError, match=r"are mixed: 'optimizers.csv' is not the file that run \w+ wrote"):
+        opt_exp.load_results(tmp_path)
+    with pytest.raises(ValueError, match=r"holds no results of 'spred run optimizers'"):
+        opt_exp.load_results(tmp_path / "nothing")
+
+
+def test_an_interrupted_run_leaves_the_previous_set_and_a_rerun_replaces_it(tmp_path, small_run, monkeypatch):
+    small_run(tmp_path, seeds=(0,))
+    real = opt_exp.load_dataset
+
+    def interrupt_on_fashion(name, cfg, data_home=None):
+        if name == "fashion_mnist":
+            raise KeyboardInterrupt
+        return real(name, cfg, data_home)
+
+    monkeypatch.setattr(opt_exp, "load_dataset", interrupt_on_fashion)
+    with pytest.raises(KeyboardInterrupt):
+        small_run(tmp_path, seeds=(1,), datasets=("mnist", "fashion_mnist"))  # mnist finished, its CSV staged
+    cfg, rows, _ = opt_exp.load_results(tmp_path)  # the previous, complete set, not the partial one
+    assert cfg.seeds == (0,) and cfg.datasets == ("mnist",) and {r["seed"] for r in rows} == {0}
+    staged = [p for p in tmp_path.iterdir() if p.name.startswith(".spred-tmp-")]
+    assert len(staged) == 1 and {r["seed"] for r in _common.read_csv(staged[0] / "optimizers.csv")} == {1}
+    small_run(tmp_path, seeds=(2,))
+    assert opt_exp.load_results(tmp_path)[0].seeds == (2,) and not any(p.name.startswith(".spred-tmp-") for p in tmp_path.iterdir())
+
+
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, monkeypatch):
+    import threading
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(name, cfg, data_home=None):
+        started.set()
+        release.wait(30)
+        return _data(256, 0), _data(64, 1)
+
+    monkeypatch.setattr(opt_exp, "load_dataset", slow)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(small_run(tmp_path)))
+    thread.start()
+    try:
+        assert started.wait(30)
+        code, err = _cli("--quick", "--out", str(tmp_path))
+    finally:
+        release.set()
+        thread.join(60)
+    assert code == 2 and "is in use by another spred run (pid" in err and len(err.strip().splitlines()) == 1
+    cfg, rows, _ = opt_exp.load_results(tmp_path)  # the first run finished, its set whole
+    assert first and cfg.epochs == 2 and [r["seed"] for r in rows] == [0]
+
+
 # --------------------------------------------------------------------------- validation
 
 

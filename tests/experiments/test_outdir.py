@@ -179,17 +179,3 @@ def test_the_lock_of_a_dead_process_is_taken_over(tmp_path):
     assert not (tmp_path / _outdir.LOCK).exists()  # released at the end
     tmp_path.joinpath(_outdir.LOCK).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
     assert _run(tmp_path)[0] == 2  # a live holder (this process) keeps it
-
-
-def test_prepare_out_dir_keeps_working_and_checks_first(tmp_path):
-    path = _common.prepare_out_dir(tmp_path / "a", "x")
-    _common.write_csv([{"a": 1}], path / "t.csv")
-    assert _common.prepare_out_dir(tmp_path / "a", "x") == path  # ours: accepted again
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "t.csv").write_text("mine")
-    with pytest.raises(ValueError, match=r"is not empty and was not written by spred run \(it holds t.csv\)"):
-        _common.prepare_out_dir(tmp_path / "b", "x")
-    (path / "mine.csv").write_text("mine")
-    with pytest.raises(ValueError, match=r"mine.csv' exists and was not written by spred; it is not replaced"):
-        _common.write_csv([{"a": 1}], path / "mine.csv")
-    assert (path / "mine.csv").read_text() == "mine"

@@ -38,8 +38,6 @@ from spred.experiments._outdir import (
     ResultsFolder,
     open_results,
     output_folder,
-    prepare_out_dir,
-    register_written,
 )
 
 __all__ = [
@@ -62,7 +60,6 @@ __all__ = [
     "one_of",
     "open_results",
     "output_folder",
-    "prepare_out_dir",
     "quiet_logs",
     "read_csv",
     "read_csv_text",
@@ -291,7 +288,6 @@ def _csv_value(value: Any) -> Any:
 def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
     """Write tidy results (one mapping per row) to ``path``; columns default to the first row's keys."""
     path = Path(path)
-    register_written(path)
     if columns is None:
         columns = list(rows[0]) if rows else []
     with path.open("w", newline="") as fh:
@@ -362,7 +358,6 @@ def write_config(path: str | Path, config: Any, *, experiment: str, extra: Mappi
     }
     payload.update(_jsonable(dict(extra or {})))
     path = Path(path)
-    register_written(path)
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
 

@@ -49,7 +49,7 @@ MANIFEST = ".spred-results.json"
 LOCK = ".spred-lock"
 STAGING_PREFIX = ".spred-tmp-"
 
-__all__ = ["LOCK", "MANIFEST", "OutputFolderError", "ResultsFolder", "Results", "open_results", "output_folder", "prepare_out_dir"]
+__all__ = ["LOCK", "MANIFEST", "OutputFolderError", "ResultsFolder", "Results", "open_results", "output_folder"]
 
 
 class OutputFolderError(ValueError):
@@ -89,23 +89,6 @@ def _write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
 
 def _new_manifest(experiment: str) -> dict:
     return {"spred_results": 1, "experiment": experiment, "run_id": None, "complete": False, "files": {}, "written": []}
-
-
-def register_written(path: str | Path) -> None:
-    """Record in the folder's manifest that spred wrote ``path`` (a no-op outside a results folder).
-
-    Used by :func:`write_csv` / :func:`write_config` when they write straight into a
-    folder prepared by :func:`prepare_out_dir`. Refuses to replace a file of the
-    folder that spred did not write.
-    """
-    path = Path(path)
-    manifest = _read_manifest(path.parent)
-    if manifest is None or path.name in manifest["written"]:
-        return
-    if path.exists():
-        raise OutputFolderError(f"'{path}' exists and was not written by spred; it is not replaced. Move it away or choose another --out.")
-    manifest["written"].append(path.name)
-    _write_manifest(path.parent, manifest)
 
 
 # --------------------------------------------------------------------------- checking and locking
@@ -192,22 +175,6 @@ def _release(lock: Path) -> None:
     if _lock_info(lock).get("pid") == os.getpid():
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
-
-
-def prepare_out_dir(out: str | os.PathLike | None, name: str) -> Path:
-    """The output folder (``results/<name>`` when ``out`` is None), created, checked and marked as spred's.
-
-    Refuses a file, a non-empty folder that spred did not write, and a folder that
-    cannot be written (checked now, before any work). Prefer :func:`output_folder`,
-    which also locks the folder and writes the outputs as one set.
-    """
-    path = _resolve(out, name)
-    _check_folder(path, name)
-    lock = _acquire(path)  # the write test: the same call that locks
-    _release(lock)
-    if _read_manifest(path) is None:
-        _write_manifest(path, _new_manifest(name))
-    return path
 
 
 # --------------------------------------------------------------------------- writing a set of outputs
@@ -337,6 +304,10 @@ class Results:
     @property
     def run_id(self) -> str:
         return self.manifest["run_id"]
+
+    def __contains__(self, name: object) -> bool:
+        """Whether the run wrote output ``name``."""
+        return name in self.manifest["files"]
 
     def text(self, name: str) -> str:
         """The content of output ``name``, refused if it is not the file this run wrote."""

@@ -44,7 +44,9 @@ Protocol (``docs/compression.md`` has the long version and the numbers):
 Outputs under ``--out``: ``compression.csv`` (one row per model, method, ratio and
 seed), ``compression_structured.csv``, ``compression_summary.csv`` (mean and std
 over seeds), ``compression.png`` (test error against compression ratio per method),
-``summary.md`` and ``config.json``.
+``summary.md`` and ``config.json``, written as one set (the ``--out`` folder is checked
+and locked before any work; see :func:`spred.experiments._common.output_folder`);
+:func:`load_results` reads them back.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ __all__ = [
     "comparisons",
     "config_from_args",
     "load_data",
+    "load_results",
     "plot",
     "report",
     "run",
@@ -263,49 +266,78 @@ class CompressionResults:
 
 
 def run_experiment(cfg: CompressionConfig, out: str | Path | None = None, *, plot_figure: bool = True, progress: bool | None = None) -> CompressionResults:
-    """Run every (model, seed) and the structured experiment; write the outputs (see the module docstring)."""
+    """Run every (model, seed) and the structured experiment; write the outputs (see the module docstring).
+
+    ``out`` (``results/compression`` when None) must be a new or empty folder, or one
+    that spred run wrote; it is checked and locked before anything is computed, and
+    the outputs replace the previous set only once all of them are written (see
+    :func:`spred.experiments._common.output_folder`). :func:`load_results` reads them back.
+    """
     from tqdm.auto import tqdm
 
     cfg = check_config(cfg)
-    out_dir = _common.prepare_out_dir(out, NAME)
-    start = time.perf_counter()
-    rows: list[dict] = []
-    structured: list[dict] = []
-    cache: dict[tuple[str, int], Data] = {}
+    with _common.output_folder(out, NAME) as folder:
+        start = time.perf_counter()
+        rows: list[dict] = []
+        structured: list[dict] = []
+        cache: dict[tuple[str, int], Data] = {}
 
-    def data_for(dataset: str, seed: int) -> Data:
-        key = (dataset, seed if cfg.train_size else 0)
-        if key not in cache:
-            cache.clear()
-            cache[key] = load_data(dataset, train_size=cfg.train_size, seed=seed, cifar10=cfg.cifar10)
-        return cache[key]
+        def data_for(dataset: str, seed: int) -> Data:
+            key = (dataset, seed if cfg.train_size else 0)
+            if key not in cache:
+                cache.clear()
+                cache[key] = load_data(dataset, train_size=cfg.train_size, seed=seed, cifar10=cfg.cifar10)
+            return cache[key]
 
-    _warm_up(cfg.device)
-    jobs = [(m, s) for m in cfg.models for s in cfg.seeds] + ([("structured", s) for s in cfg.seeds] if cfg.structured else [])
-    bar = tqdm(total=len(jobs), desc=NAME, unit="run", disable=progress is False)
-    for model, seed in jobs:
-        bar.set_postfix(model=model, seed=seed, refresh=False)
-        if model == "structured":
-            structured += run_structured(cfg, seed, data_for("mnist", seed), progress=bool(progress))
-        else:
-            rows += run_unstructured(cfg, model, seed, data_for(DATASET[model], seed), progress=bool(progress))
-        bar.update(1)
-    bar.close()
-    seconds = time.perf_counter() - start
-    summary = summarise(rows)
-    files = {}
-    if rows:
-        files["runs"] = _common.write_csv(rows, out_dir / "compression.csv", CSV_COLUMNS)
-        files["summary"] = _common.write_csv(summary, out_dir / "compression_summary.csv")
-    if structured:
-        files["structured"] = _common.write_csv(structured, out_dir / "compression_structured.csv", STRUCTURED_COLUMNS)
-    if plot_figure and (rows or structured):
-        files["figure"] = plot(rows, structured, out_dir / "compression.png")
-    results = CompressionResults(rows, structured, summary, files, seconds, torch.get_num_threads())
-    files["summary_md"] = out_dir / "summary.md"
-    files["summary_md"].write_text(report(results) + "\n")
-    files["config"] = _common.write_config(out_dir / "config.json", cfg, experiment=NAME, extra={"wall_seconds": seconds, "threads": torch.get_num_threads()})
+        _warm_up(cfg.device)
+        jobs = [(m, s) for m in cfg.models for s in cfg.seeds] + ([("structured", s) for s in cfg.seeds] if cfg.structured else [])
+        bar = tqdm(total=len(jobs), desc=NAME, unit="run", disable=progress is False)
+        for model, seed in jobs:
+            bar.set_postfix(model=model, seed=seed, refresh=False)
+            if model == "structured":
+                structured += run_structured(cfg, seed, data_for("mnist", seed), progress=bool(progress))
+                folder.write_csv(structured, "compression_structured.csv", STRUCTURED_COLUMNS)  # an interrupted run keeps its finished runs (staged)
+            else:
+                rows += run_unstructured(cfg, model, seed, data_for(DATASET[model], seed), progress=bool(progress))
+                folder.write_csv(rows, "compression.csv", CSV_COLUMNS)
+            bar.update(1)
+        bar.close()
+        seconds = time.perf_counter() - start
+        results = CompressionResults(rows, structured, summarise(rows), {}, seconds, torch.get_num_threads())
+        _write_outputs(folder, results, cfg, plot_figure)
     return results
+
+
+def _write_outputs(folder: _common.ResultsFolder, results: CompressionResults, cfg: CompressionConfig, plot_figure: bool) -> None:
+    """The summary, figure, tables and config of a finished run, staged in ``folder``; their final paths in ``results.files``."""
+    files = results.files
+    if results.rows:
+        files["runs"] = folder.final("compression.csv")
+        files["summary"] = folder.write_csv(results.summary, "compression_summary.csv")
+    if results.structured:
+        files["structured"] = folder.final("compression_structured.csv")
+    if plot_figure and (results.rows or results.structured):
+        plot(results.rows, results.structured, folder.file("compression.png"))
+        files["figure"] = folder.final("compression.png")
+    files["summary_md"] = folder.write_text("summary.md", report(results) + "\n")
+    files["config"] = folder.write_config(cfg, extra={"wall_seconds": results.seconds, "threads": results.threads})
+
+
+def load_results(out: str | Path) -> tuple[CompressionConfig, list[dict], list[dict]]:
+    """Read back what :func:`run_experiment` wrote under ``out``: (config, rows, structured rows).
+
+    The files are checked against the manifest of the run that wrote them: the results
+    of an interrupted run, of two runs mixed, or edited by hand are refused
+    (``OutputFolderError``, a ``ValueError``). A run without unstructured (structured)
+    runs gives empty ``rows`` (``structured``). Merge runs split over several ``--out``
+    folders with ``summarise(rows_a + rows_b)``.
+    """
+    saved = _common.open_results(out, NAME)
+    cfg = check_config(_common.config_from_text(CompressionConfig, saved.text("config.json"), str(Path(out) / "config.json")))
+    def table(name: str) -> list[dict]:
+        return _common.read_csv_text(saved.text(name)) if name in saved else []
+
+    return cfg, table("compression.csv"), table("compression_structured.csv")
 
 
 def report(results: CompressionResults) -> str:

@@ -55,11 +55,14 @@ Outputs under ``--out``: ``optimizers.csv`` (one row per dataset, optimizer, spa
 type, target and seed, plus the dense baselines), ``optimizers_summary.csv`` (mean and
 std over seeds), ``optimizers_lr_tuning.csv``, ``optimizers_<dataset>_<type>.png``
 (2x2: accuracy, inference time and their change relative to the dense model, against
-the sparsity reached, one line per optimizer), ``summary.md`` and ``config.json``.
+the sparsity reached, one line per optimizer), ``summary.md`` and ``config.json``, written
+as one set (the ``--out`` folder is checked and locked before any work; see
+:func:`spred.experiments._common.output_folder`); :func:`load_results` reads them back.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import statistics
@@ -106,6 +109,7 @@ __all__ = [
     "config_from_args",
     "kkt_statistics",
     "load_dataset",
+    "load_results",
     "optimizer_study",
     "plot_panel",
     "report",
@@ -202,7 +206,7 @@ class OptimizersConfig:
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
 
 def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
-    """Validate a config; every message names the field and the value."""
+    """Validate a config (``lr_grid`` lists become tuples); every message names the field and the value."""
     _check_names(cfg.datasets, DATASETS, "datasets", WHO)
     _check_names(cfg.optimizers, OPTIMIZERS, "optimizers", WHO)
     _check_names(cfg.sparsity_types, SPARSITY_TYPES, "sparsity_types", WHO)
@@ -227,6 +231,8 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
         raise param_error(TypeError, "latency_batch_sizes", WHO, expected, sizes)
     if not sizes or min(sizes) < 1:
         raise param_error(ValueError, "latency_batch_sizes", WHO, expected, sizes)
+    if grid != dict(cfg.lr_grid):  # lists from a config.json become tuples, so a config read back compares equal
+        cfg = dataclasses.replace(cfg, lr_grid=grid)
     return cfg
 
 
@@ -331,52 +337,75 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
     """Run the study on every dataset of ``cfg`` and write the outputs (see the module docstring).
 
     ``n_jobs`` worker processes run the independent runs side by side (see :func:`optimizer_study`).
+    ``out`` (``results/optimizers`` when None) must be a new or empty folder, or one that
+    spred run wrote; it is checked and locked before anything is computed, and the outputs
+    replace the previous set only once all of them are written (see
+    :func:`spred.experiments._common.output_folder`). :func:`load_results` reads them back.
     """
     cfg = check_config(cfg)
-    out_dir = _common.prepare_out_dir(out, NAME)
-    start, cpu_start = time.perf_counter(), time.process_time()
-    rows: list[dict] = []
-    tuning: list[dict] = []
-    chosen: dict[str, dict[str, float]] = {}
-    for dataset in cfg.datasets:
-        train, test = load_dataset(dataset, cfg, data_home)
-        epochs = cfg.epochs if dataset == "mnist" else cfg.fashion_epochs
-        tune_rows: list[dict] = []
-        ds_rows = optimizer_study(
-            StudyCNN, train, test, optimizers=cfg.optimizers, sparsity_types=cfg.sparsity_types, targets=cfg.targets,
-            seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
-            batch_size=cfg.batch_size, threshold=cfg.threshold, momentum=cfg.momentum, initial_lams=cfg.initial_lams,
-            tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
-            latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline,
-            tune_target=cfg.tune_target, tune_seed=cfg.tune_seed, dataset=dataset, progress=progress is not False, tuning=tune_rows,
-            n_jobs=n_jobs,
-        )  # fmt: skip
-        for r in tune_rows:
-            r["dataset"] = dataset
-        tuning += tune_rows
-        chosen[dataset] = {kind: {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == kind} for kind in KINDS}
-        rows += ds_rows
-    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
-    if n_jobs > 1:  # the runs' CPU time was spent in the workers
-        cpu_seconds += sum(r["cpu_seconds"] for r in [*rows, *tuning] if math.isfinite(r.get("cpu_seconds", math.nan)))
-    summary = summarise(rows)
-    files = {
-        "runs": _common.write_csv(rows, out_dir / "optimizers.csv", CSV_COLUMNS),
-        "summary": _common.write_csv(summary, out_dir / "optimizers_summary.csv"),
-    }
-    if tuning:
-        files["tuning"] = _common.write_csv(tuning, out_dir / "optimizers_lr_tuning.csv", ("dataset", *TUNING_COLUMNS))
+    with _common.output_folder(out, NAME) as folder:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        rows: list[dict] = []
+        tuning: list[dict] = []
+        chosen: dict[str, dict[str, float]] = {}
+        for dataset in cfg.datasets:
+            train, test = load_dataset(dataset, cfg, data_home)
+            epochs = cfg.epochs if dataset == "mnist" else cfg.fashion_epochs
+            tune_rows: list[dict] = []
+            ds_rows = optimizer_study(
+                StudyCNN, train, test, optimizers=cfg.optimizers, sparsity_types=cfg.sparsity_types, targets=cfg.targets,
+                seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
+                batch_size=cfg.batch_size, threshold=cfg.threshold, momentum=cfg.momentum, initial_lams=cfg.initial_lams,
+                tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
+                latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline,
+                tune_target=cfg.tune_target, tune_seed=cfg.tune_seed, dataset=dataset, progress=progress is not False, tuning=tune_rows,
+                n_jobs=n_jobs,
+            )  # fmt: skip
+            for r in tune_rows:
+                r["dataset"] = dataset
+            tuning += tune_rows
+            chosen[dataset] = {kind: {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == kind} for kind in KINDS}
+            rows += ds_rows
+            folder.write_csv(rows, "optimizers.csv", CSV_COLUMNS)  # an interrupted run keeps its finished datasets (staged)
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+        if n_jobs > 1:  # the runs' CPU time was spent in the workers
+            cpu_seconds += sum(r["cpu_seconds"] for r in [*rows, *tuning] if math.isfinite(r.get("cpu_seconds", math.nan)))
+        results = OptimizersResults(rows, summarise(rows), tuning, chosen, {}, seconds, cpu_seconds)
+        _write_outputs(folder, results, cfg, plot_figure, n_jobs)
+    return results
+
+
+def _write_outputs(folder: _common.ResultsFolder, results: OptimizersResults, cfg: OptimizersConfig, plot_figure: bool, n_jobs: int) -> None:
+    """The tables, figures, summary and config of a finished run, staged in ``folder``; their final paths in ``results.files``."""
+    files = results.files
+    files["runs"] = folder.write_csv(results.rows, "optimizers.csv", CSV_COLUMNS)
+    files["summary"] = folder.write_csv(results.summary, "optimizers_summary.csv")
+    if results.tuning:
+        files["tuning"] = folder.write_csv(results.tuning, "optimizers_lr_tuning.csv", ("dataset", *TUNING_COLUMNS))
     if plot_figure:
         for dataset in cfg.datasets:
             for kind in cfg.sparsity_types:
-                files[f"figure_{dataset}_{kind}"] = plot_panel(summary, dataset, kind, out_dir / f"optimizers_{dataset}_{kind}.png")
-    results = OptimizersResults(rows, summary, tuning, chosen, files, seconds, cpu_seconds)
-    (out_dir / "summary.md").write_text(report(results, cfg) + "\n")
-    files["markdown"] = out_dir / "summary.md"
-    extra = {"learning_rates": chosen, "lr_tuning": tuning, "wall_seconds": seconds, "cpu_seconds": cpu_seconds, "torch_threads": torch.get_num_threads(),
-             "n_jobs": n_jobs}
-    files["config"] = _common.write_config(out_dir / "config.json", cfg, experiment=NAME, extra=extra)
-    return results
+                name = f"optimizers_{dataset}_{kind}.png"
+                plot_panel(results.summary, dataset, kind, folder.file(name))
+                files[f"figure_{dataset}_{kind}"] = folder.final(name)
+    files["markdown"] = folder.write_text("summary.md", report(results, cfg) + "\n")
+    extra = {"learning_rates": results.lrs, "lr_tuning": results.tuning, "wall_seconds": results.seconds, "cpu_seconds": results.cpu_seconds,
+             "torch_threads": torch.get_num_threads(), "n_jobs": n_jobs}  # fmt: skip
+    files["config"] = folder.write_config(cfg, extra=extra)
+
+
+def load_results(out: str | Path) -> tuple[OptimizersConfig, list[dict], list[dict]]:
+    """Read back what :func:`run_experiment` wrote under ``out``: (config, rows, learning-rate tuning rows).
+
+    The files are checked against the manifest of the run that wrote them: the results
+    of an interrupted run, of two runs mixed, or edited by hand are refused
+    (``OutputFolderError``, a ``ValueError``). ``summarise(rows)`` gives the summary
+    again, ``plot_panel`` the figures.
+    """
+    saved = _common.open_results(out, NAME)
+    cfg = check_config(_common.config_from_text(OptimizersConfig, saved.text("config.json"), str(Path(out) / "config.json")))
+    tuning = _common.read_csv_text(saved.text("optimizers_lr_tuning.csv")) if "optimizers_lr_tuning.csv" in saved else []
+    return cfg, _common.read_csv_text(saved.text("optimizers.csv")), tuning
 
 
 def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
