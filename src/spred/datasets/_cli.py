@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import logging
-import sys
 
 from spred.datasets._base import _data_home_source, get_data_home
 from spred.datasets._loaders import fetch_dataset, file_status
