@@ -7,6 +7,8 @@ decides zeros with ``spred.nn._rules``. Each pair is checked on the same inputs.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -15,7 +17,7 @@ from spred.linear_model._datafits import make_datafit
 from spred.linear_model._minibatch import GroupedLinear, MinibatchState, _minibatch_datafit, decide_zeros, full_gradient
 from spred.linear_model._penalties import GroupPenalty, L1Penalty, make_penalty
 from spred.linear_model._polish import _support_estimate, relative_zeros
-from spred.nn._rules import group_norms, kkt_residuals, kkt_zero
+from spred.nn._rules import group_norms, kkt_residuals, kkt_zero, relative_threshold, zero_mask
 
 GROUPS = [[0, 4], [1], [2, 3, 5, 6], [7]]
 
@@ -65,14 +67,23 @@ def test_minibatch_zero_decision_is_kkt_zero(threshold):
     np.testing.assert_array_equal(out[:, 0] == 0, zero_groups[pen._group_of] | (v == 0))
 
 
-def test_polish_rounding_is_the_zero_rule_with_a_kkt_slack():
-    v, g = _vectors(3)
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("rel", [0.0, 1e-6, 0.3])
+def test_polish_rounding_is_the_zero_rule_with_a_kkt_slack(seed, rel):
+    """The polish's NumPy rounding equals the torch rules: zero_mask at relative_threshold, and
+    kkt_zero with an infinite threshold at 0.9 alpha for the gradient half."""
+    v, g = _vectors(seed)
+    v[::7] = 0.0
+    v[1::5] *= 1e-9
     alpha = 0.5
-    kept = _support_estimate(v, g, alpha, 1e-6)
-    small = np.abs(v) <= 1e-6 * np.abs(v).max()
-    np.testing.assert_array_equal(kept, np.flatnonzero(~small & (np.abs(g) > 0.9 * alpha)))
-    norms = np.array([0.0, 1e-12, 1.0, 3.0])
-    np.testing.assert_array_equal(relative_zeros(norms, 1e-9), [True, True, False, False])
+    vt, gt = torch.from_numpy(v), torch.from_numpy(np.abs(g))
+    small = zero_mask(vt, None, 0, relative_threshold(vt.abs(), rel))
+    shrinking = kkt_zero(vt.abs(), gt, 0.9 * alpha, math.inf)
+    np.testing.assert_array_equal(_support_estimate(v, g, alpha, rel), np.flatnonzero(~(small | shrinking).numpy()))
+    np.testing.assert_array_equal(relative_zeros(np.abs(v), rel), small.numpy())
+    for norms in (np.array([0.0, 1e-12, 1.0, 3.0]), np.zeros(3), np.zeros(0)):
+        want = zero_mask(torch.from_numpy(norms), None, 0, relative_threshold(torch.from_numpy(norms), 1e-9)).numpy()
+        np.testing.assert_array_equal(relative_zeros(norms, 1e-9), want)
 
 
 @pytest.mark.parametrize("loss,K", [("squared", 1), ("logistic", 1), ("multinomial", 3)])

@@ -9,19 +9,17 @@ groups, Newton steps on the active groups. The polish succeeds when the KKT
 conditions hold on the working set, and then zeros are exact.
 
 The rounding is spred's zero rule (:mod:`spred.nn._rules`): ``zero_mask`` with a
-``relative_threshold``, and ``kkt_zero`` for the gradient test.
+``relative_threshold``, and ``kkt_zero`` for the gradient test, mirrored in NumPy (the polish
+runs them every round) and held equal to the torch rules by ``tests/linear_model/test_rules_agree.py``.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import scipy.linalg
-import torch
 
-from spred.nn._rules import kkt_zero, relative_threshold, zero_mask
 
 from ._penalties import L1Sub, flat_group_norms, l1_violation
 
@@ -32,9 +30,12 @@ __all__ = ["polish", "polish_group", "polish_l1", "relative_zeros"]
 
 def relative_zeros(norms, rel):
     """Where the unit norms ``norms`` (NumPy, >= 0) count as zero under the zero rule with
-    the threshold ``rel * max(norms)`` (:func:`~spred.nn._rules.relative_threshold`)."""
-    t = torch.from_numpy(np.ascontiguousarray(norms))
-    return zero_mask(t, None, 0, relative_threshold(t, rel)).numpy()
+    the threshold ``rel * max(norms)``: a NumPy mirror of ``zero_mask`` at
+    ``relative_threshold`` (:mod:`spred.nn._rules`), kept in NumPy because the polish runs
+    it on every Newton round; ``tests/linear_model/test_rules_agree.py`` holds the two equal."""
+    top = norms.max() if norms.size else 0.0
+    thr = rel * top if top > 0 else 0.0
+    return (norms <= thr) | (norms == 0)
 
 
 def _solve_psd(H, rhs):
@@ -69,11 +70,10 @@ def _support_estimate(v, gv, alpha, threshold):
     at a spred stationary point every nonzero entry has ``|g_j| = alpha`` exactly, so
     one with ``|g_j| < 0.9 alpha`` is still shrinking towards zero).
     """
-    vt = torch.from_numpy(v)
-    norms = vt.abs()
-    small = zero_mask(vt, None, 0, relative_threshold(norms, threshold))
-    shrinking = kkt_zero(norms, torch.from_numpy(np.abs(gv)), 0.9 * alpha, math.inf)
-    return np.flatnonzero(~(small | shrinking).numpy())
+    norms = np.abs(v)
+    small = relative_zeros(norms, threshold)
+    shrinking = np.abs(gv) <= 0.9 * alpha  # kkt_zero(norms, |g|, 0.9 alpha, inf), in NumPy (a mirror, tested)
+    return np.flatnonzero(~(small | shrinking))
 
 
 class _L1Polish:
