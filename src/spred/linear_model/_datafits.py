@@ -98,10 +98,7 @@ class _LogisticSub:
         return z
 
     def fg(self, v, b):
-        z = self._z(v, b)
-        f = np.mean(np.logaddexp(0.0, z) - self.y * z)
-        d = (expit(z) - self.y) / self.n
-        gb = np.array([d.sum()]) if self.nb else None
+        f, d, gb = _binary_fg(self._z(v, b), self.y, self.nb)
         return f, self.Xw.T @ d, gb
 
     def hess(self, A, v, b):
@@ -117,6 +114,14 @@ class _LogisticSub:
 
     def curvature_intercept(self):
         return 0.25
+
+
+def _binary_fg(z, y, with_intercept):
+    """Mean binary log-loss of the scores ``z`` against 0/1 ``y``, its gradient with respect to
+    ``z`` (divided by n) and the intercept's gradient (None without one)."""
+    f = np.mean(np.logaddexp(0.0, z) - y * z)
+    d = (expit(z) - y) / z.shape[0]
+    return f, d, (np.array([d.sum()]) if with_intercept else None)
 
 
 def _multinomial_fg(Z, Y, with_intercept):
@@ -313,10 +318,7 @@ class LogisticDatafit:
         return z
 
     def fg(self, v, b):
-        z = self._z(v, b)
-        f = np.mean(np.logaddexp(0.0, z) - self.y * z)
-        d = (expit(z) - self.y) / self.n
-        gb = np.array([d.sum()]) if self.nb else None
+        f, d, gb = _binary_fg(self._z(v, b), self.y, self.nb)
         return f, np.asarray(self.X.T @ d).ravel(), gb
 
     def value(self, v, b):
