@@ -94,7 +94,7 @@ def path_core(datafit, penalty, alphas, *, alpha_max, coef_init=None, intercept_
               tol=1e-4, max_iter=1000, verbose=0):
     """Solve for each ``alpha`` in ``alphas`` (in order), warm-starting each from the last.
 
-    Returns a list of :class:`~._solvers.SolverResult`.
+    Returns a list of :class:`~._working_set.SolverResult`.
     """
     results = []
     coef, intercept = coef_init, intercept_init
