@@ -36,3 +36,20 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def spred_cli():
+    """Run the ``spred`` command in-process: ``spred_cli("run", "lasso", ...)`` gives ``(exit code, stderr)``."""
+    import contextlib
+    import io
+
+    from spred.cli import main
+
+    def run(*argv):
+        stderr = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+            code = main(["-q", *argv])
+        return code, stderr.getvalue()
+
+    return run

@@ -217,19 +217,11 @@ def small_run(monkeypatch):
     return run
 
 
-def _cli(*argv):
-    from spred.cli import main
 
-    stderr = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
-        code = main(["-q", "run", "compression", *argv])
-    return code, stderr.getvalue()
-
-
-def test_a_folder_with_the_users_files_is_refused_before_any_work_and_left_untouched(tmp_path, small_run):
+def test_a_folder_with_the_users_files_is_refused_before_any_work_and_left_untouched(tmp_path, small_run, spred_cli):
     (tmp_path / "compression.csv").write_text("my,data\n")
     (tmp_path / "summary.md").write_text("my notes")
-    code, err = _cli("--quick", "--out", str(tmp_path))
+    code, err = spred_cli("run", "compression", "--quick", "--out", str(tmp_path))
     assert code == 2 and err.startswith("spred: error: The 'out' folder") and "was not written by spred run" in err
     assert len(err.strip().splitlines()) == 1 and small_run.calls == []  # refused before the warm-up and the data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compression.csv", "summary.md"]
@@ -275,7 +267,7 @@ def test_an_interrupted_run_leaves_the_previous_set_and_a_rerun_replaces_it(tmp_
     assert C.load_results(tmp_path)[0].seeds == (3,) and not any(p.name.startswith(".spred-tmp-") for p in tmp_path.iterdir())
 
 
-def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, monkeypatch):
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, monkeypatch, spred_cli):
     import threading
 
     started, release = threading.Event(), threading.Event()
@@ -291,7 +283,7 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, mon
     thread.start()
     try:
         assert started.wait(30)
-        code, err = _cli("--quick", "--out", str(tmp_path))
+        code, err = spred_cli("run", "compression", "--quick", "--out", str(tmp_path))
     finally:
         release.set()
         thread.join(60)

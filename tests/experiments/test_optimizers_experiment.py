@@ -199,17 +199,11 @@ def small_run(monkeypatch):
     return run
 
 
-def _cli(*argv):
-    stderr = io.StringIO()
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
-        code = main(["-q", "run", "optimizers", *argv])
-    return code, stderr.getvalue()
 
-
-def test_a_folder_with_the_users_files_is_refused_before_any_work_and_left_untouched(tmp_path, small_run):
+def test_a_folder_with_the_users_files_is_refused_before_any_work_and_left_untouched(tmp_path, small_run, spred_cli):
     (tmp_path / "config.json").write_text('{"mine": true}')
     (tmp_path / "optimizers.csv").write_text("my,data\n")
-    code, err = _cli("--quick", "--out", str(tmp_path))
+    code, err = spred_cli("run", "optimizers", "--quick", "--out", str(tmp_path))
     assert code == 2 and err.startswith("spred: error: The 'out' folder") and "was not written by spred run" in err
     assert len(err.strip().splitlines()) == 1 and small_run.calls == []  # refused before loading any data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "optimizers.csv"]
@@ -253,7 +247,7 @@ def test_an_interrupted_run_leaves_the_previous_set_and_a_rerun_replaces_it(tmp_
     assert opt_exp.load_results(tmp_path)[0].seeds == (2,) and not any(p.name.startswith(".spred-tmp-") for p in tmp_path.iterdir())
 
 
-def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, monkeypatch):
+def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, monkeypatch, spred_cli):
     import threading
 
     started, release = threading.Event(), threading.Event()
@@ -269,7 +263,7 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, mon
     thread.start()
     try:
         assert started.wait(30)
-        code, err = _cli("--quick", "--out", str(tmp_path))
+        code, err = spred_cli("run", "optimizers", "--quick", "--out", str(tmp_path))
     finally:
         release.set()
         thread.join(60)
