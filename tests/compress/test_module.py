@@ -31,8 +31,8 @@ def test_compress_imports_only_torch_and_the_standard_library():
         assert third_party <= ALLOWED_TOP_LEVEL, f"{path.name} imports {sorted(third_party - ALLOWED_TOP_LEVEL)}"
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("spred."):
-                # spred._validation is the one home of input validation and imports only the standard library
-                assert node.module.split(".")[1] in {"nn", "compress", "_validation"}, f"{path.name} imports {node.module}"
+                # spred._validation (input validation) and spred._inputs (example inputs) import only torch and the standard library
+                assert node.module.split(".")[1] in {"nn", "compress", "_validation", "_inputs"}, f"{path.name} imports {node.module}"
 
 
 def test_importing_compress_does_not_import_torch_pruning_or_matplotlib():

@@ -143,7 +143,7 @@ def test_errors_name_the_parameter_and_value(net):
         spred.sparsify(net, "0.1")
     with pytest.raises(ValueError, match=r"The 'lam\['head.\*'\]' parameter of sparsify .* Got nan"):
         spred.sparsify(net, {"head.*": float("nan")})
-    with pytest.raises(ValueError, match=r"The 'groups' parameter of sparsify must be one of \(None, 'out', 'in'\). Got 'rows'"):
+    with pytest.raises(ValueError, match=r"The 'groups' parameter of sparsify must be one of \(None, 'out', 'in', 'channels'\). Got 'rows'"):
         spred.sparsify(net, 0.1, groups="rows")
     with pytest.raises(ValueError, match=r"The 'depth' parameter of sparsify must be an int in the range \[2, 16\]. Got 1"):
         spred.sparsify(net, 0.1, depth=1)

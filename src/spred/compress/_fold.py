@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from spred.compress._inputs import run
+from spred._inputs import run
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def channel_dim(module: nn.Module, x: torch.Tensor) -> int:
 def input_ranges(model: nn.Module, inputs: tuple[tuple, dict], modules: Iterable[nn.Module] | None = None) -> tuple[Any, Ranges]:
     """Run ``model`` once in eval mode; return its output and ``{consumer: (min, max)}`` per input channel.
 
-    ``inputs`` is ``(args, kwargs)`` (:func:`spred.compress._inputs.split_inputs`);
+    ``inputs`` is ``(args, kwargs)`` (:func:`spred._inputs.split_inputs`);
     ``modules`` the consumers to watch (default: every Linear / convolution). The
     minimum and maximum run over the batch and all positions, in float64. Every
     module's training mode is restored afterwards.

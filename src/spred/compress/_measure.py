@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from spred._validation import check_bool, check_int, param_error
-from spred.compress._inputs import check_module, split_inputs
+from spred._inputs import check_module, split_inputs
 
 
 def _stored(t: torch.Tensor, nonzero: bool) -> int:

@@ -26,7 +26,7 @@ from torch import nn
 
 from spred._validation import Integral
 from spred.compress._fold import add_zero_bias
-from spred.compress._inputs import check_module
+from spred._inputs import check_module
 
 PLAN_FORMAT = "spred.PruningPlan"
 PLAN_VERSION = 1

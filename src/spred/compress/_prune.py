@@ -34,7 +34,7 @@ from torch import nn
 from spred._validation import check_bool, check_float, check_int
 from spred.compress import _fold
 from spred.compress._fold import PRODUCER_TYPES
-from spred.compress._inputs import check_module, flat_tensors, run, split_inputs
+from spred._inputs import check_module, flat_tensors, run, split_inputs
 from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
 from spred.nn._rules import zero_units

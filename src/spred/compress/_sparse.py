@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spred._validation import check_float
-from spred.compress._inputs import check_module
+from spred._inputs import check_module
 
 logger = logging.getLogger(__name__)
 

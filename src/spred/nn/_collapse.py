@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spred._validation import check_float
+from spred.nn._channels import ChannelGroup, _gate_scales
 from spred.nn._rules import zero_mask
 from spred.nn._sparsify import _require
 
@@ -26,13 +27,30 @@ def _restore_position(params: dict, name: str, position: int) -> None:
     params.update(items)
 
 
-def _unparametrize(module: nn.Module, name: str, spred) -> torch.Tensor:
+def _unparametrize(module: nn.Module, name: str, position: int) -> torch.Tensor:
     """``module.<name>`` becomes a plain Parameter holding the product, at its dense position."""
     with torch.enable_grad():  # under no_grad torch would re-register the weight as a buffer
         parametrize.remove_parametrizations(module, name, leave_parametrized=True)
-    position = module.__dict__.pop("_spred_position", getattr(spred, "position", 0))
     _restore_position(module._parameters, name, position)
     return getattr(module, name)
+
+
+def _collapse_channels(model: nn.Module, groups: list[ChannelGroup], threshold: float) -> int:
+    """Write every gated tensor's value and zero every slice of the channel groups that count as zero."""
+    zeros: list[tuple[nn.Module, str, int, torch.Tensor]] = []
+    with torch.no_grad():
+        for g in groups:  # decide on the whole group first: the gates are gone once the tensors are written
+            zero = g.zero_channels(threshold)
+            zeros += [(m.module, m.tensor_name, m.dim, m.pos[zero[m.idx]]) for m in g.members if bool(zero[m.idx].any())]
+    for module, name, scale in list(_gate_scales(model)):
+        _unparametrize(module, name, scale.position)
+    written = 0
+    with torch.no_grad():
+        for module, name, dim, rows in zeros:
+            weight = getattr(module, name)
+            written += int((weight.index_select(dim, rows) != 0).sum())
+            weight.index_fill_(dim, rows, 0.0)
+    return written
 
 
 def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False) -> nn.Module:
@@ -60,8 +78,10 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
     """
     threshold = check_float(threshold, "threshold", "collapse", 0.0)
     for t in _require(model, "collapse"):  # refuse before changing anything (inplace=True)
-        if len(t.module.parametrizations[t.tensor_name]) != 1:
-            raise ValueError(f"'{t.name}' carries other parametrizations besides spred; remove them before collapse.")
+        places = [(m.name, m.module, m.tensor_name) for m in t.members] if isinstance(t, ChannelGroup) else [(t.name, t.module, t.tensor_name)]
+        for name, module, tensor_name in places:
+            if len(module.parametrizations[tensor_name]) != 1:
+                raise ValueError(f"'{name}' carries other parametrizations besides spred; remove them before collapse.")
     if not inplace:
         model = copy.deepcopy(model)
         # A deep copy of a parametrized module shares torch's injected class with the
@@ -70,16 +90,19 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
             if parametrize.is_parametrized(module):
                 cls = type(module)
                 module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
-    written = 0
-    for t in list(_require(model, "collapse")):
+    units = _require(model, "collapse")
+    written = _collapse_channels(model, [t for t in units if isinstance(t, ChannelGroup)], threshold)
+    for t in [t for t in units if not isinstance(t, ChannelGroup)]:
         spred = t.spred
-        weight = _unparametrize(t.module, t.tensor_name, spred)
+        weight = _unparametrize(t.module, t.tensor_name, t.module.__dict__.pop("_spred_position", getattr(spred, "position", 0)))
         for _, module, name in t.aliases:  # a tied weight stays one Parameter
-            _unparametrize(module, name, spred)
+            _unparametrize(module, name, module.__dict__.pop("_spred_position", getattr(spred, "position", 0)))
             setattr(module, name, weight)  # same key: keeps its position
         with torch.no_grad():
             mask = zero_mask(weight, spred.groups, spred.out_dim, threshold)
             written += int((mask & (weight != 0)).sum())
             weight.masked_fill_(mask, 0.0)
+    if hasattr(model, "_spred_skipped_groups"):
+        del model._spred_skipped_groups
     logger.debug("collapse wrote %d exact zeros (threshold %g)", written, threshold)
     return model

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from spred._validation import check_float
+from spred.nn._channels import ChannelGroup, channel_groups
 from spred.nn._rules import kkt_residuals, unit_dim, zero_mask, zero_units
 from spred.nn._sparsify import _require, sparsified_tensors
 
@@ -23,7 +24,7 @@ class TensorSparsity:
     shape: tuple[int, ...]
     numel: int
     zeros: int
-    groups: str | None  # the penalty groups ("out"/"in"), None when elementwise or not sparsified
+    groups: str | None  # the penalty groups ("out"/"in"/"channels"), None when elementwise or not sparsified
     n_groups: int  # output neurons/filters (or input features for groups="in"); 0 for 1-d tensors
     zero_groups: int  # groups whose entries are all zero
     lam: float | None  # None: not sparsified
@@ -38,6 +39,16 @@ class TensorSparsity:
 
 
 @dataclass(frozen=True)
+class GroupSparsity:
+    """One channel group of a :class:`SparsityReport` (``sparsify(..., groups="channels")``)."""
+
+    name: str
+    n: int  # channels
+    zero: int  # channels whose whole group counts as zero
+    lam: float
+
+
+@dataclass(frozen=True)
 class SparsityReport:
     """Zeros per parameter tensor of a model (buffers such as BatchNorm statistics never count).
 
@@ -48,6 +59,7 @@ class SparsityReport:
 
     rows: tuple[TensorSparsity, ...]
     threshold: float = 0.0
+    groups: tuple[GroupSparsity, ...] = ()  # channel groups, one row each
 
     @property
     def total(self) -> int:
@@ -99,6 +111,9 @@ class SparsityReport:
         rule = "-" * len(fmt(head))
         out = [fmt(head), rule, *map(fmt, lines[:-1]), rule, fmt(lines[-1])]
         out.append(f"nonzero {self.nonzero} of {self.total} parameters: compression ratio {self.compression_ratio:.2f}x")
+        if self.groups:
+            out.append(f"channel groups: {sum(g.zero for g in self.groups)} of {sum(g.n for g in self.groups)} channels zero in {len(self.groups)} groups")
+            out += [f"  {g.name:<40} {g.zero:>6}/{g.n:<6} lam {g.lam:.3g}" for g in self.groups]
         return "\n".join(out)
 
 
@@ -146,9 +161,16 @@ def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityRepo
     10
     """
     threshold = check_float(threshold, "threshold", "sparsity_report", 0.0)
+    gated, groups_rows = _gated_zeros(channel_groups(model), threshold)
     rows = []
     for name, module, value, spred in _effective_tensors(model):
         v = value.detach()
+        if name in gated:  # a tensor of channel groups: its slices in zero groups, or already 0
+            dim, zero_pos, lam = gated[name]
+            zero = (v == 0) | _along(zero_pos.to(v.device), dim, v.dim())
+            n_groups, zero_groups = v.shape[dim], int(zero.all(dim=tuple(d for d in range(v.dim()) if d != dim)).sum()) if v.dim() > 1 else int(zero.sum())
+            rows.append(TensorSparsity(name, tuple(v.shape), v.numel(), int(zero.sum()), "channels", n_groups, zero_groups, lam))
+            continue
         groups = spred.groups if spred is not None else None
         out_dim = spred.out_dim if spred is not None else int(isinstance(module, nn.modules.conv._ConvTransposeNd))
         # Zero where collapse(threshold) would write a zero (whole groups for grouped tensors), or already 0.
@@ -160,7 +182,27 @@ def sparsity_report(model: nn.Module, *, threshold: float = 0.0) -> SparsityRepo
         rows.append(
             TensorSparsity(name, tuple(v.shape), v.numel(), int(zero.sum()), groups, n_groups, zero_groups, None if spred is None else spred.lam)
         )
-    return SparsityReport(tuple(rows), threshold)
+    return SparsityReport(tuple(rows), threshold, groups_rows)
+
+
+def _along(mask: torch.Tensor, dim: int, ndim: int) -> torch.Tensor:
+    shape = [1] * ndim
+    shape[dim] = -1
+    return mask.view(shape)
+
+
+def _gated_zeros(groups: list[ChannelGroup], threshold: float) -> tuple[dict, tuple[GroupSparsity, ...]]:
+    """``{tensor name: (dim, positions in zero groups, lam)}`` and one row per group, as collapse would decide."""
+    gated: dict[str, tuple] = {}
+    rows = []
+    for g in groups:
+        zero = g.zero_channels(threshold)
+        rows.append(GroupSparsity(g.name, g.n, int(zero.sum()), g.lam))
+        for m in g.members:
+            size = getattr(m.module, m.tensor_name).shape[m.dim]
+            dim, pos, lam = gated.setdefault(m.name, (m.dim, torch.zeros(size, dtype=torch.bool), g.lam))
+            pos[m.pos[zero.cpu()[m.idx]]] = True
+    return gated, tuple(rows)
 
 
 @dataclass(frozen=True)
@@ -225,7 +267,11 @@ def kkt_residual(
     spred_ids = {id(f) for t in tensors for f in t.factors}
     others = {n: p for n, p in model.named_parameters() if id(p) not in spred_ids and p.requires_grad}
     buffers = {n: b.clone() for n, b in model.named_buffers()}
+    groups = [t for t in tensors if isinstance(t, ChannelGroup)]
+    tensors = [t for t in tensors if not isinstance(t, ChannelGroup)]
     places = [(i, m, tn) for i, t in enumerate(tensors) for _, m, tn in ((t.name, t.module, t.tensor_name), *t.aliases)]
+    members = list({m.name: (m.name, m.module, m.tensor_name) for g in groups for m in g.members}.values())
+    places += [(name, m, tn) for name, m, tn in members]  # gated tensors: keyed by name
     try:
         # Inside cached() every weight is computed once per module, so the forward pass uses exactly
         # these tensors and autograd can differentiate the loss with respect to them.
@@ -239,7 +285,11 @@ def kkt_residual(
                 b.copy_(buffers[n])
     # dL/dv of a tied weight is the sum over the modules that use it
     values, total = [None] * len(tensors), [None] * len(tensors)
+    gated_v, gated_g = {}, {}
     for (i, _, _), v, g in zip(places, used, grads):
+        if isinstance(i, str):
+            gated_v[i], gated_g[i] = v.detach(), (torch.zeros_like(v) if g is None else g)
+            continue
         values[i] = v.detach()
         if g is not None:
             total[i] = g if total[i] is None else total[i] + g
@@ -257,5 +307,10 @@ def kkt_residual(
                 "max_zero": max_z,
                 "max_nonzero": max_nz,
             }
+        for grp in groups:  # the group as a (channels, entries) matrix; lam weighted per channel
+            gate = grp.spred
+            zero, resid_nz, resid_zero = kkt_residuals(gate.slices(gated_v), gate.slices(gated_g), gate.effective_lam(), groups="out", depth=gate.depth, threshold=threshold)
+            max_nz, max_z = float(resid_nz.max()) if resid_nz.numel() else 0.0, float(resid_zero.max()) if resid_zero.numel() else 0.0
+            per_tensor[grp.name] = {"lam": gate.lam, "zeros": int(zero.sum()), "max": max(max_nz, max_z), "max_zero": max_z, "max_nonzero": max_nz}
         other = max((float(g.abs().max()) for g in grads[len(places) :] if g is not None and g.numel()), default=0.0)
     return KKTReport(per_tensor, other, threshold)

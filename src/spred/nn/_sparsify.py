@@ -14,11 +14,19 @@ from torch.nn.utils import parametrize
 
 from spred._validation import check_choice, check_float, check_int, param_error
 from spred.exceptions import NotSparsifiedError
+from spred.nn._channels import ChannelGroup, channel_groups, sparsify_channels
+from spred.nn._graph import is_hf_conv1d, out_dim_of
 from spred.nn._parametrizations import GROUPS, INITS, MAX_DEPTH, SpredProduct
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INCLUDE = (nn.Linear, nn.Conv1d, nn.Conv2d)
+DEFAULT_INCLUDE = (nn.Linear, nn.Conv1d, nn.Conv2d)  # and Hugging Face's Conv1D (GPT-2), found by name: see _included
+CHANNELS = "channels"
+
+
+def _included(module: nn.Module, include: tuple) -> bool:
+    """Whether sparsify takes ``module``: an ``include`` type, or with the default include also ``transformers``' Conv1D."""
+    return isinstance(module, include) or (include == DEFAULT_INCLUDE and is_hf_conv1d(module))
 
 
 @dataclass(frozen=True)
@@ -47,6 +55,10 @@ class SparsifiedTensor:
     def factors(self) -> tuple[torch.Tensor, ...]:
         plist = self.module.parametrizations[self.tensor_name]
         return tuple(getattr(plist, f"original{i}") for i in range(self.spred.depth))
+
+    def value(self) -> torch.Tensor:
+        """The tensor ``v`` the model uses (the product of the factors)."""
+        return getattr(self.module, self.tensor_name)
 
 
 def _fqn(prefix: str, name: str) -> str:
@@ -117,7 +129,7 @@ def _check_sparsify_args(model, lam, groups, depth, include, exclude, init) -> t
             raise ValueError("The 'lam' parameter of sparsify is an empty mapping; give at least one name or glob.")
     else:
         lam_map = {"*": check_float(lam, "lam", who, 0.0)}
-    check_choice(groups, "groups", who, GROUPS)
+    check_choice(groups, "groups", who, (*GROUPS, CHANNELS))
     depth = check_int(depth, "depth", who, 2, MAX_DEPTH)
     check_choice(init, "init", who, INITS)
     exclude = (exclude,) if isinstance(exclude, str) else exclude
@@ -133,7 +145,7 @@ def _find_targets(model, lam_map, groups, include, exclude) -> list[_Target]:
     """The weights sparsify will reparametrise, each with its lam; refuses what it cannot do."""
     targets, used_keys = [], set()
     for mod_name, module in model.named_modules():
-        if not isinstance(module, include) or getattr(module, "weight", None) is None:
+        if not _included(module, include) or getattr(module, "weight", None) is None:
             continue
         fqn = _fqn(mod_name, "weight")
         if _matches(exclude, mod_name, fqn):
@@ -152,7 +164,7 @@ def _find_targets(model, lam_map, groups, include, exclude) -> list[_Target]:
                 f"groups={groups!r} needs a weight with ndim >= 2; '{fqn}' has shape {tuple(weight.shape)}. "
                 "Use groups=None for elementwise sparsity or exclude this layer."
             )
-        out_dim = 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
+        out_dim = out_dim_of(module)
         targets.append(_Target(fqn, module, lam_map[key], out_dim))
     if not targets:
         names = ", ".join(t.__name__ for t in include)
@@ -219,6 +231,9 @@ def sparsify(
     include: tuple[type[nn.Module], ...] = DEFAULT_INCLUDE,
     exclude: tuple[str, ...] | list[str] = (),
     init: str = "preserve",
+    example_inputs=None,
+    heads: bool | int = False,
+    group_weight: str | None = "size",
 ) -> nn.Module:
     """Reparametrise the weights of ``model`` so that weight decay becomes an L1 penalty.
 
@@ -229,6 +244,7 @@ def sparsify(
 
         loss(v) + lam * ||v||_1                      groups=None, depth=2
         loss(v) + lam * sum_g ||v_g||_2              groups="out" or "in"
+        loss(v) + lam * sum_g c_g ||v_g||_2          groups="channels" (v_g: a channel across layers)
         loss(v) + (depth*lam/2) * sum |v|^(2/depth)  depth > 2
 
     The model is changed in place and returned; build the optimizer *afterwards*.
@@ -246,11 +262,20 @@ def sparsify(
         Penalty strength, >= 0. A mapping goes from a parameter's fully qualified name
         (``"fc1.weight"``) or a glob (``"features.*"``) to its strength; the first
         matching key wins and a weight matched by no key is left dense.
-    groups : {None, "out", "in"}, default=None
+    groups : {None, "out", "in", "channels"}, default=None
         ``None``: one factor per weight (unstructured sparsity). ``"out"``: one scalar
-        per output neuron / filter (removes whole neurons or channels). ``"in"``: one
-        scalar per input feature / channel (feature selection on a first layer).
-        Groups are not weighted by their size.
+        per output neuron / filter of each tensor (removes whole neurons or channels).
+        ``"in"``: one scalar per input feature / channel (feature selection on a first
+        layer). These per-tensor groups are not weighted by their size.
+        ``"channels"``: one gate per channel of the model's dependency graph (needs
+        ``example_inputs`` and Torch-Pruning), shared by every slice that produces it:
+        a conv filter with its bias, the BatchNorm / LayerNorm / GroupNorm scale and
+        shift after it, every layer tied to it by a residual add, a concatenation or a
+        depthwise convolution. A zero gate makes the channel emit exactly 0, so
+        :func:`spred.compress.prune_channels` can remove it with the input slices that
+        read it. ``lam`` keys then match group names (the name of the group's first
+        layer, ``"<attention>:heads"`` for heads); see :func:`channel_groups` and
+        docs/channels.md.
     depth : int in [2, 16], default=2
         Number of factors D. D > 2 gives the non-convex L_{2/D} penalty. Each factor
         is a trainable tensor (elementwise: a full copy of the weight, with its own
@@ -267,6 +292,18 @@ def sparsify(
         (``u = sign(v) sqrt|v|, w = sqrt|v|``) also keeps the function but, for
         elementwise factors, freezes every sign (the sign trap); use it only to
         polish a solution whose signs have settled.
+    example_inputs : Tensor, tuple or dict, optional
+        ``groups="channels"`` only: a batch the model takes (``model(x)``,
+        ``model(*inputs)`` or ``model(**inputs)``), used once to trace the graph.
+    heads : bool or int, default=False
+        ``groups="channels"`` only: also gate whole attention heads (Q, K and V rows of a
+        head) of ``nn.MultiheadAttention``, timm-style ``qkv`` attention, BERT and GPT-2;
+        an int gives the head count where the module does not store it. Without it
+        attention projections stay dense.
+    group_weight : {"size", "flops", None}, default="size"
+        ``groups="channels"`` only: the weight ``c_g`` of each channel in the penalty:
+        the square root of its number of entries (the usual group-lasso weight), its
+        multiply-adds on ``example_inputs`` (scaled to the same mean), or 1.
 
     Returns
     -------
@@ -280,6 +317,12 @@ def sparsify(
     >>> opt = torch.optim.SGD(spred.param_groups(model), lr=0.1)
     """
     lam_map, depth, include, exclude = _check_sparsify_args(model, lam, groups, depth, include, exclude, init)
+    if groups == CHANNELS:
+        return sparsify_channels(model, lam_map, depth=depth, included=lambda m: _included(m, include), exclude=exclude, init=init,
+                                 example_inputs=example_inputs, heads=heads, group_weight=group_weight)  # fmt: skip
+    for name, value, default in (("example_inputs", example_inputs, None), ("heads", heads, False), ("group_weight", group_weight, "size")):
+        if value is not default and value != default:
+            raise ValueError(f"The '{name}' parameter of sparsify applies to groups='channels' only. Got groups={groups!r}.")
     targets = _find_targets(model, lam_map, groups, include, exclude)
     for ties in _tie_groups(model, targets):  # everything is checked before anything is registered
         _register(ties, groups, depth, init)
@@ -289,8 +332,12 @@ def sparsify(
 def is_sparsified(model: nn.Module, name: str | None = None) -> bool:
     """Whether ``model`` (or its tensor with fully qualified ``name``) carries spred factors.
 
-    Every name of a tied weight counts (see :attr:`SparsifiedTensor.aliases`)."""
-    return any(name is None or name in t.names for t in sparsified_tensors(model))
+    Every name of a tied weight counts (see :attr:`SparsifiedTensor.aliases`), and so do the
+    name of a channel group and the names of the tensors it gates."""
+    units = sparsified_units(model)
+    if name is None:
+        return bool(units)
+    return any(name in t.names or (isinstance(t, ChannelGroup) and any(m.name == name for m in t.members)) for t in units)
 
 
 def factors(module: nn.Module, name: str = "weight") -> tuple[torch.Tensor, ...]:
@@ -302,8 +349,19 @@ def factors(module: nn.Module, name: str = "weight") -> tuple[torch.Tensor, ...]
     return tuple(getattr(plist, f"original{i}") for i in range(p.depth))
 
 
-def _require(model: nn.Module, who: str) -> list[SparsifiedTensor]:
-    tensors = list(sparsified_tensors(model))
+def sparsified_units(model: nn.Module) -> list[SparsifiedTensor | ChannelGroup]:
+    """Every unit of ``model`` that carries a spred penalty: its sparsified tensors, then its channel groups.
+
+    Both kinds have ``name``, ``names``, ``spred`` (with ``lam``, ``depth``, ``groups``, ``out_dim`` and
+    ``penalty``), ``factors`` (what weight decay ``lam`` applies to) and ``value()``, the tensor the zero
+    rule reads (a channel group's is its (channels, entries) matrix, whose rows are its groups).
+    """
+    return [*sparsified_tensors(model), *channel_groups(model)]
+
+
+def _require(model: nn.Module, who: str) -> list[SparsifiedTensor | ChannelGroup]:
+    """Every sparsified unit of ``model`` (:func:`sparsified_units`); NotSparsifiedError if there is none."""
+    tensors = sparsified_units(model)
     if not tensors:
         raise NotSparsifiedError(f"{who} needs a model sparsified by spred.sparsify; {type(model).__name__} has no spred factors.")
     return tensors

@@ -40,7 +40,8 @@ from numbers import Real
 import torch
 
 from spred._validation import check_float, check_int
-from spred.nn import get_lam, set_lam, sparsified_tensors
+from spred.nn import get_lam, set_lam
+from spred.nn._sparsify import sparsified_units
 from spred.nn._rules import group_norms, zero_mask
 
 logger = logging.getLogger(__name__)
@@ -248,8 +249,8 @@ class SparsityController:
         horizon, slow = self.horizon(step), self.config.trend_decay
         log_thr = math.log(self.threshold)
         zeros = predicted = numel = 0
-        for t in sparsified_tensors(model):
-            raw = getattr(t.module, t.tensor_name).detach()
+        for t in sparsified_units(model):  # a channel group's value() is its (channels, entries) matrix
+            raw = t.value().detach()
             # grouped tensors: the group norm decides and a group counts with all its entries,
             # as in collapse and sparsity_report (where an exact 0 inside a live group also counts)
             v = group_norms(raw, t.spred.groups, t.spred.out_dim)

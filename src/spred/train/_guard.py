@@ -56,7 +56,7 @@ def model_non_finite(model: nn.Module, tensors=()) -> list[str]:
     """Names of the model's parameters and buffers (spred factors included), and of the spred weights ``v = u * w``
     of ``tensors``, that are not finite (finite factors can multiply to an infinite weight)."""
     named = list(model.state_dict(keep_vars=True).items())
-    named += [(t.name, getattr(t.module, t.tensor_name)) for t in tensors]
+    named += [(t.name, t.value()) for t in tensors]
     return _non_finite_names(named)
 
 

@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from spred._validation import check_int
-from spred.nn import is_sparsified, penalty, sparsified_tensors
+from spred.nn import is_sparsified, penalty
+from spred.nn._sparsify import sparsified_units
 from spred.nn._rules import zero_fraction
 from spred.train._checkpoint import checkpoint_path, release_lock
 from spred.train._controller import SparsityController
@@ -154,7 +155,7 @@ def _sparsity(run: Run) -> float:
     if not run.tensors:
         return zero_fraction(run.model.parameters(), run.threshold)
     # grouped tensors: whole groups, as collapse decides
-    return zero_fraction([getattr(t.module, t.tensor_name) for t in run.tensors], run.threshold, [t.spred for t in run.tensors])
+    return zero_fraction([t.value() for t in run.tensors], run.threshold, [t.spred for t in run.tensors])
 
 
 def _record(run: Run, prog: Progress, epoch: int, train_loss: float, val: dict | None, seconds: float) -> dict:
@@ -320,7 +321,7 @@ def _setup(model, train, epochs: int, batch_size: int, loss_fn, callbacks, optim
     run = Run(
         inner, opt, build_scheduler(optim.scheduler, opt, epochs * n_batches), loss_fn, add_penalty, keep, controller, epochs,
         runtime.progress and (dist is None or dist.is_main), None if checkpoints.dir is None else checkpoint_path(checkpoints.dir),
-        tuple(sparsified_tensors(inner)), net=net, dist=dist, amp=runtime.autocast, threshold=sparsity.threshold,
+        tuple(sparsified_units(inner)), net=net, dist=dist, amp=runtime.autocast, threshold=sparsity.threshold,
         patience=runtime.early_stopping, callbacks=callbacks, history=runtime.history,
     )
     config = {

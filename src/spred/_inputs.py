@@ -1,4 +1,4 @@
-"""The inputs and outputs of a model, as every function of ``spred.compress`` takes and reads them.
+"""The inputs and outputs of a model, as spred.compress and the channel groups of spred.nn take and read them.
 
 ``example_inputs`` is a tensor (``model(x)``), a non-empty tuple / list of positional
 inputs (``model(*inputs)``) or a dict of keyword inputs (``model(**inputs)``).

@@ -1,0 +1,144 @@
+"""Channel groups across layers: sparsify(model, lam, groups="channels", example_inputs=x)."""
+
+import pytest
+import torch
+from torch import nn
+
+import spred
+import spred.models
+import spred.train
+
+pytest.importorskip("torch_pruning")
+
+
+def _mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def _resnet():
+    torch.manual_seed(0)
+    return spred.models.build("resnet20", shortcut="B")
+
+
+def test_function_preserved_and_groups_span_layers():
+    m, x = _resnet(), torch.randn(2, 3, 32, 32)
+    m.eval()
+    before = m(x)
+    spred.sparsify(m, 1e-3, groups="channels", example_inputs=x)
+    m.eval()
+    torch.testing.assert_close(m(x), before, atol=1e-5, rtol=1e-5)
+    groups = spred.channel_groups(m)
+    assert groups and all(len({mem.module for mem in g.members}) >= 2 for g in groups)  # conv + BatchNorm at least
+    assert any("outputs of the model" in s["reason"] for s in spred.skipped_channel_groups(m))
+
+
+def test_penalty_at_balance_is_weighted_group_lasso():
+    m, x = _mlp(), torch.randn(16, 6)
+    spred.sparsify(m, 0.3, groups="channels", example_inputs=x, init="balanced")
+    total = 0.0
+    for g in spred.channel_groups(m):
+        with torch.no_grad():
+            v = g.value()
+        total += float(0.3 * (g.spred.weights * v.norm(dim=1)).sum())
+        sizes = torch.tensor([float(r.numel()) for r in v])
+        torch.testing.assert_close(g.spred.weights, sizes.sqrt())
+    assert float(spred.penalty(m)) == pytest.approx(total, rel=1e-5)
+
+
+def test_closed_form_group_lasso_through_two_tensors():
+    """Orthogonal design: X^T X / n = I, loss ||Xv + b - y||^2/(2n); group = (row of W, bias) of a Linear(p, k) with
+    channel k. Only hidden channels are gated, so use Linear -> Linear(identity-like readout): readout excluded."""
+    torch.manual_seed(0)
+    n, p = 64, 4
+    q, _ = torch.linalg.qr(torch.randn(n, p))
+    X = (q * n**0.5).double()
+    lin = nn.Linear(p, 3).double()
+    head = nn.Linear(3, 1, bias=False).double()
+    with torch.no_grad():
+        head.weight.copy_(torch.tensor([[1.0, 1.0, 1.0]]))
+    head.weight.requires_grad_(False)  # a fixed readout: the loss is linear in the gated group
+    model = nn.Sequential(lin, head)
+    lam = 0.05
+    spred.sparsify(model, lam, groups="channels", example_inputs=X[:4], exclude=("1",), group_weight=None)
+    assert [g.name for g in spred.channel_groups(model)] == ["0"]
+    opt = torch.optim.SGD(spred.param_groups(model), lr=0.2)
+    y = (X @ torch.tensor([1.0, -0.5, 0.0, 0.0], dtype=torch.float64)).unsqueeze(1)
+    for _ in range(4000):
+        opt.zero_grad()
+        loss = ((model(X) - y) ** 2).mean() / 2
+        loss.backward()
+        opt.step()
+    report = spred.kkt_residual(model, lambda o, t: ((o - t) ** 2).mean() / 2, (X, y), threshold=1e-6)
+    assert report.max < 1e-3
+
+
+def test_collapse_and_prune_remove_zero_groups_exactly():
+    m, x = _resnet(), torch.randn(4, 3, 32, 32)
+    spred.sparsify(m, 1e-3, groups="channels", example_inputs=x)
+    groups = spred.channel_groups(m)
+    with torch.no_grad():
+        for g in groups[:3]:
+            g.spred.gates[:, : g.n // 2] = 0
+    collapsed = spred.collapse(m)
+    assert not spred.is_sparsified(collapsed)
+    m.eval(), collapsed.eval()
+    torch.testing.assert_close(collapsed(x), m(x), atol=1e-5, rtol=1e-5)
+    report = spred.sparsity_report(m)
+    assert sum(r.zero for r in report.groups) == sum(g.n // 2 for g in groups[:3])
+    pruned, plan = spred.prune_channels(collapsed, x)
+    assert plan.n_removed == sum(g.n // 2 for g in groups[:3])
+    pruned.eval()
+    torch.testing.assert_close(pruned(x), collapsed(x), atol=1e-4, rtol=1e-4)
+
+
+def test_checkpoint_round_trip_and_set_lam():
+    m, x = _mlp(), torch.randn(16, 6)
+    spred.sparsify(m, 0.1, groups="channels", example_inputs=x)
+    spred.set_lam(m, 0.25)
+    assert set(spred.get_lam(m).values()) == {0.25}
+    state = m.state_dict()
+    fresh = spred.sparsify(_mlp(), 0.1, groups="channels", example_inputs=x)
+    fresh.load_state_dict(state)
+    assert set(spred.get_lam(fresh).values()) == {0.25}
+    m.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), m(x))
+
+
+def test_fit_counts_channel_groups():
+    m, x = _mlp(), torch.randn(64, 6)
+    y = x[:, :1]
+    spred.sparsify(m, 0.05, groups="channels", example_inputs=x[:4])
+    hist = spred.train.fit(m, (x, y), loss_fn=nn.MSELoss(), epochs=3, batch_size=16, optimizer="adam", lr=1e-2, threshold=1e-3)
+    last = hist.history[-1]
+    assert last["lam"] == pytest.approx(0.05)
+    assert last["sparsity"] == pytest.approx(spred.sparsity_report(m, threshold=1e-3).sparsified_sparsity)
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="needs example_inputs"):
+        spred.sparsify(_mlp(), 0.1, groups="channels")
+    with pytest.raises(ValueError, match="does not run on example_inputs"):
+        spred.sparsify(_mlp(), 0.1, groups="channels", example_inputs=torch.randn(4, 5))
+    with pytest.raises(ValueError, match="no attention module"):
+        spred.sparsify(_mlp(), 0.1, groups="channels", example_inputs=torch.randn(4, 6), heads=True)
+    with pytest.raises(ValueError, match="applies to groups='channels' only"):
+        spred.sparsify(_mlp(), 0.1, example_inputs=torch.randn(4, 6))
+
+
+def test_attention_heads_are_gated():
+    torch.manual_seed(0)
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x)[0].mean(1))
+
+    m, x = Block(), torch.randn(2, 5, 16)
+    spred.sparsify(m, 0.1, groups="channels", example_inputs=x, heads=True)
+    names = [g.name for g in spred.channel_groups(m)]
+    assert names == ["attn:heads"] and spred.channel_groups(m)[0].n == 4
