@@ -197,10 +197,12 @@ def _fit(make, X, y):
 def warm_up(solvers):
     X, y = _tall(60, 40, 5)
     SpredLasso(alpha=0.01, solver="adam").partial_fit(X, y)  # torch start-up
+    import scipy.sparse as sp
+
     for make in solvers.values():
-        for setting in (1e-3, 1):
+        for setting, Xw in ((1e-3, X), (1, X), (1e-3, sp.csc_matrix(X))):  # dense and sparse kernels
             try:
-                _fit(lambda: make(0.01, setting), X, y)
+                _fit(lambda: make(0.01, setting), Xw, y)
             except Exception:  # noqa: BLE001 - the ladder of one solver type only
                 pass
 
