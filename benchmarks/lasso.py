@@ -23,13 +23,17 @@ How time-to-suboptimality is measured
 Problems: (a) orthogonal design n=2000, p=1000; (b) correlated Gaussian (AR(1),
 rho=0.6) n=500, p=5000, 20 true nonzeros, alpha_max/10 and /100; (c) n=20000, p=500;
 (d) scikit-learn's diabetes data; (e) a gene-expression data set (ALLAML, 72 x 7129,
-standardised, targets = labels +-1) through ``spred.datasets`` (set SPRED_DATA).
+standardised, targets = labels +-1) through ``spred.datasets`` (set SPRED_DATA);
+(f) a sparse design (scipy.sparse CSC, n=2000, p=20000, density 0.5%, 40 true nonzeros),
+alpha_max/20. ``--large`` adds (g), the large case of the official spred implementation's
+README: Gaussian design n=100, p=400,000, 20 true nonzeros, alpha_max/10 (X alone is
+320 MB; a ladder of every solver takes minutes, so it is off by default).
 Then a minibatch case: support recovery of spred's SGD/Adagrad/Adam minibatch solvers
 (streamed in chunks with ``partial_fit``, and ``fit``) against ``SGDRegressor(penalty='l1')``
 on standardised and on raw-scale features. Every streamed solver's step size (SGDRegressor's
 ``eta0``) is tuned on seeds 0-2 and the table reports ``--minibatch-seeds`` other seeds.
 
-    python benchmarks/lasso.py [--quick] [--repeats 3] [--out DIR] [--problems a b ...]
+    python benchmarks/lasso.py [--quick] [--large] [--repeats 3] [--out DIR] [--problems a b ...]
 
 Writes DIR/lasso_runs.csv (every fit), DIR/lasso_summary.csv (times to 1e-4 / 1e-6)
 and DIR/lasso_minibatch.csv, and prints markdown tables.
@@ -109,7 +113,27 @@ def _gene():
     return X, 2.0 * (np.asarray(y) == np.unique(y)[1]) - 1.0
 
 
-def problems(quick):
+def _sparse(n, p, density, k, seed):
+    import scipy.sparse as sp
+
+    rng = np.random.default_rng(seed)
+    X = sp.random(n, p, density=density, format="csc", random_state=seed, data_rvs=rng.standard_normal)
+    w = np.zeros(p)
+    w[rng.choice(p, k, replace=False)] = rng.choice([-1.0, 1.0], k) * (1 + rng.random(k))
+    y = X @ w
+    return X, y + rng.standard_normal(n) * np.linalg.norm(y) / np.sqrt(n) / 3
+
+
+def _large(seed=0):
+    rng = np.random.default_rng(seed)
+    n, p, k = 100, 400_000, 20
+    X = rng.standard_normal((n, p))
+    w = np.zeros(p)
+    w[rng.choice(p, k, replace=False)] = rng.choice([-1.0, 1.0], k) * (1 + rng.random(k))
+    return X, X @ w + 0.5 * rng.standard_normal(n)
+
+
+def problems(quick, large=False):
     s = 4 if quick else 1
     out = {}
     X, y = _orthogonal(2000 // s, 1000 // s, 0)
@@ -124,12 +148,17 @@ def problems(quick):
     if gene is not None:
         X, y = gene
         out["e"] = [("(e) ALLAML %dx%d" % X.shape, X, y, 10), ("(e) ALLAML %dx%d" % X.shape, X, y, 100)]
+    X, y = _sparse(2000 // s, 20000 // s, 0.005, 40, 2)
+    out["f"] = [("(f) sparse %dx%d" % X.shape, X, y, 20)]
+    if large:
+        X, y = _large()
+        out["g"] = [("(g) large %dx%d" % X.shape, X, y, 10)]
     return out
 
 
 # ------------------------------------------------------------------------------ solvers
 def objective(X, y, coef, intercept, alpha):
-    r = y - X @ coef - intercept
+    r = y - np.asarray(X @ coef).ravel() - intercept
     return 0.5 * float(r @ r) / X.shape[0] + alpha * float(np.abs(coef).sum())
 
 
@@ -168,10 +197,12 @@ def _fit(make, X, y):
 def warm_up(solvers):
     X, y = _tall(60, 40, 5)
     SpredLasso(alpha=0.01, solver="adam").partial_fit(X, y)  # torch start-up
+    import scipy.sparse as sp
+
     for make in solvers.values():
-        for setting in (1e-3, 1):
+        for setting, Xw in ((1e-3, X), (1, X), (1e-3, sp.csc_matrix(X))):  # dense and sparse kernels
             try:
-                _fit(lambda: make(0.01, setting), X, y)
+                _fit(lambda: make(0.01, setting), Xw, y)
             except Exception:  # noqa: BLE001 - the ladder of one solver type only
                 pass
 
@@ -352,7 +383,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller problems, 1 repeat")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--time-cap", type=float, default=60.0, help="stop a ladder after a fit this long (s)")
-    parser.add_argument("--problems", nargs="+", default=list("abcde"))
+    parser.add_argument("--problems", nargs="+", default=list("abcdefg"))
+    parser.add_argument("--large", action="store_true", help="add (g), n=100, p=400,000 (minutes)")
     parser.add_argument("--no-minibatch", action="store_true")
     parser.add_argument("--minibatch-seeds", type=int, default=8,
                         help="held-out seeds of the minibatch case, after the 3 tuning seeds (default 8)")
@@ -370,7 +402,7 @@ def main(argv=None):
     solvers = _solvers()
     warm_up(solvers)
     all_rows, table = [], []
-    for key, plist in problems(args.quick).items():
+    for key, plist in problems(args.quick, args.large).items():
         if key not in args.problems:
             continue
         for name, X, y, div in plist:
@@ -379,31 +411,33 @@ def main(argv=None):
             table.append((name, div, summary))
     names = list(solvers)
     print(f"\nTime (s, median of {repeats}) to reach relative suboptimality 1e-4 / 1e-6; single thread.\n")
-    print("| problem | alpha | " + " | ".join(names) + " | spred/skglm 1e-4 | spred/skglm 1e-6 |")
-    print("|---|---|" + "---:|" * len(names) + "---:|---:|")
-    ratios = {eps: [] for eps in EPS}
+    others = [s for s in ("skglm", "celer", "sklearn") if s in names]
+    print("| problem | alpha | " + " | ".join(names) + " | "
+          + " | ".join(f"spred/{o} 1e-6" for o in others) + " |")
+    print("|---|---|" + "---:|" * (len(names) + len(others)))
+    ratios = {(o, eps): [] for o in others for eps in EPS}
     summary_rows = []
     for name, div, summary in table:
         cells = [f"{_fmt(summary[(s, 1e-4)])} / {_fmt(summary[(s, 1e-6)])}" for s in names]
-        rat = []
-        for eps in EPS:
-            sp_, sk = summary.get(("spred", eps)), summary.get(("skglm", eps))
-            if sp_ is not None and sk is not None:
-                ratios[eps].append(sp_["time"] / sk["time"])
-                rat.append(f"{sp_['time'] / sk['time']:.2f}")
-            else:
-                rat.append("-")
-        print(f"| {name} | alpha_max/{div} | " + " | ".join(cells) + f" | {rat[0]} | {rat[1]} |")
+        rat = {}
+        for o in others:
+            for eps in EPS:
+                sp_, ot = summary.get(("spred", eps)), summary.get((o, eps))
+                if sp_ is not None and ot is not None:
+                    ratios[(o, eps)].append(sp_["time"] / ot["time"])
+                    rat[(o, eps)] = f"{sp_['time'] / ot['time']:.2f}"
+        print(f"| {name} | alpha_max/{div} | " + " | ".join(cells) + " | "
+              + " | ".join(rat.get((o, 1e-6), "-") for o in others) + " |")
         for s in names:
             for eps in EPS:
                 r = summary[(s, eps)]
                 summary_rows.append({"problem": name, "alpha": f"alpha_max/{div}", "solver": s, "eps": eps,
                                      "time": None if r is None else r["time"],
                                      "setting": None if r is None else r["setting"]})
-    for eps in EPS:
-        if ratios[eps]:
-            print(f"\nmedian spred/skglm at {eps:g}: {statistics.median(ratios[eps]):.2f} "
-                  f"(over {len(ratios[eps])} problems)")
+    for (o, eps), vals in ratios.items():
+        if vals:
+            print(f"median spred/{o} at {eps:g}: {statistics.median(vals):.2f}, max {max(vals):.2f} "
+                  f"(over {len(vals)} problems)")
     with open(out / "lasso_runs.csv", "w", newline="") as fh:
         fields = ["problem", "alpha", "solver", "setting", "time", "objective", "subopt", "nnz"]
         wr = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")

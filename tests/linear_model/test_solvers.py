@@ -129,3 +129,48 @@ def test_non_finite_coefficients_raise():
 
     with pytest.raises(FloatingPointError, match="SpredLasso produced non-finite coefficients"):
         _check_finite("SpredLasso", np.array([1.0, np.nan]))
+
+
+def test_warm_start_from_the_solution_is_certified_by_the_polish_alone():
+    # a warm start at the solution: the polish before L-BFGS certifies it (0 L-BFGS iterations),
+    # and the result is the cold fit's (same support and signs, KKT to tol)
+    from sklearn.datasets import load_diabetes
+
+    from spred.linear_model import SpredLasso, alpha_max
+
+    X, y = load_diabetes(return_X_y=True)
+    a = alpha_max(X, y) / 100
+    cold = SpredLasso(alpha=a, tol=1e-8).fit(X, y)
+    warm = SpredLasso(alpha=a, tol=1e-8, warm_start=True)
+    warm.coef_ = cold.coef_.copy()
+    warm.fit(X, y)
+    assert warm.n_iter_ == 0
+    assert np.array_equal(np.sign(warm.coef_), np.sign(cold.coef_))
+    np.testing.assert_allclose(warm.coef_, cold.coef_, rtol=1e-8, atol=1e-10)
+    assert warm.stop_crit_ <= 1e-8
+
+
+def test_polish_gives_an_entry_that_flipped_on_entering_a_second_chance():
+    # from a rough spred iterate on diabetes the feature-sign search bans an entry that flips on
+    # entering; once the active set has moved it re-enters and the polish is certified
+    from sklearn.datasets import load_diabetes
+    from sklearn.linear_model import Lasso
+
+    from spred.linear_model import alpha_max
+
+    X, y = load_diabetes(return_X_y=True)
+    Xc, yc = X - X.mean(0), y - y.mean()
+    n = X.shape[0]
+    a = alpha_max(X, y) / 100
+    sub = _QuadraticGramSub(Xc.T @ Xc / n, Xc.T @ yc / n, 0.5 * yc @ yc / n, n)
+    ref = Lasso(alpha=a, tol=1e-12, max_iter=100_000).fit(X, y).coef_
+    rng = np.random.default_rng(0)
+    certified = 0
+    for _ in range(5):  # rough iterates: the solution plus noise on every entry
+        v0 = ref + 0.3 * np.abs(ref).max() * rng.standard_normal(ref.size)
+        v, _, ok = polish_l1(L1Sub(a, ref.size), sub, v0, None, 1e-8 * a)
+        certified += ok
+        if ok:
+            np.testing.assert_allclose(v, ref, rtol=1e-6, atol=1e-8)
+            assert np.array_equal(v != 0, ref != 0)
+    assert certified >= 4

@@ -213,6 +213,7 @@ class QuadraticDatafit:
         self.offset = X_offset
         self._gram_idx = np.empty(0, dtype=np.int64)
         self._gram = np.empty((0, 0))
+        self._gram_cols = np.empty((self.n, 0))  # centred columns of _gram_idx, in that order
         self._gram_pos = -np.ones(self.p, dtype=np.int64)
         self._Xty = None
 
@@ -260,23 +261,26 @@ class QuadraticDatafit:
         return self._Xty
 
     def _gram_block(self, feats):
-        """Gram matrix ``Xc_F' Xc_F / n`` of ``feats``, cached across working sets."""
+        """Gram matrix ``Xc_F' Xc_F / n`` of ``feats``, cached across working sets (with the
+        centred columns it was built from, so that a new feature costs one product)."""
         new = feats[self._gram_pos[feats] < 0]
         if new.size:
             Xnew = self._centred_cols(new)
-            old = self._gram_idx
-            k_old = old.size
+            k_old = self._gram_idx.size
             G = np.empty((k_old + new.size, k_old + new.size))
             G[:k_old, :k_old] = self._gram
             if k_old:
-                cross = self._centred_cols(old).T @ Xnew / self.n
+                cross = self._gram_cols.T @ Xnew / self.n
                 G[:k_old, k_old:] = cross
                 G[k_old:, :k_old] = cross.T
             G[k_old:, k_old:] = Xnew.T @ Xnew / self.n
             self._gram = G
-            self._gram_idx = np.concatenate([old, new])
+            self._gram_cols = np.hstack([self._gram_cols, Xnew])
+            self._gram_idx = np.concatenate([self._gram_idx, new])
             self._gram_pos[new] = np.arange(k_old, k_old + new.size)
         pos = self._gram_pos[feats]
+        if pos.size == self._gram_idx.size and np.array_equal(pos, np.arange(pos.size)):
+            return self._gram.copy()
         return self._gram[np.ix_(pos, pos)]
 
     def subproblem(self, feats):

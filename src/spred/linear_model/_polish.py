@@ -93,6 +93,7 @@ class _L1Polish:
         self.banned = np.zeros(self.v.size, bool)
         self.fresh = np.zeros(self.v.size, bool)  # added from the KKT check, still at zero
         self.solves = 0
+        self.amnesties = 2
 
     def refresh(self):
         self.f, self.gv, self.gb = self.sub.fg(self.v, self.b)
@@ -174,8 +175,14 @@ class _L1Polish:
         """Add the zero entries that violate ``|g_j| <= alpha`` (sign ``-sign(g_j)``); False if none."""
         viol = np.abs(self.gv) - self.alpha
         viol[self.A] = -np.inf
-        viol[self.banned] = -np.inf
-        add = np.flatnonzero(viol > self.tiny)
+        add = np.flatnonzero((viol > self.tiny) & ~self.banned)
+        if add.size == 0 and self.amnesties > 0:
+            # only entries that flipped on entering still violate: the active set has moved
+            # since, so they get one more chance (a bounded number of times)
+            add = np.flatnonzero(viol > self.tiny)
+            if add.size:
+                self.amnesties -= 1
+                self.banned[:] = False
         if add.size == 0:
             return False
         self.fresh[add] = True

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._lbfgs import lbfgs
+from ._penalties import L1Sub
 from ._polish import polish
 
 logger = logging.getLogger(__name__)
@@ -81,22 +82,57 @@ def _kkt(datafit, penalty, v, b):
     return f, g, viol, gb_max
 
 
-def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
-    """Spred L-BFGS on a working set, with periodic polishing.
+def _support_key(pen_sub, x, g, nb):
+    """The polish's starting active set with its signs (bytes), read off the factors and the
+    L-BFGS gradient: ``v = u w`` and ``dL/dv = (u g_w + w g_u - 2 alpha u w) / (u^2 + w^2)``."""
+    m, alpha = pen_sub.m, pen_sub.alpha
+    u, w = x[:m], x[m:2 * m]
+    v = u * w
+    den = u * u + w * w
+    with np.errstate(divide="ignore", invalid="ignore"):
+        gv = np.where(den > 0, (u * g[m:2 * m] + w * g[:m] - 2.0 * alpha * v) / den, 0.0)
+    top = np.abs(v).max() if v.size else 0.0
+    keep = (np.abs(v) > 1e-6 * top) & (np.abs(gv) > 0.9 * alpha)
+    return (np.sign(v) * keep).astype(np.int8).tobytes()
 
-    The first polishing attempt comes after ``check_every // 2`` iterations, the next
-    ones at geometrically growing spacing. Returns ``(v, b, n_iter, ok, status)``.
+
+def _try_warm_polish(pen_sub, v0):
+    """Whether to try the polish before L-BFGS: L1, from a nonzero warm start."""
+    return isinstance(pen_sub, L1Sub) and bool(np.any(v0 != 0))
+
+
+def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
+    """Spred L-BFGS on a working set, with polishing.
+
+    For L1 a polish is tried when the estimated support and signs have stayed the same for
+    three iterations (and differ from the last failed try), and in any case at
+    geometrically growing spacing (the first after ``check_every // 2`` iterations).
+    Returns ``(v, b, n_iter, ok, status)``.
     """
+    if _try_warm_polish(pen_sub, v0):
+        # warm start (a previous working set's solution): the polish continues it, adding
+        # the new violators, and L-BFGS runs only if that fails
+        v2, b2, ok = polish(pen_sub, sub, v0, b0, tol_abs)
+        if ok:
+            return v2, b2, 0, True, "polish"
     x0 = pen_sub.to_factors(v0, b0, c0)
     fun, precond = pen_sub.objective(sub)
     nb = sub.nb
     found = {}
-    state = {"next": max(1, check_every // 2)}
+    track = isinstance(pen_sub, L1Sub)
+    state = {"next": max(1, check_every // 2), "key": None, "same": 0, "tried": None}
 
     def callback(it, x, f, g):
-        if it < state["next"]:
+        key = _support_key(pen_sub, x, g, nb) if track else None
+        if key is not None:
+            state["same"] = state["same"] + 1 if key == state["key"] else 0
+            state["key"] = key
+        stable = key is not None and state["same"] >= 2 and key != state["tried"]
+        if it < state["next"] and not stable:
             return False
-        state["next"] = it + max(check_every, it // 2)
+        if it >= state["next"]:
+            state["next"] = it + max(check_every, it // 2)
+        state["tried"] = key
         v, b = pen_sub.to_v(x, nb)
         v2, b2, ok = polish(pen_sub, sub, v, b, tol_abs)
         if ok:
