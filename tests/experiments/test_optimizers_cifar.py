@@ -20,7 +20,7 @@ from spred.experiments import optimizers as opt_exp
 from spred.experiments._optimizers_cache import cache_key, load_cached, store_cached
 from spred.experiments._optimizers_cifar import AugmentedModel, cifar_factory, label, load_cifar
 from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune
-from spred.experiments._optimizers_trace import TRACE_COLUMNS, trace_run
+from spred.experiments._optimizers_trace import TRACE_COLUMNS, plot_trace, trace_run
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -197,7 +197,7 @@ def test_quick_with_cifar10_is_the_cifar_preset():
 
 
 @pytest.mark.parametrize("optimizer", ["adagrad", "sgd"])
-def test_trace_records_every_epoch_and_the_fine_tune(optimizer):
+def test_trace_records_every_epoch_and_the_fine_tune(optimizer, tmp_path):
     rows = trace_run(_factory, _data(256, 0), _data(64, 1), optimizer=optimizer, lr=0.05, target=0.5, epochs=4, batch_size=32, finetune_epochs=1)
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4] and all(set(r) == set(TRACE_COLUMNS) for r in rows)
     assert all(math.isnan(r["acc_finetuned"]) for r in rows[:-1]) and 0 <= rows[-1]["acc_finetuned"] <= 1
@@ -207,3 +207,5 @@ def test_trace_records_every_epoch_and_the_fine_tune(optimizer):
         assert all(math.isfinite(s) for s in steps) and steps[-1] < steps[0]  # the accumulators only grow
     else:
         assert all(math.isnan(s) for s in steps)
+    pytest.importorskip("matplotlib")
+    assert plot_trace(rows, tmp_path / "trace.png").stat().st_size > 0

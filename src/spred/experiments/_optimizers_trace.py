@@ -24,7 +24,7 @@ from spred.experiments import _common
 from spred.experiments._optimizers_floor import masked_finetune
 from spred.experiments._optimizers_runs import _evaluate, _fit_optimizer, _last_layer, _quiet_logs, _Setup, _sparsify
 
-__all__ = ["TRACE_COLUMNS", "trace_run"]
+__all__ = ["TRACE_COLUMNS", "plot_trace", "trace_run"]
 
 TRACE_COLUMNS = ("optimizer", "sparsity_type", "target", "lr", "seed", "epoch", "lam", "zeros", "acc", "acc_collapsed", "mean_abs_nonzero",
                  "adagrad_step", "acc_finetuned")  # fmt: skip
@@ -88,3 +88,36 @@ def trace_run(model_factory: Callable[[], nn.Module], train_data, test_data, *, 
                             batch_size=batch_size, momentum=momentum, loss_fn=loss_fn)  # fmt: skip
     rows[-1]["acc_finetuned"] = _evaluate(setup, tuned, test_data)
     return rows
+
+
+def plot_trace(rows, path):
+    """lam (log scale), zeros and test accuracy of the collapsed model against the epoch, one line per traced run.
+
+    The accuracy panel marks the accuracy after the masked fine-tune at the last epoch (open symbol).
+    """
+    from pathlib import Path
+
+    _common.import_matplotlib()
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 3.8), layout="constrained")
+    ax_lam, ax_zero, ax_acc = fig.subplots(1, 3)
+    runs: dict[tuple, list] = {}
+    for r in rows:
+        runs.setdefault((r["optimizer"], r["sparsity_type"], r["target"], r["lr"], r["seed"]), []).append(r)
+    for (opt, kind, target, lr, _), rs in runs.items():
+        rs = sorted(rs, key=lambda r: r["epoch"])
+        epochs = [r["epoch"] for r in rs]
+        name = f"{opt} lr {lr:g}, {kind} {100 * target:.0f}%"
+        (line,) = ax_lam.semilogy(epochs, [r["lam"] for r in rs], marker="o", ms=3, label=name)
+        ax_zero.plot(epochs, [100 * r["zeros"] for r in rs], marker="o", ms=3, color=line.get_color())
+        ax_acc.plot(epochs, [100 * r["acc_collapsed"] for r in rs], marker="o", ms=3, color=line.get_color())
+        if math.isfinite(rs[-1]["acc_finetuned"]):
+            ax_acc.plot([epochs[-1] + 0.3], [100 * rs[-1]["acc_finetuned"]], marker="o", mfc="none", ms=7, color=line.get_color())
+    ax_lam.set(xlabel="epoch", ylabel="lam (controller)", title="(a) lam")
+    ax_zero.set(xlabel="epoch", ylabel="weights zero (%)", title="(b) zeros")
+    ax_acc.set(xlabel="epoch", ylabel="test accuracy, collapsed (%)", title="(c) accuracy (open: after the masked fine-tune)")
+    ax_lam.legend(fontsize=7)
+    path = Path(path)
+    fig.savefig(path, dpi=110)
+    return path

@@ -154,6 +154,8 @@ class OptimizersConfig:
     finetune_epochs : int
         Epochs of masked fine-tuning after collapse (and of the magnitude floor), the same
         for every optimizer; 0 skips the fine-tune.
+    device : str, optional
+        Where to train (e.g. ``"cuda"``); evaluation, pruning and timing stay on the CPU.
     resume : bool
         Keep every finished run in ``.spred-runs`` inside the output folder and reuse it
         when the same study is run again (an interrupted study resumes where it stopped).
@@ -226,6 +228,7 @@ class OptimizersConfig:
     augment: bool = True
     finetune_epochs: int = 2
     resume: bool = True
+    device: str | None = None
 
 
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
@@ -247,6 +250,8 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     for name in ("epochs", "fashion_epochs", "cifar_epochs", "batch_size", "kkt_samples", "latency_repeats"):
         check_int(getattr(cfg, name), name, WHO, 1)
     check_int(cfg.finetune_epochs, "finetune_epochs", WHO, 0)
+    if cfg.device is not None and not isinstance(cfg.device, str):
+        raise param_error(TypeError, "device", WHO, "a device name such as 'cuda', or None", cfg.device)
     for name in ("augment", "resume", "dense_baseline"):
         check_bool(getattr(cfg, name), name, WHO)
     for name in ("n_train", "cifar_n_train", "cifar_n_test"):
@@ -396,7 +401,8 @@ def _fingerprint(cfg: OptimizersConfig, dataset: str, model: str) -> str:
     import json
 
     data = {"mnist": cfg.n_train, "fashion_mnist": cfg.fashion_test_size, "cifar10": (cfg.cifar_n_train, cfg.cifar_n_test, cfg.augment)}[dataset]
-    keys = ("batch_size", "threshold", "momentum", "kkt_samples", "latency_batch_sizes", "latency_repeats", "tolerance", "val_fraction", "dense_baseline")
+    keys = ("batch_size", "threshold", "momentum", "kkt_samples", "latency_batch_sizes", "latency_repeats", "tolerance", "val_fraction", "dense_baseline",
+            "device")  # fmt: skip
     return json.dumps([dataset, model, data, _epochs(dataset, cfg), [getattr(cfg, k) for k in keys]], default=str)
 
 
@@ -435,6 +441,7 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
                     latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_target=cfg.tune_target,
                     tune_seed=cfg.tune_seed, dataset=tag, progress=progress is not False, tuning=tune_rows, n_jobs=n_jobs,
                     finetune_epochs=cfg.finetune_epochs, model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
+                    device=cfg.device,
                 )  # fmt: skip
                 for r in tune_rows:
                     r["dataset"] = tag
@@ -526,6 +533,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cifar-epochs", dest="cifar_epochs", type=int, default=None, help="epochs per CIFAR-10 run (default 30; --quick: 3)")
     parser.add_argument("--cifar-n-train", dest="cifar_n_train", type=int, default=None, help="CIFAR-10 training images (default: all 50000)")
     parser.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=None, help="masked fine-tune after collapse (default 2)")
+    parser.add_argument("--device", default=None, help="train on this device, e.g. cuda (evaluation and timing stay on the CPU)")
     parser.add_argument("--no-resume", dest="resume", action="store_const", const=False, default=None,
                         help="retrain every run (default: reuse the finished runs of the same study kept in --out)")
     parser.add_argument("--n-train", dest="n_train", type=int, default=None, help="MNIST training images (default: all 60000; --quick: 10000)")
@@ -564,6 +572,7 @@ def config_from_args(args) -> OptimizersConfig:
         "targets": args.targets, "epochs": args.epochs, "fashion_epochs": args.fashion_epochs, "n_train": args.n_train,
         "lrs": _parse_lrs(args.lrs), "threshold": args.threshold, "models": args.models, "cifar_epochs": args.cifar_epochs,
         "cifar_n_train": args.cifar_n_train, "finetune_epochs": args.finetune_epochs, "resume": args.resume,
+        "device": args.device,
     }  # fmt: skip
     quick = QUICK_CIFAR if args.datasets == ["cifar10"] else QUICK
     cfg = _common.resolve_config(OptimizersConfig, quick=args.quick, quick_values=quick, config_file=args.config, cli_values=cli)
