@@ -23,6 +23,11 @@ Sparsity types: ``unstructured`` (one factor per weight, every Linear / Conv wei
 ``structured`` (``groups="out"``: one scalar per conv filter / hidden neuron; the last
 layer, whose outputs are the classes, stays dense).
 
+Datasets: MNIST and Fashion-MNIST (``StudyCNN``), CIFAR-10 (JPEG) with ``CifarCNN`` and ResNet-20 (rows labelled
+``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen and compared with magnitude
+pruning of its optimizer's dense model to the same sparsity (:mod:`._optimizers_floor`); finished runs are kept in
+``--out/.spred-runs`` and reused by the same study run again (:mod:`._optimizers_cache`).
+
 Zeros. A weight counts as zero when ``|v| <= threshold`` (a group when its norm is);
 the same threshold is used by the target-sparsity controller (which counts whole groups
 for grouped tensors), :func:`spred.collapse`, :func:`spred.sparsity_report` and
