@@ -362,7 +362,10 @@ def test_tuning_raises_when_every_lr_diverges():
 def test_config_validation_messages():
     base = opt_exp.OptimizersConfig()
     cases = [
-        ({"datasets": ("cifar10",)}, r"The 'datasets' parameter of OptimizersConfig must be a non-empty subset of \['mnist', 'fashion_mnist'\]"),
+        ({"datasets": ("cifar100",)}, r"The 'datasets' parameter of OptimizersConfig must be a non-empty subset of \['mnist', 'fashion_mnist', 'cifar10'\]"),
+        ({"models": ("vgg99",)}, r"The 'models' parameter of OptimizersConfig must be a non-empty subset of \['mlp', "),
+        ({"finetune_epochs": -1}, r"The 'finetune_epochs' parameter of OptimizersConfig must be an int >= 0. Got -1"),
+        ({"cifar_n_test": 1}, r"The 'cifar_n_test' parameter of OptimizersConfig must be an int >= 2 or None. Got 1"),
         ({"epochs": 0}, r"The 'epochs' parameter of OptimizersConfig must be an int >= 1. Got 0"),
         ({"n_train": 1}, r"The 'n_train' parameter of OptimizersConfig must be an int >= 2 or None. Got 1"),
         ({"val_fraction": 1.5}, r"The 'val_fraction' parameter of OptimizersConfig must be a float in the range \(0, 1\). Got 1.5"),

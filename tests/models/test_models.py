@@ -8,7 +8,7 @@ from torch import nn
 
 import spred
 import spred.models as models
-from spred.models import MLP, LeNet5Caffe, LeNet300100, ResNet18, ResNet20, SmallVGG, StudyCNN, build, list_models
+from spred.models import MLP, CifarCNN, LeNet5Caffe, LeNet300100, ResNet18, ResNet20, SmallVGG, StudyCNN, build, list_models
 
 # name -> (constructor kwargs, input shape, output classes)
 CASES = {
@@ -19,6 +19,7 @@ CASES = {
     "resnet20": ({}, (2, 3, 32, 32), 10),
     "resnet18": ({}, (2, 3, 32, 32), 10),
     "studycnn": ({}, (2, 1, 28, 28), 10),
+    "cifarcnn": ({}, (2, 3, 32, 32), 10),
 }
 
 
@@ -47,8 +48,9 @@ def test_output_shape(name):
         (ResNet18(), 11_173_962),  # CIFAR ResNet-18, "11.17M"
         (MLP(784, (300, 100), 10), 266_610),
         (StudyCNN(), 20_522),  # 208 + 3,216 + 16,448 + 650 (the old docstring said 20,490)
+        (CifarCNN(), 1_031_850),  # convs 864 + 18,432 + 73,728 + 147,456, BN 2 x 352, fc 786,816 + 3,850
     ],
-    ids=["lenet300100", "lenet5caffe", "resnet20", "resnet20-B", "resnet18", "mlp-as-lenet", "studycnn"],
+    ids=["lenet300100", "lenet5caffe", "resnet20", "resnet20-B", "resnet18", "mlp-as-lenet", "studycnn", "cifarcnn"],
 )
 def test_parameter_counts_match_the_published_figures(model, expected):
     assert n_params(model) == expected
@@ -133,6 +135,8 @@ def test_build_errors():
         (lambda: ResNet20(shortcut="C"), ValueError, r"The 'shortcut' parameter of ResNet20 must be one of \('A', 'B'\). Got 'C'"),
         (lambda: StudyCNN(input_size=12), ValueError, r"The 'input_size' parameter of StudyCNN must be at least 16. Got 12"),
         (lambda: StudyCNN(hidden=0), ValueError, r"The 'hidden' parameter of StudyCNN must be an int >= 1. Got 0"),
+        (lambda: CifarCNN(input_size=20), ValueError, r"The 'input_size' parameter of CifarCNN must be a multiple of 8. Got 20"),
+        (lambda: CifarCNN(widths=(8, 8)), TypeError, r"The 'widths' parameter of CifarCNN must be 4 ints"),
         (lambda: MLP(1.5), TypeError, r"The 'in_features' parameter of MLP must be an int >= 1. Got 1.5 of type float"),
     ],
 )

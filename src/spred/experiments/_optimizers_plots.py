@@ -37,6 +37,10 @@ def summary_table(summary: Sequence[Mapping], dataset: str, sparsity_type: str) 
         ("channels zero (%)", lambda r: _pm(r["channel_sparsity_mean"], r["channel_sparsity_std"], ".1f", 100)),
         ("test acc (%)", lambda r: _pm(r["test_acc_mean"], r["test_acc_std"], ".2f", 100)),
         ("vs dense (pts)", lambda r: _pm(r["acc_change_mean"], r["acc_change_std"], "+.2f", 100)),
+        ("fine-tuned acc (%)", lambda r: _pm(r.get("test_acc_finetuned_mean", math.nan), r.get("test_acc_finetuned_std", math.nan), ".2f", 100)),
+        ("fine-tuned vs dense (pts)", lambda r: _pm(r.get("acc_change_finetuned_mean", math.nan), r.get("acc_change_finetuned_std", math.nan), "+.2f", 100)),
+        ("magnitude acc (%)", lambda r: _pm(r.get("magnitude_acc_mean", math.nan), r.get("magnitude_acc_std", math.nan), ".2f", 100)),
+        ("magnitude fine-tuned (%)", lambda r: _pm(r.get("magnitude_acc_finetuned_mean", math.nan), r.get("magnitude_acc_finetuned_std", math.nan), ".2f", 100)),
         ("train s", lambda r: _pm(r["train_seconds_mean"], r["train_seconds_std"], ".1f")),
         ("speed-up collapsed b=max", lambda r: _pm(r["speed_collapsed_bmax_mean"], r["speed_collapsed_bmax_std"], ".2f")),
     ]

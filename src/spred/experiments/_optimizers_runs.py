@@ -42,6 +42,7 @@ CSV_COLUMNS = (
     "macs_dense", "macs_pruned", "latency_dense_b1", "latency_collapsed_b1", "latency_pruned_b1", "latency_dense_bmax",
     "latency_collapsed_bmax", "latency_pruned_bmax", "latency_batch", "pruned_max_abs_diff", "kkt_max", "kkt_relative",
     "lam_fit", "lam_fit_ratio", "kkt_median", "zero_violations", "n_zero_units", "n_nonzero_units", "cpu_seconds",
+    "model", "finetune_epochs", "finetune_lr", "test_acc_finetuned", "magnitude_acc", "magnitude_acc_finetuned",
 )  # fmt: skip
 #: Loggers whose INFO lines (one per epoch, one per pruning call) the study silences: it logs one line per run.
 QUIET_LOGGERS = ("spred.train", "spred.compress")
@@ -185,6 +186,9 @@ class _Setup:
     tolerance: float
     device: Any
     dataset: str
+    model: str = ""
+    finetune_epochs: int = 0
+    finetune_lrs: Mapping[str, float] | None = None  # optimizer -> fine-tune lr (default: the run's lr)
 
 
 def _fit_optimizer(name: str, model: nn.Module, lr: float):
@@ -231,7 +235,8 @@ def _evaluate(setup: _Setup, model: nn.Module, data) -> float:
     return math.nan if acc is None else float(acc)
 
 
-def _dense_row(setup: _Setup, optimizer: str, lr: float, lr_source: str, seed: int) -> dict:
+def _dense_row(setup: _Setup, optimizer: str, lr: float, lr_source: str, seed: int) -> tuple[dict, nn.Module]:
+    """Train the plain model: its row and the trained model (the magnitude floor of the sparse runs starts from it)."""
     with _common.torch_seed(seed):
         model = setup.model_factory()
     result = _train(setup, model, optimizer, lr, seed, None, setup.threshold)
@@ -248,13 +253,17 @@ def _dense_row(setup: _Setup, optimizer: str, lr: float, lr_source: str, seed: i
         "lr_source": lr_source, "epochs": setup.epochs, "diverged": False, "threshold": setup.threshold, "weight_sparsity": 0.0, "reached_target": True,
         "test_acc": acc, "test_acc_before_collapse": acc, "dense_test_acc": acc, "train_seconds": result.wall_time_s,
         "params_total": n_params, "params_nonzero": count_parameters(model, nonzero=True), "macs_dense": count_flops(model, setup.example_inputs[:1]),
-        "latency_dense_b1": lat[b_lo], "latency_dense_bmax": lat[b_hi], "latency_batch": b_hi,
+        "latency_dense_b1": lat[b_lo], "latency_dense_bmax": lat[b_hi], "latency_batch": b_hi, "model": setup.model, "finetune_epochs": 0,
     })  # fmt: skip
-    return row
+    return row, model
 
 
-def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float, lr: float, lr_source: str, seed: int, initial_lam: float) -> dict:
-    """Train one sparsified model to ``target`` and measure it: one row of the study."""
+def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float, lr: float, lr_source: str, seed: int, initial_lam: float,
+                dense_trained: nn.Module | None = None) -> dict:  # fmt: skip
+    """Train one sparsified model to ``target`` and measure it: one row of the study.
+
+    ``dense_trained``: the dense model of the same optimizer and seed, for the magnitude floor.
+    """
     from spred.compress import count_flops, count_parameters
     from spred.train import TargetSparsity
 
@@ -298,6 +307,7 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
         "latency_dense_bmax": lat["dense"][b_hi], "latency_collapsed_bmax": lat["collapsed"][b_hi],
         "latency_pruned_bmax": lat["pruned"][b_hi] if pruned is not None else math.nan, "latency_batch": b_hi,
         "pruned_max_abs_diff": plan.max_abs_diff if plan is not None else math.nan, **kkt,
+        **_finetune_and_floor(setup, optimizer, lr, seed, collapsed, dense_trained, reached, sparsity_type == "structured", output_layer),
     }  # fmt: skip
     if not row["reached_target"]:
         logger.warning(
@@ -307,12 +317,33 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
     return row
 
 
+def _finetune_and_floor(setup: _Setup, optimizer: str, lr: float, seed: int, collapsed: nn.Module, dense_trained: nn.Module | None, reached: float,
+                        structured: bool, output_layer: str) -> dict:  # fmt: skip
+    """The masked fine-tune of the collapsed model and the magnitude floor (the same fine-tune), as row fields."""
+    from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune
+
+    ft_lr = (setup.finetune_lrs or {}).get(optimizer, lr)
+    kw = {"optimizer": optimizer, "lr": ft_lr, "epochs": setup.finetune_epochs, "seed": seed, "batch_size": setup.batch_size,
+          "momentum": setup.momentum, "loss_fn": setup.loss_fn, "device": setup.device}  # fmt: skip
+    out = {"model": setup.model, "finetune_epochs": setup.finetune_epochs, "finetune_lr": ft_lr, "test_acc_finetuned": math.nan,
+           "magnitude_acc": math.nan, "magnitude_acc_finetuned": math.nan}  # fmt: skip
+    if setup.finetune_epochs:
+        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(collapsed, setup.train_data, **kw), setup.test_data)
+    if dense_trained is not None:
+        floor = magnitude_prune_to(dense_trained, reached, structured, output_layer)
+        out["magnitude_acc"] = _evaluate(setup, floor, setup.test_data)
+        if setup.finetune_epochs:
+            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(floor, setup.train_data, **kw), setup.test_data)
+    return out
+
+
 def _diverged_row(setup: _Setup, optimizer: str, kind: str, target, lr: float, source: str, seed: int, initial_lam: float) -> dict:
     row = {c: math.nan for c in CSV_COLUMNS}
     row.update({
         "dataset": setup.dataset, "optimizer": optimizer, "sparsity_type": kind, "target": 0.0 if target is None else target, "seed": seed,
         "lr": lr, "lr_source": source, "epochs": setup.epochs, "diverged": True, "threshold": setup.threshold,
-        "lam_initial": math.nan if kind == "dense" else initial_lam, "reached_target": False,
+        "lam_initial": math.nan if kind == "dense" else initial_lam, "reached_target": False, "model": setup.model,
+        "finetune_epochs": setup.finetune_epochs if kind != "dense" else 0,
     })  # fmt: skip
     return row
 

@@ -22,6 +22,7 @@ import spred
 from spred._validation import check_float, check_int, param_error
 from spred.experiments import _common
 from spred.experiments._data import seeded_split
+from spred.experiments._optimizers_cache import cache_key, load_cached, store_cached
 from spred.experiments._optimizers_runs import (
     DENSE_OF,
     KINDS,
@@ -177,9 +178,13 @@ def _tune_job(shared, job) -> dict:
     """One tuning run (module level, so that worker processes can run it)."""
     from spred.train import TargetSparsity
 
-    setup, val_data, sparsity_type, target, lams, seed = shared
+    setup, val_data, sparsity_type, target, lams, seed, cache = shared
     optimizer, lr = job
     dense, threshold = sparsity_type == "dense", setup.threshold
+    key = cache_key(cache[1], "tune", sparsity_type, optimizer, lr, target, seed, lams[optimizer]) if cache else ""
+    cached, _ = load_cached(cache[0] if cache else None, key)
+    if cached is not None:
+        return cached
     cpu = time.process_time()
     with _common.torch_seed(seed):
         model = setup.model_factory()
@@ -197,10 +202,13 @@ def _tune_job(shared, job) -> dict:
     except FloatingPointError as exc:  # a learning rate that diverges is a result, not an error
         logger.info("tuning %s lr %g diverged: %s", optimizer, lr, exc)
         sparsity, acc = math.nan, math.nan
-    return {"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
-            "reached_target": dense or bool(abs(sparsity - target) <= setup.tolerance), "chosen": False,
-            "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": setup.epochs,
-            "cpu_seconds": time.process_time() - cpu}  # fmt: skip
+    row = {"optimizer": optimizer, "lr": lr, "val_acc": acc, "weight_sparsity": sparsity,
+           "reached_target": dense or bool(abs(sparsity - target) <= setup.tolerance), "chosen": False,
+           "sparsity_type": sparsity_type, "target": 0.0 if dense else target, "seed": seed, "epochs": setup.epochs,
+           "cpu_seconds": time.process_time() - cpu}  # fmt: skip
+    if cache:
+        store_cached(cache[0], key, row)
+    return row
 
 
 def tune_learning_rates(
@@ -223,6 +231,7 @@ def tune_learning_rates(
     device=None,
     progress: bool = True,
     n_jobs: int = 1,
+    cache: tuple[str, str] | None = None,
 ) -> tuple[dict[str, float], list[dict]]:
     """Pick one learning rate per optimizer: the best validation accuracy at one sparsity level.
 
@@ -235,6 +244,7 @@ def tune_learning_rates(
     dense baselines: a learning rate tuned under spred need not suit the plain model, whose
     gradient steps are scaled differently; ``"adamw_decoupled"`` is then plain AdamW).
     ``n_jobs`` worker processes run the grid side by side, as in :func:`optimizer_study`.
+    ``cache``: ``(folder, fingerprint)`` of the per-run cache (see :func:`optimizer_study`).
 
     Returns
     -------
@@ -244,6 +254,7 @@ def tune_learning_rates(
         One row per (optimizer, lr): ``val_acc``, ``weight_sparsity``, ``reached_target``, ``chosen``.
     """
     check_int(n_jobs, "n_jobs", "tune_learning_rates", 1)
+    cache = None if cache is None or cache[0] is None else cache
     optimizers = _check_names(optimizers, OPTIMIZERS, "optimizers", "tune_learning_rates")
     if sparsity_type not in KINDS:
         raise param_error(ValueError, "sparsity_type", "tune_learning_rates", f"one of {list(KINDS)}", sparsity_type)
@@ -253,7 +264,7 @@ def tune_learning_rates(
     setup = _Setup(model_factory, train_data, val_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, tolerance, device, "tuning")
     rows, chosen = [], {}
     jobs = [(o, lr) for o in optimizers for lr in grid[o]]
-    shared = (setup, val_data, sparsity_type, target, lams, seed)
+    shared = (setup, val_data, sparsity_type, target, lams, seed, cache)
     for _, row in _common.map_jobs(_tune_job, shared, jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress, desc="tuning lr"):
         rows.append(row)
         logger.info("tuning %s (%s) lr %g: val acc %.4f, sparsity %.3f", row["optimizer"], sparsity_type, row["lr"], row["val_acc"], row["weight_sparsity"])
@@ -304,6 +315,10 @@ def optimizer_study(
     progress: bool = True,
     n_jobs: int = 1,
     tuning: list | None = None,
+    finetune_epochs: int = 0,
+    model_name: str = "",
+    cache: str | None = None,
+    fingerprint: str = "",
 ) -> list[dict]:
     """Compare optimizers under unstructured and structured spred on your own model.
 
@@ -377,6 +392,22 @@ def optimizer_study(
         Needs a picklable ``model_factory``, data and ``loss_fn``.
     tuning : list, optional
         If given, the tuning rows (see :func:`tune_learning_rates`) are appended to it.
+    finetune_epochs : int, default=0
+        Epochs of masked fine-tuning (zeros frozen, no penalty) after collapse, the same
+        for every optimizer, at the dense baseline's learning rate of the optimizer
+        (``test_acc_finetuned``). With ``dense_baseline`` each sparse run also prunes the
+        dense model of its optimizer and seed by magnitude to the sparsity it reached,
+        and scores it without and with the same fine-tune (``magnitude_acc``,
+        ``magnitude_acc_finetuned``): the floor spred has to beat.
+    model_name : str, default=""
+        Written into every row (``model``).
+    cache : path, optional
+        A folder where every finished run is saved as it ends; a study run again with the
+        same settings (``fingerprint``) and the same cache reads them back instead of
+        training them (see :mod:`spred.experiments._optimizers_cache`).
+    fingerprint : str, default=""
+        Everything about the study that is not in a run's own settings (dataset, epochs,
+        batch size, ...): part of every cache key.
 
     Returns
     -------
@@ -405,27 +436,34 @@ def optimizer_study(
         wanted["dense"] = list(dict.fromkeys(DENSE_OF[o] for o in optimizers))
     common = {"lr_grid": lr_grid, "seed": tune_seed, "epochs": epochs, "batch_size": batch_size, "threshold": threshold, "momentum": momentum,
               "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress,
-              "n_jobs": n_jobs}  # fmt: skip
+              "n_jobs": n_jobs, "cache": (cache, fingerprint) if cache is not None else None}  # fmt: skip
+    check_int(finetune_epochs, "finetune_epochs", who, 0)
     sources = _tune_missing(model_factory, train_data, val_data, val_fraction, wanted, lrs, tune_target, common, tuning)
     kkt_x, kkt_y = _first_samples(train_data, kkt_samples)
+    finetune_lrs = {o: lrs["dense"].get(DENSE_OF[o], lrs[kind][o]) for kind in sparsity_types for o in optimizers}
     setup = _Setup(
         model_factory, train_data, test_data, (kkt_x.cpu(), kkt_y.cpu()), example_inputs, epochs, batch_size, threshold, momentum, loss_fn,
-        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset,
+        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset, model_name, finetune_epochs, finetune_lrs,
     )  # fmt: skip
-    jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
-    jobs += [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
-    rows = []
-    for (kind, optimizer, target, seed), row in _common.map_jobs(
-        _study_job, (setup, lrs, sources, lams), jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress,
-        desc=f"optimizers ({dataset})", postfix=lambda j: {"type": j[0], "opt": j[1], "target": j[2], "seed": j[3]},
-    ):  # fmt: skip
-        if row["diverged"]:
-            logger.warning("%s %s %s target %s seed %d diverged (non-finite loss)", dataset, optimizer, kind, target, seed)
-        logger.info(
-            "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
-            dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
-        )
-        rows.append(row)
+    dense_jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
+    sparse_jobs = [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
+    rows, dense_models = [], {}
+    for phase, jobs in (("dense", dense_jobs), ("sparse", sparse_jobs)):  # the dense models first: the sparse runs' floor starts from them
+        shared = (setup, lrs, sources, lams, dense_models, (cache, fingerprint))
+        for (kind, optimizer, target, seed), row in _common.map_jobs(
+            _study_job, shared, jobs, n_jobs=n_jobs, threads=torch.get_num_threads(), progress=progress,
+            desc=f"optimizers ({dataset}, {phase})", postfix=lambda j: {"type": j[0], "opt": j[1], "target": j[2], "seed": j[3]},
+        ):  # fmt: skip
+            model = row.pop("_model", None)
+            if model is not None:
+                dense_models[(optimizer, seed)] = model
+            if row["diverged"]:
+                logger.warning("%s %s %s target %s seed %d diverged (non-finite loss)", dataset, optimizer, kind, target, seed)
+            logger.info(
+                "%s %-16s %-12s target %.2f seed %d: sparsity %.3f, test acc %.4f, %.1f s",
+                dataset, optimizer, kind, target or 0.0, seed, row["weight_sparsity"], row["test_acc"], row["train_seconds"],
+            )
+            rows.append(row)
     _attach_dense(rows)
     return rows
 
@@ -490,19 +528,36 @@ def _tune_missing(model_factory, train_data, val_data, val_fraction: float, want
 
 
 def _study_job(shared, job) -> dict:
-    """One run of the study (module level, so that worker processes can run it)."""
-    setup, lrs, sources, lams = shared
+    """One run of the study (module level, so that worker processes can run it); read from the cache when it is there.
+
+    A dense run's row carries its trained model under ``"_model"`` (popped by the caller).
+    """
+    setup, lrs, sources, lams, dense_models, (cache, fingerprint) = shared
     kind, optimizer, target, seed = job
     lr, source = lrs[kind][optimizer], sources[kind][optimizer]
+    dense_trained = dense_models.get((DENSE_OF[optimizer], seed)) if kind != "dense" else None
+    key = cache_key(fingerprint, kind, optimizer, target, seed, lr, lams[optimizer], setup.finetune_epochs,
+                    (setup.finetune_lrs or {}).get(optimizer), dense_trained is not None)  # fmt: skip
+    row, state = load_cached(cache, key, with_state=kind == "dense")
+    if row is not None:
+        row["lr_source"] = source
+        if state is not None:
+            with _common.torch_seed(seed):
+                row["_model"] = setup.model_factory()
+            row["_model"].load_state_dict(state)
+        return row
     cpu = time.process_time()
+    model = None
     try:
         if kind == "dense":
-            row = _dense_row(setup, optimizer, lr, source, seed)
+            row, model = _dense_row(setup, optimizer, lr, source, seed)
         else:
-            row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
+            row = _sparse_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer], dense_trained)
     except FloatingPointError as exc:  # a diverged run is a result: recorded, not raised
         logger.info("%s %s target %s seed %d diverged: %s", optimizer, kind, target, seed, exc)
         row = _diverged_row(setup, optimizer, kind, target, lr, source, seed, lams[optimizer])
     row["cpu_seconds"] = time.process_time() - cpu
+    store_cached(cache, key, row, None if model is None else model.state_dict())
+    if model is not None:
+        row = {**row, "_model": model}
     return row
-

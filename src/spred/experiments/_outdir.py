@@ -48,8 +48,9 @@ logger = logging.getLogger(__name__)
 MANIFEST = ".spred-results.json"
 LOCK = ".spred-lock"
 STAGING_PREFIX = ".spred-tmp-"
+RUNS_CACHE = ".spred-runs"  # an experiment's per-run cache (resumable studies): kept across runs, never an output
 
-__all__ = ["LOCK", "MANIFEST", "OutputFolderError", "ResultsFolder", "Results", "open_results", "output_folder"]
+__all__ = ["LOCK", "MANIFEST", "RUNS_CACHE", "OutputFolderError", "ResultsFolder", "Results", "open_results", "output_folder"]
 
 
 class OutputFolderError(ValueError):
@@ -99,7 +100,7 @@ def _resolve(out: str | os.PathLike | None, name: str) -> Path:
 
 
 def _ours(entry: str) -> bool:
-    return entry in (MANIFEST, LOCK) or entry.startswith(STAGING_PREFIX) or entry.startswith(f"{MANIFEST}.")
+    return entry in (MANIFEST, LOCK, RUNS_CACHE) or entry.startswith(STAGING_PREFIX) or entry.startswith(f"{MANIFEST}.")
 
 
 def _check_folder(path: Path, name: str) -> None:

@@ -23,6 +23,11 @@ Sparsity types: ``unstructured`` (one factor per weight, every Linear / Conv wei
 ``structured`` (``groups="out"``: one scalar per conv filter / hidden neuron; the last
 layer, whose outputs are the classes, stays dense).
 
+Datasets: MNIST and Fashion-MNIST (``StudyCNN``), CIFAR-10 (JPEG) with ``CifarCNN`` and ResNet-20 (rows labelled
+``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen and compared with magnitude
+pruning of its optimizer's dense model to the same sparsity (:mod:`._optimizers_floor`); finished runs are kept in
+``--out/.spred-runs`` and reused by the same study run again (:mod:`._optimizers_cache`).
+
 Zeros. A weight counts as zero when ``|v| <= threshold`` (a group when its norm is);
 the same threshold is used by the target-sparsity controller (which counts whole groups
 for grouped tensors), :func:`spred.collapse`, :func:`spred.sparsity_report` and
@@ -75,10 +80,12 @@ from pathlib import Path
 
 import torch
 
-from spred._validation import check_float, check_int, param_error
+from spred._validation import check_bool, check_float, check_int, param_error
 from spred.experiments import _common
 from spred.experiments._data import image_tensors
+from spred.experiments._optimizers_cifar import CIFAR_MODELS, cifar_factory, label, load_cifar
 from spred.experiments._optimizers_plots import plot_panel, summary_table
+from spred.experiments._outdir import RUNS_CACHE
 from spred.experiments._optimizers_runs import CSV_COLUMNS, DENSE_OF, KINDS, OPTIMIZERS, SPARSITY_TYPES, kkt_statistics
 from spred.experiments._optimizers_study import (
     DEFAULT_INITIAL_LAMS,
@@ -102,6 +109,7 @@ __all__ = [
     "OPTIMIZERS",
     "OptimizersConfig",
     "QUICK",
+    "QUICK_CIFAR",
     "SPARSITY_TYPES",
     "StudyCNN",
     "add_arguments",
@@ -121,7 +129,7 @@ __all__ = [
 ]
 
 NAME = "optimizers"
-DATASETS = ("mnist", "fashion_mnist")
+DATASETS = ("mnist", "fashion_mnist", "cifar10")
 WHO = "OptimizersConfig"
 
 
@@ -134,11 +142,28 @@ class OptimizersConfig:
 
     Parameters
     ----------
-    datasets : tuple of {"mnist", "fashion_mnist"}
+    datasets : tuple of {"mnist", "fashion_mnist", "cifar10"}
         ``mnist``: the first ``n_train`` images of the MNIST training set (all 60,000
         when None), tested on the 10,000 test images. ``fashion_mnist``: the staged
         subset of 2,000 Fashion-MNIST test images, split once (stratified, seed 0) into
-        ``1 - fashion_test_size`` for training and the rest for testing.
+        ``1 - fashion_test_size`` for training and the rest for testing. ``cifar10``:
+        CIFAR-10 (JPEG), the first ``cifar_n_train`` training and ``cifar_n_test`` test
+        images (class-balanced prefixes; None: all 50,000 / 10,000), once per model of ``models``.
+    models : tuple of str
+        The CIFAR-10 networks (:func:`spred.models.build` names; MNIST and Fashion-MNIST use ``StudyCNN``).
+    cifar_epochs : int
+        Epochs per CIFAR-10 run.
+    cifar_n_train, cifar_n_test : int or None
+    augment : bool
+        CIFAR-10: random crop (padding 4) and horizontal flip of every training batch.
+    finetune_epochs : int
+        Epochs of masked fine-tuning after collapse (and of the magnitude floor), the same
+        for every optimizer; 0 skips the fine-tune.
+    device : str, optional
+        Where to train (e.g. ``"cuda"``); evaluation, pruning and timing stay on the CPU.
+    resume : bool
+        Keep every finished run in ``.spred-runs`` inside the output folder and reuse it
+        when the same study is run again (an interrupted study resumes where it stopped).
     optimizers : tuple of str
         A subset of ``OPTIMIZERS``.
     sparsity_types : tuple of {"unstructured", "structured"}
@@ -178,7 +203,7 @@ class OptimizersConfig:
         Also train every optimizer without spred (the reference for the relative change).
     """
 
-    datasets: tuple[str, ...] = DATASETS
+    datasets: tuple[str, ...] = ("mnist", "fashion_mnist")  # CIFAR-10 on request (--datasets cifar10): it takes days on a CPU
     optimizers: tuple[str, ...] = OPTIMIZERS
     sparsity_types: tuple[str, ...] = SPARSITY_TYPES
     targets: tuple[float, ...] = (0.2, 0.4, 0.6, 0.8)
@@ -201,9 +226,24 @@ class OptimizersConfig:
     latency_repeats: int = 30
     tolerance: float = 0.02
     dense_baseline: bool = True
+    models: tuple[str, ...] = CIFAR_MODELS
+    cifar_epochs: int = 30
+    cifar_n_train: int | None = None
+    cifar_n_test: int | None = None
+    augment: bool = True
+    finetune_epochs: int = 2
+    resume: bool = True
+    device: str | None = None
 
 
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
+# --quick with --datasets cifar10: one model, one type, two targets, fixed learning rates, 2,000 images, 3 epochs.
+QUICK_CIFAR = {
+    "datasets": ("cifar10",), "models": ("cifarcnn",), "sparsity_types": ("unstructured",), "targets": (0.2, 0.8), "seeds": (0,),
+    "cifar_epochs": 3, "cifar_n_train": 2000, "cifar_n_test": 2000, "augment": False, "finetune_epochs": 1, "latency_repeats": 5,
+    "lrs": {"unstructured": {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "adamw_decoupled": 1e-3, "adagrad": 0.01},
+            "dense": {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3, "adagrad": 0.03}},
+}  # fmt: skip
 
 def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     """Validate a config (``lr_grid`` lists become tuples); every message names the field and the value."""
@@ -212,9 +252,18 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     _check_names(cfg.sparsity_types, SPARSITY_TYPES, "sparsity_types", WHO)
     _check_targets(cfg.targets, WHO)
     _check_seeds(cfg.seeds, WHO)
-    for name in ("epochs", "fashion_epochs", "batch_size", "kkt_samples", "latency_repeats"):
+    for name in ("epochs", "fashion_epochs", "cifar_epochs", "batch_size", "kkt_samples", "latency_repeats"):
         check_int(getattr(cfg, name), name, WHO, 1)
-    check_int(cfg.n_train, "n_train", WHO, 2, optional=True)
+    check_int(cfg.finetune_epochs, "finetune_epochs", WHO, 0)
+    if cfg.device is not None and not isinstance(cfg.device, str):
+        raise param_error(TypeError, "device", WHO, "a device name such as 'cuda', or None", cfg.device)
+    for name in ("augment", "resume", "dense_baseline"):
+        check_bool(getattr(cfg, name), name, WHO)
+    for name in ("n_train", "cifar_n_train", "cifar_n_test"):
+        check_int(getattr(cfg, name), name, WHO, 2, optional=True)
+    from spred.models import list_models
+
+    _check_names(cfg.models, list_models(), "models", WHO)
     for name in ("fashion_test_size", "val_fraction", "tune_target", "tolerance"):
         check_float(getattr(cfg, name), name, WHO, 0, 1, low_open=True, high_open=True, optional=name == "tune_target")
     check_float(cfg.threshold, "threshold", WHO, 0, low_open=True)
@@ -240,7 +289,7 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
 
 
 def load_dataset(name: str, cfg: OptimizersConfig, data_home=None) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """``((X_train, y_train), (X_test, y_test))`` as float32 ``(n, 1, 28, 28)`` tensors and int64 labels."""
+    """``((X_train, y_train), (X_test, y_test))`` as float32 ``(n, c, h, w)`` tensors and int64 labels."""
     from spred import datasets
 
     if name == "mnist":
@@ -253,6 +302,8 @@ def load_dataset(name: str, cfg: OptimizersConfig, data_home=None) -> tuple[tupl
 
         X_all, y_all = datasets.load_fashion_mnist_subset(data_home)
         X, Xt, y, yt = train_test_split(X_all, y_all, test_size=cfg.fashion_test_size, stratify=y_all, random_state=0)
+    elif name == "cifar10":
+        return load_cifar(cfg.cifar_n_train, cfg.cifar_n_test, data_home)
     else:
         raise param_error(ValueError, "datasets", WHO, f"among {list(DATASETS)}", name)
     return image_tensors(X, y), image_tensors(Xt, yt)
@@ -278,6 +329,13 @@ SUMMARY_METRICS = {
     "test_acc": lambda r: r["test_acc"],
     "acc_change": lambda r: r["test_acc"] - r["dense_test_acc"],
     "test_acc_before_collapse": lambda r: r["test_acc_before_collapse"],
+    "test_acc_finetuned": lambda r: r.get("test_acc_finetuned", math.nan),
+    "acc_change_finetuned": lambda r: r.get("test_acc_finetuned", math.nan) - r["dense_test_acc"],
+    "magnitude_acc": lambda r: r.get("magnitude_acc", math.nan),
+    "magnitude_acc_finetuned": lambda r: r.get("magnitude_acc_finetuned", math.nan),
+    "latency_collapsed_b1": lambda r: r["latency_collapsed_b1"],
+    "latency_pruned_b1": lambda r: r["latency_pruned_b1"],
+    "latency_dense_b1": lambda r: r["latency_dense_b1"],
     "train_seconds": lambda r: r["train_seconds"],
     "latency_collapsed_bmax": lambda r: r["latency_collapsed_bmax"],
     "latency_pruned_bmax": lambda r: r["latency_pruned_bmax"],
@@ -332,6 +390,32 @@ class OptimizersResults:
     cpu_seconds: float = math.nan  # CPU time of this process and its workers: the wall time on one free core, roughly
 
 
+def _factories(dataset: str, cfg: OptimizersConfig) -> list[tuple[str, object]]:
+    """``[(model name, factory)]`` of one dataset: every CIFAR-10 model of ``cfg.models``, ``StudyCNN`` otherwise."""
+    if dataset == "cifar10":
+        return [(m, cifar_factory(m, cfg.augment)) for m in cfg.models]
+    return [("studycnn", StudyCNN)]
+
+
+def _epochs(dataset: str, cfg: OptimizersConfig) -> int:
+    return {"mnist": cfg.epochs, "fashion_mnist": cfg.fashion_epochs, "cifar10": cfg.cifar_epochs}[dataset]
+
+
+def _fingerprint(cfg: OptimizersConfig, dataset: str, model: str) -> str:
+    """The settings of ``cfg`` that change a run's result without being part of its own key (see ``_optimizers_cache``)."""
+    import json
+
+    data = {"mnist": cfg.n_train, "fashion_mnist": cfg.fashion_test_size, "cifar10": (cfg.cifar_n_train, cfg.cifar_n_test, cfg.augment)}[dataset]
+    keys = ("batch_size", "threshold", "momentum", "kkt_samples", "latency_batch_sizes", "latency_repeats", "tolerance", "val_fraction", "dense_baseline",
+            "device")  # fmt: skip
+    return json.dumps([dataset, model, data, _epochs(dataset, cfg), [getattr(cfg, k) for k in keys]], default=str)
+
+
+def labels(cfg: OptimizersConfig) -> list[str]:
+    """The ``dataset`` labels of a config's rows, in order (``cifar10-<model>`` per CIFAR-10 model)."""
+    return [label(d, m) for d in cfg.datasets for m, _ in _factories(d, cfg)]
+
+
 def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot_figure: bool = True, progress: bool | None = None,
                    data_home=None, n_jobs: int = 1) -> OptimizersResults:  # fmt: skip
     """Run the study on every dataset of ``cfg`` and write the outputs (see the module docstring).
@@ -348,25 +432,28 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
         rows: list[dict] = []
         tuning: list[dict] = []
         chosen: dict[str, dict[str, float]] = {}
+        cache = folder.path / RUNS_CACHE if cfg.resume else None
         for dataset in cfg.datasets:
             train, test = load_dataset(dataset, cfg, data_home)
-            epochs = cfg.epochs if dataset == "mnist" else cfg.fashion_epochs
-            tune_rows: list[dict] = []
-            ds_rows = optimizer_study(
-                StudyCNN, train, test, optimizers=cfg.optimizers, sparsity_types=cfg.sparsity_types, targets=cfg.targets,
-                seeds=cfg.seeds, epochs=epochs, lrs=cfg.lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
-                batch_size=cfg.batch_size, threshold=cfg.threshold, momentum=cfg.momentum, initial_lams=cfg.initial_lams,
-                tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
-                latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline,
-                tune_target=cfg.tune_target, tune_seed=cfg.tune_seed, dataset=dataset, progress=progress is not False, tuning=tune_rows,
-                n_jobs=n_jobs,
-            )  # fmt: skip
-            for r in tune_rows:
-                r["dataset"] = dataset
-            tuning += tune_rows
-            chosen[dataset] = {kind: {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == kind} for kind in KINDS}
-            rows += ds_rows
-            folder.write_csv(rows, "optimizers.csv", CSV_COLUMNS)  # an interrupted run keeps its finished datasets (staged)
+            for model_name, factory in _factories(dataset, cfg):
+                tag = label(dataset, model_name)
+                tune_rows: list[dict] = []
+                ds_rows = optimizer_study(
+                    factory, train, test, optimizers=cfg.optimizers, sparsity_types=cfg.sparsity_types, targets=cfg.targets,
+                    seeds=cfg.seeds, epochs=_epochs(dataset, cfg), lrs=cfg.lrs, lr_grid=cfg.lr_grid, val_fraction=cfg.val_fraction,
+                    batch_size=cfg.batch_size, threshold=cfg.threshold, momentum=cfg.momentum, initial_lams=cfg.initial_lams,
+                    tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
+                    latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_target=cfg.tune_target,
+                    tune_seed=cfg.tune_seed, dataset=tag, progress=progress is not False, tuning=tune_rows, n_jobs=n_jobs,
+                    finetune_epochs=cfg.finetune_epochs, model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
+                    device=cfg.device,
+                )  # fmt: skip
+                for r in tune_rows:
+                    r["dataset"] = tag
+                tuning += tune_rows
+                chosen[tag] = {kind: {r["optimizer"]: r["lr"] for r in ds_rows if r["sparsity_type"] == kind} for kind in KINDS}
+                rows += ds_rows
+                folder.write_csv(rows, "optimizers.csv", CSV_COLUMNS)  # an interrupted run keeps its finished datasets (staged)
         seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
         if n_jobs > 1:  # the runs' CPU time was spent in the workers
             cpu_seconds += sum(r["cpu_seconds"] for r in [*rows, *tuning] if math.isfinite(r.get("cpu_seconds", math.nan)))
@@ -383,7 +470,7 @@ def _write_outputs(folder: _common.ResultsFolder, results: OptimizersResults, cf
     if results.tuning:
         files["tuning"] = folder.write_csv(results.tuning, "optimizers_lr_tuning.csv", ("dataset", *TUNING_COLUMNS))
     if plot_figure:
-        for dataset in cfg.datasets:
+        for dataset in labels(cfg):
             for kind in cfg.sparsity_types:
                 name = f"optimizers_{dataset}_{kind}.png"
                 plot_panel(results.summary, dataset, kind, folder.file(name))
@@ -417,7 +504,7 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
             desc = ", ".join(f"{o} {lr:g}" + (" (tuned)" if o in tuned else " (given)") for o, lr in lrs.items())
             if desc:
                 parts.append(f"Learning rates on {dataset} ({kind}): {desc}.")
-    for dataset in cfg.datasets:
+    for dataset in labels(cfg):
         for kind in cfg.sparsity_types:
             n = len(cfg.seeds)
             parts += ["", f"**{dataset}, {kind}** (mean ± std over {n} seed{'s' * (n > 1)}; latency: batch {max(cfg.latency_batch_sizes)}, "
@@ -439,13 +526,21 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
 
 def add_arguments(parser) -> None:
     """Options of ``spred run optimizers``."""
-    _common.add_common_arguments(parser, NAME, "MNIST only, 10,000 images, 8 epochs, one seed (about 10 minutes on 2 cores with --jobs 2)")
+    _common.add_common_arguments(parser, NAME, "MNIST only, 10,000 images, 8 epochs, one seed (about 10 minutes on 2 cores with --jobs 2); "
+                                 "with --datasets cifar10: the CNN, unstructured, targets 20 and 80%%, 2,000 images, 3 epochs, fixed learning rates")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help="datasets (default: mnist fashion_mnist)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None, help="optimizers (default: all)")
     parser.add_argument("--types", dest="sparsity_types", nargs="+", choices=SPARSITY_TYPES, default=None, help="sparsity types (default: both)")
     parser.add_argument("--targets", type=float, nargs="+", default=None, metavar="T", help="target sparsities in (0, 1) (default 0.2 0.4 0.6 0.8)")
     parser.add_argument("--epochs", type=int, default=None, help="epochs per MNIST run (default 15; --quick: 8)")
     parser.add_argument("--fashion-epochs", dest="fashion_epochs", type=int, default=None, help="epochs per Fashion-MNIST run (default 40)")
+    parser.add_argument("--models", nargs="+", default=None, help="CIFAR-10 networks (default: cifarcnn resnet20)")
+    parser.add_argument("--cifar-epochs", dest="cifar_epochs", type=int, default=None, help="epochs per CIFAR-10 run (default 30; --quick: 3)")
+    parser.add_argument("--cifar-n-train", dest="cifar_n_train", type=int, default=None, help="CIFAR-10 training images (default: all 50000)")
+    parser.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=None, help="masked fine-tune after collapse (default 2)")
+    parser.add_argument("--device", default=None, help="train on this device, e.g. cuda (evaluation and timing stay on the CPU)")
+    parser.add_argument("--no-resume", dest="resume", action="store_const", const=False, default=None,
+                        help="retrain every run (default: reuse the finished runs of the same study kept in --out)")
     parser.add_argument("--n-train", dest="n_train", type=int, default=None, help="MNIST training images (default: all 60000; --quick: 10000)")
     parser.add_argument("--lr", dest="lrs", nargs="+", default=None, metavar="[TYPE:]OPT=LR",
                         help="fixed learning rates, e.g. sgd=0.03 (every type) or structured:sgd=0.1 dense:sgd=0.03 (others are tuned)")
@@ -480,9 +575,12 @@ def config_from_args(args) -> OptimizersConfig:
     cli = {
         "seeds": args.seeds, "datasets": args.datasets, "optimizers": args.optimizers, "sparsity_types": args.sparsity_types,
         "targets": args.targets, "epochs": args.epochs, "fashion_epochs": args.fashion_epochs, "n_train": args.n_train,
-        "lrs": _parse_lrs(args.lrs), "threshold": args.threshold,
+        "lrs": _parse_lrs(args.lrs), "threshold": args.threshold, "models": args.models, "cifar_epochs": args.cifar_epochs,
+        "cifar_n_train": args.cifar_n_train, "finetune_epochs": args.finetune_epochs, "resume": args.resume,
+        "device": args.device,
     }  # fmt: skip
-    cfg = _common.resolve_config(OptimizersConfig, quick=args.quick, quick_values=QUICK, config_file=args.config, cli_values=cli)
+    quick = QUICK_CIFAR if args.datasets == ["cifar10"] else QUICK
+    cfg = _common.resolve_config(OptimizersConfig, quick=args.quick, quick_values=quick, config_file=args.config, cli_values=cli)
     return check_config(cfg)
 
 

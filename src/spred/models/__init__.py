@@ -10,6 +10,7 @@ name               network                                     parameters
 ``resnet20``       :class:`ResNet20`, CIFAR 32x32              269,722
 ``resnet18``       :class:`ResNet18`, CIFAR variant 32x32      11,173,962
 ``studycnn``       :class:`StudyCNN`, MNIST 28x28              20,522
+``cifarcnn``       :class:`CifarCNN`, CIFAR 32x32, 4 conv, 2 fc 1,031,850
 =================  ==========================================  ============
 
 Build one by name with :func:`build`; sparsify it with :func:`spred.sparsify` and
@@ -23,6 +24,7 @@ from torch import nn
 
 from spred._validation import param_error
 from spred.models._lenet import LeNet5Caffe
+from spred.models._cifar_cnn import CifarCNN
 from spred.models._mlp import MLP, LeNet300100
 from spred.models._resnet import BasicBlock, ResNet18, ResNet20
 from spred.models._study import StudyCNN
@@ -36,6 +38,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "resnet20": ResNet20,
     "resnet18": ResNet18,
     "studycnn": StudyCNN,
+    "cifarcnn": CifarCNN,
 }
 
 
@@ -90,6 +93,7 @@ def build(name: str, *, seed: int | None = None, **kwargs) -> nn.Module:
 __all__ = [
     "MLP",
     "BasicBlock",
+    "CifarCNN",
     "LeNet300100",
     "LeNet5Caffe",
     "ResNet18",

@@ -1,0 +1,91 @@
+"""``spred run optimizers``: the masked fine-tune after collapse and the magnitude-pruning floor.
+
+Both use the same fine-tune, so that spred and the floor are compared on equal terms:
+
+* :func:`masked_finetune`: a plain (collapsed or pruned) model is trained for a few
+  epochs by :func:`spred.train.fit` with ``freeze_zeros=True`` (every weight that is
+  exactly 0 stays 0), without any penalty. After spred this removes the L1 shrinkage
+  of the kept weights (the "debiasing" step of the Lasso); after magnitude pruning it
+  is the usual retraining.
+* :func:`magnitude_prune_to`: the floor. The *dense* model of the same optimizer and
+  seed is pruned to the sparsity spred reached: unstructured, the globally smallest
+  ``|w|`` over the weights spred sparsified (every Linear / Conv weight); structured,
+  in every layer that spred grouped (all but the output layer) the same fraction of
+  output channels with the smallest L2 norms (filter-norm pruning).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from spred.experiments._prune_budget import prunable_weights
+
+__all__ = ["finetune_optimizer", "magnitude_prune_to", "masked_finetune"]
+
+
+def finetune_optimizer(optimizer: str) -> str:
+    """The optimizer of the fine-tune: the study's own, with plain AdamW for the decoupled variant."""
+    return "adamw" if optimizer == "adamw_decoupled" else optimizer
+
+
+def masked_finetune(model: nn.Module, train_data, *, optimizer: str, lr: float, epochs: int, seed: int, batch_size: int, momentum: float,
+                    loss_fn, device=None) -> nn.Module:  # fmt: skip
+    """A copy of the plain ``model`` trained ``epochs`` epochs with its zero weights frozen at 0 (``epochs=0``: the copy)."""
+    from spred.experiments._optimizers_runs import _quiet_logs
+    from spred.train import fit
+
+    tuned = copy.deepcopy(model)
+    if epochs == 0:
+        return tuned
+    with warnings.catch_warnings(), _quiet_logs():
+        warnings.simplefilter("ignore", UserWarning)
+        fit(tuned, train_data, epochs=epochs, optimizer=finetune_optimizer(optimizer), lr=lr, momentum=momentum, batch_size=batch_size,
+            loss_fn=loss_fn, freeze_zeros=True, seed=seed, device=device, progress=False)  # fmt: skip
+    return tuned.cpu()
+
+
+def _global_magnitude(weights: list[torch.Tensor], sparsity: float) -> None:
+    """Zero (in place) the ``round(sparsity * n)`` smallest ``|w|`` over all ``weights`` (ties in a fixed order)."""
+    flat = torch.cat([w.detach().abs().flatten() for w in weights])
+    k = round(sparsity * flat.numel())
+    if k <= 0:
+        return
+    keep = torch.ones_like(flat, dtype=torch.bool)
+    keep[flat.argsort(stable=True)[:k]] = False
+    with torch.no_grad():
+        for w, mask in zip(weights, keep.split([w.numel() for w in weights])):
+            w.mul_(mask.view_as(w))
+
+
+def _filter_norms(model: nn.Module, sparsity: float, output_layer: str) -> None:
+    """Zero (in place) the ``round(sparsity * out_channels)`` filters of smallest L2 norm in every grouped layer."""
+    for name, module in prunable_weights(model).items():
+        if name == f"{output_layer}.weight":
+            continue
+        w = module.weight
+        n_zero = min(w.shape[0] - 1, round(sparsity * w.shape[0]))  # keep one channel: a layer with none left is a cut network
+        if n_zero <= 0:
+            continue
+        norms = w.detach().flatten(1).norm(dim=1)
+        drop = norms.argsort()[:n_zero]
+        with torch.no_grad():
+            w[drop] = 0
+            if getattr(module, "bias", None) is not None:
+                module.bias[drop] = 0
+
+
+def magnitude_prune_to(dense: nn.Module, sparsity: float, structured: bool, output_layer: str) -> nn.Module:
+    """A copy of the plain ``dense`` model pruned by magnitude to ``sparsity`` (see the module docstring)."""
+    pruned = copy.deepcopy(dense)
+    if not math.isfinite(sparsity) or sparsity <= 0:
+        return pruned
+    if structured:
+        _filter_norms(pruned, sparsity, output_layer)
+    else:
+        _global_magnitude([m.weight for m in prunable_weights(pruned).values()], sparsity)
+    return pruned
