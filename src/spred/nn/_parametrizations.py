@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from spred._validation import check_float
+from spred.nn._fastpath import product
 from spred.nn._rules import GROUPS, group_norms, group_shape  # noqa: F401  (GROUPS re-exported)
 
 INITS = ("preserve", "balanced")
@@ -83,10 +84,7 @@ class SpredProduct(nn.Module):
         self.out_dim = int(out_dim)
 
     def forward(self, *factors: torch.Tensor) -> torch.Tensor:
-        v = factors[0] * factors[1]
-        for f in factors[2:]:
-            v = v * f
-        return v
+        return product(factors)
 
     def right_inverse(self, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
         split = preserving_split if self.init == "preserve" else balanced_split

@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from spred._validation import check_choice, check_float, check_int, param_error
 from spred.exceptions import NotSparsifiedError
+from spred.nn import _fastpath
 from spred.nn._channels import ChannelGroup, channel_groups, sparsify_channels
 from spred.nn._graph import is_hf_conv1d, out_dim_of
 from spred.nn._parametrizations import GROUPS, INITS, MAX_DEPTH, SpredProduct
@@ -218,6 +219,8 @@ def _register(ties: list[_Target], groups: str | None, depth: int, init: str) ->
         # first place's ParametrizationList: one set of factors, one product, one lam.
         parametrize.register_parametrization(t.module, "weight", nn.Identity(), unsafe=True)
         t.module.parametrizations["weight"] = shared
+    for t in ties:  # grouped factors in activation space where exact (_fastpath.py)
+        _fastpath.install(t.module, groups, first.out_dim)
     if len(ties) > 1:
         logger.debug("sparsify: %s share one parametrisation (tied weights)", [t.fqn for t in ties])
 
