@@ -33,8 +33,8 @@ from torch import nn
 
 from spred._validation import check_bool, check_float, check_int
 from spred.compress import _fold
-from spred.compress._fold import PRODUCER_TYPES
 from spred.compress._inputs import check_module, flat_tensors, run, split_inputs
+from spred.compress._layers import make_zero_channel_layernorm, out_rows, producer_types, torch_pruning_adapters
 from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
 from spred.nn._rules import zero_units
@@ -93,14 +93,22 @@ class _Graph:
 
 def _group_problem(tp, DG, group, out_fns: set) -> str | None:
     """Why a whole group cannot be pruned (outputs of the model, unsupported layers), or ``None``."""
-    passthrough = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE}
+    passthrough = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE,
+                   tp.ops.OPTYPE.EXPAND}
+    unwrapped = {id(p) for p, _ in DG.unwrapped_parameters}
     for item in group:
         node = item.dep.target
         if node.type == tp.ops.OPTYPE.OUTPUT or (DG.is_out_channel_pruning_fn(item.dep.handler) and node.grad_fn in out_fns):
             return "its channels are outputs of the model (the output shape must not change)"
-        if node.type in passthrough:
+        if node.type in passthrough or id(node.module) in unwrapped:
             continue
         module = node.module
+        if type(module).__name__ in _HEAD_OPS:
+            return (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
+                    "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
+        if isinstance(module, nn.Embedding):
+            name = DG._module2name.get(module, "")
+            return f"it contains the embedding '{name}' (its table, often tied to the output layer, is kept whole)"
         slicer = slicer_for(module) if isinstance(module, nn.Module) else None
         name = DG._module2name.get(module, type(module).__name__)
         if slicer is None:
@@ -111,13 +119,38 @@ def _group_problem(tp, DG, group, out_fns: set) -> str | None:
     return None
 
 
+_HEAD_OPS = {"_UnbindOp": "unbind"}
+
+
+def _check_layernorm_inputs(g: _Graph, group, candidates: list[int], root_name: str, blocked: dict[int, dict]) -> None:
+    """Block candidates that are not exactly 0 at the input of a LayerNorm of the group.
+
+    A LayerNorm's mean and variance run over all channels; a removed channel is made up
+    for (:class:`~spred.compress._layers.ZeroChannelLayerNorm`) only when it was 0.
+    """
+    for item in group:
+        norm = item.dep.target.module
+        if not isinstance(norm, nn.LayerNorm):
+            continue
+        name = g.DG._module2name.get(norm, "LayerNorm")
+        values = _fold.input_constants(g.ranges, norm, [int(j) for j in item.idxs]).tolist()
+        for r, a in zip(item.root_idxs, values):
+            if r in candidates and r not in blocked and a != 0.0:
+                blocked[r] = {
+                    "layer": root_name, "channel": r, "constant": None if math.isnan(a) else a, "consumer": name,
+                    "reason": f"it is not 0 at the input of the LayerNorm '{name}' (a parameter outside the group, "
+                              "e.g. a position embedding, adds to it), so removing it would change the LayerNorm's "
+                              "mean and variance",
+                }  # fmt: skip
+
+
 def _zero_candidates(g: _Graph, group) -> tuple[list[int], list]:
     """The root indices that are zero in every producer of the group, and the group's consumer items."""
     zero: dict[int, bool] = {}
     consumers = []
     for item in group:
         module = item.dep.target.module
-        if not isinstance(module, PRODUCER_TYPES):
+        if not isinstance(module, producer_types()):
             continue
         if not g.DG.is_out_channel_pruning_fn(item.dep.handler):
             consumers.append(item)
@@ -187,6 +220,7 @@ def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
         plan.skipped.append({"layer": root_name, "zero_channels": len(candidates), "reason": problem})
         return None
     blocked, folds, reads = _read_constants(g, consumers, candidates, root_name)
+    _check_layernorm_inputs(g, group, candidates, root_name, blocked)
     decision = _Decision(root, root_name, [], kept_constant=[blocked[r] for r in sorted(blocked)])
     removable = [r for r in candidates if r not in blocked]
     _keep_some(decision, removable, folds, slicer_for(root).out_size(root), g.round_to)
@@ -222,10 +256,11 @@ def _zero_small_rows(model: nn.Module, threshold: float) -> dict[nn.Module, torc
     rows = {}
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, PRODUCER_TYPES):
-                if slicer_for(m).unsupported(m) is None and m.weight.numel():
-                    m.weight[zero_units(m.weight.detach(), 0, threshold)] = 0.0
-                rows[m] = zero_units(m.weight.detach(), 0)
+            if isinstance(m, producer_types()):
+                w = out_rows(m)
+                if slicer_for(m).unsupported(m) is None and w.numel():
+                    w[zero_units(w.detach(), 0, threshold)] = 0.0
+                rows[m] = zero_units(w.detach(), 0)
     return rows
 
 
@@ -320,12 +355,10 @@ def prune_channels(
     try:
         model.eval()
         zero_rows = _zero_small_rows(model, threshold)
-        reference, ranges = _fold.input_ranges(model, inputs)
+        reference, ranges = _first_pass(model, inputs)
         DG, out_fns = _build_graph(tp, model, inputs)
         decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to), plan)
-        _apply(DG, model, decisions, silence, plan)
-        with torch.no_grad():
-            plan.max_abs_diff = _max_abs_diff(reference, run(model, inputs))
+        model = _apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan)
     finally:
         for name, m in model.named_modules():
             m.training = training.get(name, m.training)
@@ -345,6 +378,18 @@ def prune_channels(
     return model, plan
 
 
+def _first_pass(model: nn.Module, inputs):
+    """The model's outputs on ``inputs`` and the input ranges of its layers; a clear error if it does not run."""
+    try:
+        return _fold.input_ranges(model, inputs)
+    except Exception as exc:
+        shapes = [tuple(t.shape) for t in flat_tensors([inputs[0], inputs[1]])]
+        raise ValueError(
+            f"prune_channels: the model does not run on example_inputs (tensor shapes {shapes}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _build_graph(tp, model: nn.Module, inputs):
     """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs."""
     for p in model.parameters():
@@ -358,14 +403,23 @@ def _build_graph(tp, model: nn.Module, inputs):
 
     with torch.enable_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
-        DG = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, forward_fn=forward_fn, verbose=False)
+        try:
+            DG = tp.DependencyGraph().build_dependency(
+                model, example_inputs=inputs, forward_fn=forward_fn, verbose=False,
+                customized_pruners=torch_pruning_adapters(tp, model),
+            )  # fmt: skip
+        except Exception as exc:
+            raise RuntimeError(
+                f"prune_channels: Torch-Pruning could not trace the model ({type(exc).__name__}: {exc}); its dependency "
+                "graph is needed to find the coupled channels. Trace a submodule, or remove the operation it stops at."
+            ) from exc
     return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
 
 
 def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Entry]]:
     """One decision per dependency group with zero channels; the groups to prune and the channels to silence."""
     decisions, silence = [], []
-    for group in g.DG.get_all_groups(root_module_types=PRODUCER_TYPES):
+    for group in g.DG.get_all_groups(root_module_types=producer_types()):
         d = _decide(g, group, plan)
         if d is None:
             continue
@@ -383,44 +437,119 @@ def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Ent
     return decisions, silence
 
 
-def _apply(DG, model: nn.Module, decisions: list[_Decision], silence: list[Entry], plan: PruningPlan) -> None:
+def _apply(DG, model: nn.Module, decisions: list[_Decision], silence: list[Entry], plan: PruningPlan, state: _State) -> None:
     """Fold the constants, silence the kept zero channels, prune the groups and record the kept indices in ``plan``."""
     names = {m: n for n, m in model.named_modules()}
     for d in decisions:
         _fold_into(d.folds, plan, names)
     _silence(silence, plan, names)
-    alive: dict[tuple[str, str], list[int]] = {}
-    sizes: dict[tuple[str, str], int] = {}
     for d in decisions:
         pruner = DG.get_pruner_of_module(d.root)
         group = DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)
-        _track(DG, group, names, alive, sizes)
+        _track(DG, group, names, state)
         group.prune(record_history=False)
         plan.history.append([d.root_name, list(d.remove)])
-    plan.layers = _layer_entries(model, alive, sizes)
+    modules = dict(model.named_modules())
+    for (name, _), n in state.sizes.items():
+        if isinstance(modules[name], nn.LayerNorm):
+            make_zero_channel_layernorm(modules[name], n)
+    plan.layers, plan.parameters = _layer_entries(model, state), state.params
 
 
-def _track(DG, group, names, alive, sizes) -> None:
-    """Record, in the numbering of the unpruned model, which indices every touched module keeps."""
+def _tolerance(reference) -> float:
+    scale = max((float(t.abs().max()) for t in flat_tensors(reference) if t.numel()), default=1.0)
+    return 1e-4 * max(1.0, scale)
+
+
+def _try(model, inputs, reference, apply) -> tuple[float, str | None]:
+    """Run ``apply()`` then the model; the output difference, or why it failed."""
+    try:
+        apply()
+        with torch.no_grad():
+            diff = _max_abs_diff(reference, run(model, inputs))
+    except Exception as exc:  # a shape Torch-Pruning got wrong: the group is kept, never a crash
+        return math.inf, f"{type(exc).__name__}: {str(exc)[:200]}"
+    if diff > _tolerance(reference):
+        return diff, f"removing them changed the outputs by {diff:.3g}"
+    return diff, None
+
+
+def _apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan: PruningPlan) -> nn.Module:
+    """Apply all decisions at once; if that fails or changes the outputs, redo them one by one on copies and keep the groups that fail."""
+    backup = copy.deepcopy(model) if decisions else model
+    state = _State()
+    diff, why = _try(model, inputs, reference, lambda: _apply(DG, model, decisions, silence, plan, state))
+    if why is None:
+        plan.max_abs_diff = diff
+        return model
+    logger.info("prune_channels: pruning all groups at once failed (%s); pruning them one by one", why)
+    names = {m: n for n, m in backup.named_modules()}
+    steps = [(d.root_name, list(d.remove), [(names[c], j, a) for c, j, a in d.folds]) for d in decisions]
+    kept_silence = [(names[c], j, a) for c, j, a in silence]
+    plan.history, plan.added_bias, state, current = [], [], _State(), backup
+    plan.max_abs_diff = 0.0
+    first = True
+    for root_name, remove, folds in steps:
+        candidate = copy.deepcopy(current)
+        modules = dict(candidate.named_modules())
+        DG, _ = _build_graph(tp, candidate, inputs)
+        d = _Decision(modules[root_name], root_name, remove, folds=[(modules[c], j, a) for c, j, a in folds])
+        quiet = [(modules[c], j, a) for c, j, a in kept_silence] if first else []
+        trial = copy.deepcopy(state)
+        before, biases = len(plan.history), len(plan.added_bias)
+        diff, why = _try(candidate, inputs, reference, lambda: _apply(DG, candidate, [d], quiet, plan, trial))
+        if why is None:
+            current, state, first = candidate, trial, False
+            plan.max_abs_diff = max(plan.max_abs_diff, diff)
+        else:
+            del plan.history[before:], plan.added_bias[biases:]
+            plan.skipped.append({"layer": root_name, "zero_channels": len(remove),
+                                 "reason": f"Torch-Pruning could not remove them exactly ({why}); they are kept"})  # fmt: skip
+    plan.layers, plan.parameters = _layer_entries(current, state), state.params
+    return current
+
+
+@dataclass
+class _State:
+    """What every touched module keeps, in the numbering of the unpruned model, across successive prunings."""
+
+    alive: dict = field(default_factory=dict)
+    sizes: dict = field(default_factory=dict)
+    types: dict = field(default_factory=dict)
+    params: dict = field(default_factory=dict)
+
+
+def _track(DG, group, names, state: _State) -> None:
+    """Record, in the numbering of the unpruned model, which indices every touched module (and parameter) keeps."""
+    dims = {id(p): d for p, d in DG.unwrapped_parameters}
     for item in group:
         module = item.dep.target.module
+        if isinstance(module, nn.Parameter) and id(module) in dims:
+            name = DG._param_to_name[module]
+            dim = dims[id(module)] % module.dim()
+            entry = state.params.setdefault(name, {"dim": dim, "size": module.shape[dim], "kept": list(range(module.shape[dim]))})
+            drop = set(int(i) for i in item.idxs)
+            entry["kept"] = [orig for pos, orig in enumerate(entry["kept"]) if pos not in drop]
+            continue
         if not isinstance(module, nn.Module) or slicer_for(module) is None:
             continue
         slicer = slicer_for(module)
-        is_out = not isinstance(module, PRODUCER_TYPES) or DG.is_out_channel_pruning_fn(item.dep.handler)
+        is_out = not isinstance(module, producer_types()) or DG.is_out_channel_pruning_fn(item.dep.handler)
         key = (names[module], "out" if is_out else "in")
-        if key not in alive:
+        state.types.setdefault(names[module], type(module).__name__)
+        if key not in state.alive:
             n = slicer.out_size(module) if is_out else slicer.in_size(module)
-            sizes[key], alive[key] = n, list(range(n))
+            state.sizes[key], state.alive[key] = n, list(range(n))
         drop = set(int(i) for i in item.idxs)
-        alive[key] = [orig for pos, orig in enumerate(alive[key]) if pos not in drop]
+        state.alive[key] = [orig for pos, orig in enumerate(state.alive[key]) if pos not in drop]
 
 
-def _layer_entries(model, alive, sizes) -> dict[str, dict]:
+def _layer_entries(model, state: _State) -> dict[str, dict]:
+    alive, sizes, types = state.alive, state.sizes, state.types
     modules = dict(model.named_modules())
     order = {name: i for i, name in enumerate(modules)}
     entries: dict[str, dict] = {}
     for (name, dim), kept in sorted(alive.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] == "in")):
-        e = entries.setdefault(name, {"type": type(modules[name]).__name__, "out_size": None, "kept_out": None, "in_size": None, "kept_in": None})
+        e = entries.setdefault(name, {"type": types[name], "out_size": None, "kept_out": None, "in_size": None, "kept_in": None})
         e[f"{dim}_size"], e[f"kept_{dim}"] = sizes[(name, dim)], kept
     return entries

@@ -1,0 +1,124 @@
+"""Layer types that ``spred.compress`` handles beyond plain torch: transformers' ``Conv1D`` and exact LayerNorms.
+
+* Hugging Face ``transformers``' ``Conv1D`` (GPT-2) is a Linear layer stored
+  transposed: ``weight`` is ``(in, out)``. :func:`is_conv1d` recognises it without
+  importing ``transformers``; :func:`out_rows` gives any producer's weight as an
+  ``(out, in, ...)`` view (writes go through); :func:`torch_pruning_adapters` gives
+  Torch-Pruning a pruner for it (Torch-Pruning 1.6 has none).
+* :class:`ZeroChannelLayerNorm` is a LayerNorm over the channels that remain after
+  channels that were exactly 0 at its input were removed. Its mean and variance
+  still count the removed zeros (``full_size`` channels in all), so the outputs of
+  the remaining channels are those of the original LayerNorm.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+
+def conv1d_type() -> type | None:
+    """transformers' ``Conv1D`` class if ``transformers`` is already imported (a model using it imported it), else ``None``."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return getattr(utils, "Conv1D", None)
+
+
+def is_conv1d(layer) -> bool:
+    cls = conv1d_type()
+    return cls is not None and isinstance(layer, cls)
+
+
+def producer_types() -> tuple[type, ...]:
+    """Layers whose output units can be dead and whose inputs can absorb a constant (Linear, convolutions, Conv1D)."""
+    base = (nn.Linear, nn.modules.conv._ConvNd)
+    cls = conv1d_type()
+    return base if cls is None else (*base, cls)
+
+
+def out_rows(layer: nn.Module) -> torch.Tensor:
+    """``layer.weight`` as ``(out, in, ...)`` (a transposed view for ``Conv1D``)."""
+    return layer.weight.t() if is_conv1d(layer) else layer.weight
+
+
+def is_depthwise(conv: nn.Module) -> bool:
+    """A convolution with one filter per input channel (``groups == in_channels == out_channels``)."""
+    return (
+        isinstance(conv, nn.modules.conv._ConvNd)
+        and conv.groups > 1
+        and conv.groups == conv.in_channels == conv.out_channels
+    )
+
+
+class ZeroChannelLayerNorm(nn.LayerNorm):
+    """A LayerNorm over the last dim whose statistics also count ``full_size - n`` removed channels that were exactly 0.
+
+    With ``n`` channels left of ``full_size``: ``mean = sum(x) / full_size`` and
+    ``var = (sum((x - mean)**2) + (full_size - n) * mean**2) / full_size``; the output
+    of every remaining channel equals the original LayerNorm's. The parameters and
+    state_dict are those of an ``nn.LayerNorm(n)``.
+    """
+
+    full_size: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[-1]
+        if self.full_size == n:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        mean = x.sum(-1, keepdim=True) / self.full_size
+        var = ((x - mean).pow(2).sum(-1, keepdim=True) + (self.full_size - n) * mean.pow(2)) / self.full_size
+        y = (x - mean) * torch.rsqrt(var + self.eps)
+        if self.weight is not None:
+            y = y * self.weight
+        if self.bias is not None:
+            y = y + self.bias
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, full_size={self.full_size}"
+
+
+def make_zero_channel_layernorm(layer: nn.LayerNorm, full_size: int) -> None:
+    """Turn ``layer`` (already sliced) into a :class:`ZeroChannelLayerNorm` counting ``full_size`` channels, in place."""
+    full = getattr(layer, "full_size", full_size)
+    layer.__class__ = ZeroChannelLayerNorm
+    layer.full_size = int(full)
+
+
+def torch_pruning_adapters(tp, model: nn.Module) -> dict:
+    """Torch-Pruning pruners for the layer types of ``model`` that it lacks (``customized_pruners``)."""
+    cls = conv1d_type()
+    if cls is None or not any(isinstance(m, cls) for m in model.modules()):
+        return {}
+    return {cls: _conv1d_pruner(tp)}
+
+
+def _conv1d_pruner(tp):
+    base = tp.pruner.function.BasePruningFunc
+
+    class Conv1DPruner(base):
+        """transformers' Conv1D: ``weight`` (in, out), ``bias`` (out,), ``nf`` outputs."""
+
+        def prune_out_channels(self, layer, idxs):
+            keep = sorted(set(range(layer.nf)) - set(idxs))
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 1)
+            layer.bias = self._prune_parameter_and_grad(layer.bias, keep, 0)
+            layer.nf = len(keep)
+            return layer
+
+        def prune_in_channels(self, layer, idxs):
+            keep = sorted(set(range(layer.weight.shape[0])) - set(idxs))
+            layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+            if hasattr(layer, "nx"):
+                layer.nx = len(keep)
+            return layer
+
+        def get_out_channels(self, layer):
+            return layer.nf
+
+        def get_in_channels(self, layer):
+            return layer.weight.shape[0]
+
+    return Conv1DPruner()
