@@ -245,7 +245,11 @@ def _fold_into(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
 
 
 def _silence(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
-    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it."""
+    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it.
+
+    A consumer without bias is left alone where a constant would have to be folded: that would add parameters.
+    """
+    entries = [(c, j, a) for c, j, a in entries if a == 0.0 or getattr(c, "bias", None) is not None]
     _fold_into(entries, plan, names)
     for consumer, j, _ in entries:
         _fold.silence_inputs(consumer, [j])
@@ -420,7 +424,14 @@ def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Ent
     """One decision per dependency group with zero channels; the groups to prune and the channels to silence."""
     decisions, silence = [], []
     for group in g.DG.get_all_groups(root_module_types=producer_types()):
-        d = _decide(g, group, plan)
+        try:
+            d = _decide(g, group, plan)
+        except (IndexError, RuntimeError, ValueError) as exc:  # Torch-Pruning mapped indices that do not fit a layer
+            name = g.DG._module2name.get(group[0].dep.target.module, "?")
+            plan.skipped.append({"layer": name, "zero_channels": None,
+                                 "reason": f"Torch-Pruning's channel mapping does not fit its layers ({type(exc).__name__}: "
+                                           f"{str(exc)[:160]}); the group is kept"})  # fmt: skip
+            continue
         if d is None:
             continue
         plan.kept_nonzero_constant.extend(d.kept_constant)
@@ -483,7 +494,7 @@ def _apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan: P
         plan.max_abs_diff = diff
         return model
     logger.info("prune_channels: pruning all groups at once failed (%s); pruning them one by one", why)
-    names = {m: n for n, m in backup.named_modules()}
+    names = {m: n for n, m in model.named_modules()}  # the decisions name modules of the failed attempt
     steps = [(d.root_name, list(d.remove), [(names[c], j, a) for c, j, a in d.folds]) for d in decisions]
     kept_silence = [(names[c], j, a) for c, j, a in silence]
     plan.history, plan.added_bias, state, current = [], [], _State(), backup
