@@ -1,0 +1,170 @@
+"""prune_channels on the architecture families people use (tests/archs.py): zero channel groups go, outputs stay.
+
+Every family gets some channel groups zeroed exactly (every producing slice: conv /
+Linear / Conv1D rows and biases, norm scale and shift, position embeddings), as a
+collapsed channel-group model has them. Then: each zero group is removed or the plan
+says why, the outputs are those of the unpruned model, and ``apply_plan`` on a fresh
+model plus a weights-only state_dict rebuilds the pruned model exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from spred.compress import PruningPlan, apply_plan, count_parameters, prune_channels
+from spred.compress._inputs import flat_tensors, run, split_inputs
+
+pytest.importorskip("torch_pruning")
+
+
+def _load_archs():
+    if "spred_test_archs" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("spred_test_archs", Path(__file__).parents[1] / "archs.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["spred_test_archs"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["spred_test_archs"]
+
+
+archs = _load_archs()
+
+#: Per family: the zeroed groups (by root layer) that stay, each with the words its reason must contain.
+EXPECTED_KEPT = {
+    "resnet18": {"fc": "outputs of the model"},
+    "resnet20": {"fc": "outputs of the model"},
+    "mobilenetv2": {"classifier": "outputs of the model"},
+    "convnext": {"head": "outputs of the model"},
+    "densenet": {"fc": "outputs of the model"},
+    "vit_mha": {"head": "outputs of the model", "blocks.1.fc2": "(MultiheadAttention), which prune_channels does not support"},
+    "vit_timm": {"head": "outputs of the model", "blocks.0.attn.qkv": "attention heads", "blocks.1.attn.qkv": "attention heads"},
+    "bert": {
+        "classifier": "outputs of the model",
+        "bert.encoder.layer.1.output.dense": "embedding 'bert.embeddings",
+        "bert.encoder.layer.0.attention.self.value": "could not remove them exactly",
+        "bert.encoder.layer.1.attention.self.value": "could not remove them exactly",
+    },
+    "gpt2": {
+        "lm_head": "outputs of the model",
+        "transformer.h.1.mlp.c_proj": "embedding 'transformer.wte'",
+        "transformer.h.0.attn.c_attn": "channel mapping does not fit",
+        "transformer.h.1.attn.c_attn": "channel mapping does not fit",
+    },
+}
+
+
+def _outputs(model, x):
+    model.eval()
+    with torch.no_grad():
+        return flat_tensors(run(model, split_inputs(x, "test")))
+
+
+def _assert_close(a, b, atol=2e-5):
+    assert len(a) == len(b)
+    for s, t in zip(a, b):
+        torch.testing.assert_close(s, t, atol=atol, rtol=1e-4)
+
+
+def _accounting(zeroed: dict[str, list[int]], plan: PruningPlan) -> dict[str, str]:
+    """Per zeroed group that is not wholly removed: the reason the plan gives for every channel left."""
+    removed: dict[str, int] = {}
+    for root, idx in plan.history:
+        removed[root] = removed.get(root, 0) + len(idx)
+    reasons = {s["layer"]: s["reason"] for s in plan.skipped}
+    for k in plan.kept_nonzero_constant + plan.kept_last + plan.kept_rounding:
+        reasons.setdefault(k["layer"], k["reason"])
+    left = {}
+    for root, picks in zeroed.items():
+        if removed.get(root, 0) < len(picks):
+            assert root in reasons, f"zero channels of {root} were neither removed nor explained by the plan"
+            left[root] = reasons[root]
+    return left
+
+
+@pytest.mark.parametrize("name", list(archs.FAMILIES))
+def test_family_zero_groups_are_removed_and_the_outputs_stay(name, tmp_path):
+    model, x = archs.FAMILIES[name]()
+    zeroed = archs.zero_some_groups(model, x)
+    before = _outputs(model, x)
+    pruned, plan = prune_channels(model, x)
+
+    _assert_close(_outputs(pruned, x), before)
+    assert plan.max_abs_diff < 1e-4
+    assert count_parameters(pruned) < count_parameters(model)
+    left = _accounting(zeroed, plan)
+    expected = EXPECTED_KEPT[name]
+    assert set(left) == set(expected), left
+    for root, words in expected.items():
+        assert words in left[root], (root, left[root])
+
+    # a fresh model + the plan (as JSON) + a weights-only checkpoint rebuild the pruned model exactly
+    torch.save(pruned.state_dict(), tmp_path / "pruned.pt")
+    fresh, _ = archs.FAMILIES[name](seed=1)
+    apply_plan(fresh, plan.to_json())
+    fresh.load_state_dict(torch.load(tmp_path / "pruned.pt", weights_only=True))
+    _assert_close(_outputs(fresh, x), _outputs(pruned, x), atol=0.0)
+    assert {k: v.shape for k, v in fresh.state_dict().items()} == {k: v.shape for k, v in pruned.state_dict().items()}
+
+
+def test_gpt2_apply_plan_with_a_weights_only_state_dict_and_the_tie_survives(tmp_path):
+    """The reported bug: Conv1D (weight (in, out)) sliced like a Linear gave a fresh model outputs 8.3 away."""
+    model, x = archs.gpt2()
+    DG, _ = archs.channel_groups(model, x)
+    mlp = model.transformer.h[0].mlp
+    archs.zero_group(DG, DG.get_pruning_group(mlp.c_fc, DG.get_pruner_of_module(mlp.c_fc).prune_out_channels, list(range(0, 128, 3))))
+    pruned, plan = prune_channels(model, x)
+    assert pruned.transformer.h[0].mlp.c_fc.nf == 128 - 43 and pruned.transformer.h[0].mlp.c_proj.weight.shape == (85, 32)
+    assert plan.layers["transformer.h.0.mlp.c_fc"]["type"] == "Conv1D"
+    assert pruned.lm_head.weight is pruned.transformer.wte.weight
+
+    torch.save(pruned.state_dict(), tmp_path / "gpt2.pt")
+    fresh, _ = archs.gpt2(seed=3)
+    apply_plan(fresh, plan.to_json())
+    fresh.load_state_dict(torch.load(tmp_path / "gpt2.pt", weights_only=True))
+    assert fresh.lm_head.weight is fresh.transformer.wte.weight
+    _assert_close(_outputs(fresh, x), _outputs(pruned, x), atol=0.0)
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
+
+
+def test_depthwise_convolution_keeps_its_groups_in_step():
+    model, x = archs.FAMILIES["mobilenetv2"]()
+    archs.zero_some_groups(model, x, fraction=0.5)
+    pruned, plan = prune_channels(model, x)
+    for name, m in pruned.named_modules():
+        if isinstance(m, nn.Conv2d) and m.groups > 1:
+            assert m.groups == m.in_channels == m.out_channels == m.weight.shape[0], name
+            assert plan.layers[name]["kept_in"] in (None, plan.layers[name]["kept_out"])
+
+
+def test_convnext_layernorms_become_exact_zero_channel_layernorms():
+    model, x = archs.FAMILIES["convnext"]()
+    archs.zero_some_groups(model, x, fraction=0.25)
+    pruned, plan = prune_channels(model, x)
+    norm = pruned.blocks[0].norm
+    assert type(norm).__name__ == "ZeroChannelLayerNorm" and norm.full_size == 16 and norm.normalized_shape == (12,)
+    assert "blocks.0.gamma" in plan.parameters and len(plan.parameters["blocks.0.gamma"]["kept"]) == 12
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
+
+
+def test_wrong_example_inputs_give_spreds_error():
+    model, _ = archs.FAMILIES["resnet18"]()
+    with pytest.raises(ValueError, match=r"prune_channels: the model does not run on example_inputs \(tensor shapes \[\(2, 5, 32, 32\)\]\)"):
+        prune_channels(model, torch.randn(2, 5, 32, 32))
+
+
+def test_a_model_torch_pruning_cannot_trace_gives_spreds_error(monkeypatch):
+    import torch_pruning as tp
+
+    model, x = archs.FAMILIES["resnet18"]()
+
+    def broken(self, *args, **kwargs):
+        raise KeyError("grad_fn")
+
+    monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
+    with pytest.raises(RuntimeError, match=r"prune_channels: Torch-Pruning could not trace the model \(KeyError"):
+        prune_channels(model, x)
