@@ -364,3 +364,18 @@ def zero_some_groups(model, example_inputs, fraction=0.3, seed=0):
         zero_group(DG, sub)
         zeroed[DG._module2name.get(root, str(root))] = picks
     return zeroed
+
+
+def zero_heads(model, heads: dict[str, list[int]]) -> None:
+    """Zero the query, key and value rows (and biases) of ``heads`` ``{attention module name: [head, ...]}``."""
+    from spred.compress._heads import find_attention
+    from spred.compress._layers import out_rows
+
+    found = find_attention(model)
+    with torch.no_grad():
+        for name, hs in heads.items():
+            spec = found[name]
+            for producer, start in spec.sections:
+                rows = [start + h * spec.head_dim + i for h in hs for i in range(spec.head_dim)]
+                out_rows(producer)[rows] = 0.0
+                producer.bias[rows] = 0.0

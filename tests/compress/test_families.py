@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from spred.compress import PruningPlan, apply_plan, count_parameters, prune_channels
+from spred.compress._heads import find_attention
 from spred.compress._inputs import flat_tensors, run, split_inputs
 
 pytest.importorskip("torch_pruning")
@@ -42,18 +43,22 @@ EXPECTED_KEPT = {
     "convnext": {"head": "outputs of the model"},
     "densenet": {"fc": "outputs of the model"},
     "vit_mha": {"head": "outputs of the model", "blocks.1.fc2": "(MultiheadAttention), which prune_channels does not support"},
-    "vit_timm": {"head": "outputs of the model", "blocks.0.attn.qkv": "attention heads", "blocks.1.attn.qkv": "attention heads"},
+    "vit_timm": {
+        "head": "outputs of the model",
+        "blocks.0.attn.qkv": "dimensions inside the attention heads of 'blocks.0.attn'",
+        "blocks.1.attn.qkv": "dimensions inside the attention heads of 'blocks.1.attn'",
+    },
     "bert": {
         "classifier": "outputs of the model",
         "bert.encoder.layer.1.output.dense": "embedding 'bert.embeddings",
-        "bert.encoder.layer.0.attention.self.value": "could not remove them exactly",
-        "bert.encoder.layer.1.attention.self.value": "could not remove them exactly",
+        "bert.encoder.layer.0.attention.self.value": "dimensions inside the attention heads",
+        "bert.encoder.layer.1.attention.self.value": "dimensions inside the attention heads",
     },
     "gpt2": {
         "lm_head": "outputs of the model",
         "transformer.h.1.mlp.c_proj": "embedding 'transformer.wte'",
-        "transformer.h.0.attn.c_attn": "channel mapping does not fit",
-        "transformer.h.1.attn.c_attn": "channel mapping does not fit",
+        "transformer.h.0.attn.c_attn": "dimensions inside the attention heads",
+        "transformer.h.1.attn.c_attn": "dimensions inside the attention heads",
     },
 }
 
@@ -89,9 +94,14 @@ def _accounting(zeroed: dict[str, list[int]], plan: PruningPlan) -> dict[str, st
 @pytest.mark.parametrize("name", list(archs.FAMILIES))
 def test_family_zero_groups_are_removed_and_the_outputs_stay(name, tmp_path):
     model, x = archs.FAMILIES[name]()
+    attention = find_attention(model)
+    archs.zero_heads(model, {a: [1] for a in attention})  # whole heads: query, key and value rows
     zeroed = archs.zero_some_groups(model, x)
     before = _outputs(model, x)
     pruned, plan = prune_channels(model, x)
+    assert set(plan.heads) == set(attention)
+    for a, spec in find_attention(pruned).items():
+        assert plan.heads[a]["kept"] == [0, 2, 3] and spec.num_heads == 3
 
     _assert_close(_outputs(pruned, x), before)
     assert plan.max_abs_diff < 1e-4
@@ -168,3 +178,33 @@ def test_a_model_torch_pruning_cannot_trace_gives_spreds_error(monkeypatch):
     monkeypatch.setattr(tp.DependencyGraph, "build_dependency", broken)
     with pytest.raises(RuntimeError, match=r"prune_channels: Torch-Pruning could not trace the model \(KeyError"):
         prune_channels(model, x)
+
+
+def test_multihead_attention_heads_are_kept_with_the_reason():
+    model, x = archs.FAMILIES["vit_mha"]()
+    mha = model.blocks[0].attn.mha
+    with torch.no_grad():
+        mha.in_proj_weight[2 * 32 + 8 : 2 * 32 + 16] = 0.0  # the value rows of head 1
+        mha.in_proj_bias[2 * 32 + 8 : 2 * 32 + 16] = 0.0
+    pruned, plan = prune_channels(model, x)
+    [s] = [s for s in plan.skipped if s["layer"] == "blocks.0.attn.mha"]
+    assert "heads [1] are zero, but nn.MultiheadAttention needs num_heads * head_dim == embed_dim" in s["reason"]
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
+
+
+def test_an_attention_with_every_head_zero_keeps_one():
+    model, x = archs.FAMILIES["vit_timm"]()
+    archs.zero_heads(model, {"blocks.0.attn": [0, 1, 2, 3]})
+    pruned, plan = prune_channels(model, x)
+    assert plan.heads["blocks.0.attn"]["kept"] == [0] and pruned.blocks[0].attn.num_heads == 1
+    assert any("all its heads are zero; one is kept" in s["reason"] for s in plan.skipped)
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
+
+
+def test_apply_plan_refuses_heads_of_another_model():
+    model, x = archs.FAMILIES["vit_timm"]()
+    archs.zero_heads(model, {"blocks.0.attn": [2]})
+    _, plan = prune_channels(model, x)
+    other = archs.ViT(attention="timm", num_heads=2)
+    with pytest.raises(ValueError, match=r"apply_plan: the plan expects 'blocks.0.attn' as qkv attention with 4 heads; the model has qkv with 2"):
+        apply_plan(other, plan)

@@ -26,6 +26,7 @@ from torch import nn
 
 from spred._validation import Integral
 from spred.compress._fold import add_zero_bias
+from spred.compress._heads import apply_heads
 from spred.compress._inputs import check_module
 from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_layernorm
 
@@ -294,6 +295,9 @@ class PruningPlan:
     parameters : dict of str to dict
         Parameters held directly by a module (a position embedding, a class token, a
         layer scale) that were sliced with the channels: ``{fqn: {"dim", "size", "kept"}}``.
+    heads : dict of str to dict
+        Attention layers that lost heads whose values were all 0 (removed before the
+        channels): ``{fqn: {"kind", "num_heads", "kept"}}`` (:mod:`spred.compress._heads`).
     threshold : float
         Weights with ``|w| <= threshold`` counted as zero.
     round_to : int
@@ -311,6 +315,7 @@ class PruningPlan:
     kept_rounding: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
     parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
     threshold: float = 0.0
     round_to: int = 1
     max_abs_diff: float | None = None
@@ -483,6 +488,9 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
         plan = PruningPlan.from_dict(plan)
     elif not isinstance(plan, PruningPlan):
         raise TypeError(f"The 'plan' parameter of apply_plan must be a PruningPlan, a dict or a JSON string. Got {type(plan).__name__} instead.")
+    if not isinstance(plan.heads, Mapping):
+        raise TypeError(f"apply_plan: 'heads' of the plan must be a dict. Got {type(plan.heads).__name__}.")
+    apply_heads(fresh_model, plan.heads)  # the channel entries are in the numbering of the model without those heads
     modules = dict(fresh_model.named_modules())
     _check_plan(plan, modules)
     params = _check_parameters(plan, fresh_model)

@@ -33,6 +33,7 @@ from torch import nn
 
 from spred._validation import check_bool, check_float, check_int
 from spred.compress import _fold
+from spred.compress._heads import find_attention, prune_heads
 from spred.compress._inputs import check_module, flat_tensors, run, split_inputs
 from spred.compress._layers import make_zero_channel_layernorm, out_rows, producer_types, torch_pruning_adapters
 from spred.compress._plan import PruningPlan, slicer_for
@@ -89,10 +90,12 @@ class _Graph:
     out_fns: set
     zero_rows: dict[nn.Module, torch.Tensor]
     round_to: int
+    attention: dict[nn.Module, str] = field(default_factory=dict)  # q/k/v producers and output projections -> attention name
 
 
-def _group_problem(tp, DG, group, out_fns: set) -> str | None:
+def _group_problem(g: _Graph, group) -> str | None:
     """Why a whole group cannot be pruned (outputs of the model, unsupported layers), or ``None``."""
+    tp, DG, out_fns = g.tp, g.DG, g.out_fns
     passthrough = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE,
                    tp.ops.OPTYPE.EXPAND}
     unwrapped = {id(p) for p, _ in DG.unwrapped_parameters}
@@ -103,6 +106,10 @@ def _group_problem(tp, DG, group, out_fns: set) -> str | None:
         if node.type in passthrough or id(node.module) in unwrapped:
             continue
         module = node.module
+        within = g.attention.get(module)
+        if within is not None and (DG.is_out_channel_pruning_fn(item.dep.handler) != (within[1] == "out")):
+            return (f"its channels are dimensions inside the attention heads of '{within[0]}'; prune_channels removes "
+                    "whole zero heads only (their value rows all 0)")
         if type(module).__name__ in _HEAD_OPS:
             return (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
                     "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
@@ -215,7 +222,7 @@ def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
     candidates, consumers = _zero_candidates(g, group)
     if not candidates:
         return None
-    problem = _group_problem(g.tp, g.DG, group, g.out_fns)
+    problem = _group_problem(g, group)
     if problem is not None:
         plan.skipped.append({"layer": root_name, "zero_channels": len(candidates), "reason": problem})
         return None
@@ -360,8 +367,12 @@ def prune_channels(
         model.eval()
         zero_rows = _zero_small_rows(model, threshold)
         reference, ranges = _first_pass(model, inputs)
+        plan.heads, plan.skipped = prune_heads(model)
+        if plan.heads:  # the widths changed: read the ranges again (the outputs are the same, the value rows were 0)
+            zero_rows = _zero_small_rows(model, threshold)
+            _, ranges = _first_pass(model, inputs)
         DG, out_fns = _build_graph(tp, model, inputs)
-        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to), plan)
+        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to, _attention_layers(model)), plan)
         model = _apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan)
     finally:
         for name, m in model.named_modules():
@@ -380,6 +391,16 @@ def prune_channels(
                 "empty layers, %d to round widths; skipped %d groups", plan.n_removed, len(plan.history),
                 len(plan.kept_nonzero_constant), len(plan.kept_last), len(plan.kept_rounding), len(plan.skipped))  # fmt: skip
     return model, plan
+
+
+def _attention_layers(model: nn.Module) -> dict[nn.Module, tuple[str, str]]:
+    """``{layer: (attention name, "qkv" or "out")}`` for the q/k/v producers and output projections of the heads."""
+    found = {}
+    for name, spec in find_attention(model).items():
+        for producer, _ in spec.sections:
+            found[producer] = (name, "qkv")
+        found[spec.out] = (name, "out")
+    return found
 
 
 def _first_pass(model: nn.Module, inputs):
