@@ -356,16 +356,44 @@ def test_layernorm_channels_go_only_when_zero_at_its_input():
     assert_same_function(pruned, model, x)
 
 
+def _group_normed():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 4),
+    ).eval()  # fmt: skip
+
+
+def test_groupnorm_channels_go_and_the_groups_keep_their_statistics():
+    from spred.compress import apply_plan
+
+    torch.manual_seed(0)
+    model = _group_normed()
+    with torch.no_grad():
+        for m in (model[1], model[4]):
+            m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+        for conv, norm, idx in ((model[0], model[1], [1, 2, 6]), (model[3], model[4], [4])):
+            for t in (conv.weight, conv.bias, norm.weight, norm.bias):
+                t[idx] = 0.0
+        model[3].bias[5] = 0.7  # channel 5 of the second conv: zero filter, nonzero input to its GroupNorm
+        model[3].weight[5] = 0.0
+        model[4].weight[5] = model[4].bias[5] = 0.0
+    x = torch.randn(3, 3, 5, 5)
+    pruned, plan = prune_channels(model, x)
+    assert (pruned[1].num_channels, pruned[4].num_channels) == (5, 5) and plan.n_removed == 4
+    assert type(pruned[1]).__name__ == "ZeroChannelGroupNorm" and pruned[1].group_of == [0, 0, 1, 1, 1]
+    [k] = plan.kept_nonzero_constant
+    assert k["channel"] == 5 and "not 0 at the input of the GroupNorm '4'" in k["reason"]
+    assert_same_function(pruned, model, x)
+    fresh = apply_plan(_group_normed(), plan.to_json())
+    fresh.load_state_dict(pruned.state_dict())
+    assert_same_function(fresh, pruned, x)
+
+
 def test_groups_through_unsupported_layers_are_skipped_with_a_reason():
     grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
     zero(grouped[0], [0])
     _, plan = prune_channels(grouped, torch.randn(2, 3, 6, 6))
     assert any("groups=2 (grouped convolution that is not depthwise)" in s["reason"] for s in plan.skipped)
-
-    normed = nn.Sequential(nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
-    zero(normed[0], [0])
-    _, plan = prune_channels(normed, torch.randn(2, 3, 6, 6))
-    assert any("(GroupNorm), which prune_channels does not support" in s["reason"] for s in plan.skipped)
 
 
 def test_a_group_refused_by_torch_pruning_is_skipped(make, monkeypatch):

@@ -49,6 +49,8 @@ def channel_dim(module: nn.Module, x: torch.Tensor) -> int:
     """The channel dimension of the input ``x`` of ``module`` (features of a Linear / Conv1D / LayerNorm, channels of a convolution)."""
     if isinstance(module, (nn.Linear, nn.LayerNorm)) or is_conv1d(module):
         return x.dim() - 1
+    if isinstance(module, nn.GroupNorm):
+        return 1
     return 1 if x.dim() == module.weight.dim() else 0  # batched / unbatched convolution
 
 
@@ -73,7 +75,7 @@ def input_ranges(model: nn.Module, inputs: tuple[tuple, dict], modules: Iterable
             lo, hi = torch.minimum(stats[module][0], lo), torch.maximum(stats[module][1], hi)
         stats[module] = (lo, hi)
 
-    kinds = (*producer_types(), nn.LayerNorm)
+    kinds = (*producer_types(), nn.LayerNorm, nn.GroupNorm)
     watched = [m for m in model.modules() if isinstance(m, kinds)] if modules is None else list(modules)
     handles = [m.register_forward_pre_hook(hook) for m in watched]
     modes = [(m, m.training) for m in model.modules()]

@@ -87,6 +87,50 @@ def make_zero_channel_layernorm(layer: nn.LayerNorm, full_size: int) -> None:
     layer.full_size = int(full)
 
 
+class ZeroChannelGroupNorm(nn.GroupNorm):
+    """A GroupNorm whose groups lost channels that were exactly 0 at its input; the statistics still count them.
+
+    ``group_of[i]`` is the group of the ``i``-th remaining channel and every group had
+    ``full_group_size`` channels: ``mean_g = sum / (full_group_size * positions)`` and the
+    removed zeros add ``mean_g**2`` each to the variance, so the remaining channels'
+    outputs are the original GroupNorm's. Parameters and state_dict are those of a
+    GroupNorm over the remaining channels.
+    """
+
+    group_of: list[int]
+    full_group_size: int
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c = x.shape[0], x.shape[1]
+        xs = x.reshape(n, c, -1)
+        idx = torch.as_tensor(self.group_of, dtype=torch.long, device=x.device)
+        count = self.full_group_size * xs.shape[-1]
+        sums = xs.new_zeros(n, self.num_groups).index_add_(1, idx, xs.sum(-1))
+        mean = sums / count
+        centred = xs - mean[:, idx].unsqueeze(-1)
+        removed = self.full_group_size - torch.bincount(idx, minlength=self.num_groups).to(x.dtype)
+        var = (xs.new_zeros(n, self.num_groups).index_add_(1, idx, centred.pow(2).sum(-1)) + removed * xs.shape[-1] * mean.pow(2)) / count
+        y = (centred * torch.rsqrt(var[:, idx].unsqueeze(-1) + self.eps)).reshape(x.shape)
+        if self.affine:
+            shape = (1, c) + (1,) * (x.dim() - 2)
+            y = y * self.weight.reshape(shape) + self.bias.reshape(shape)
+        return y
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, full_group_size={self.full_group_size}"
+
+
+def make_zero_channel_groupnorm(layer: nn.GroupNorm, full_size: int, kept: list[int]) -> None:
+    """Turn ``layer`` (already sliced to ``kept`` of its ``full_size`` channels) into a :class:`ZeroChannelGroupNorm`."""
+    if isinstance(layer, ZeroChannelGroupNorm):
+        layer.group_of = [layer.group_of[i] for i in kept]
+        return
+    size = full_size // layer.num_groups
+    layer.__class__ = ZeroChannelGroupNorm
+    layer.group_of = [i // size for i in kept]
+    layer.full_group_size = size
+
+
 def torch_pruning_adapters(tp, model: nn.Module) -> dict:
     """Torch-Pruning pruners for the layer types of ``model`` that it lacks (``customized_pruners``)."""
     cls = conv1d_type()

@@ -28,7 +28,7 @@ from spred._validation import Integral
 from spred.compress._fold import add_zero_bias
 from spred.compress._heads import apply_heads
 from spred.compress._inputs import check_module
-from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_layernorm
+from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_groupnorm, make_zero_channel_layernorm
 
 PLAN_FORMAT = "spred.PruningPlan"
 PLAN_VERSION = 1
@@ -254,7 +254,24 @@ class PReLUSlicer(LayerSlicer):
             layer.num_parameters = len(keep)
 
 
-for _slicer in (LinearSlicer(), ConvSlicer(), BatchNormSlicer(), PReLUSlicer(), LayerNormSlicer()):
+class GroupNormSlicer(LayerSlicer):
+    """A GroupNorm; the result is a :class:`~spred.compress._layers.ZeroChannelGroupNorm`,
+    exact when the removed channels were 0 at its input."""
+
+    target = nn.GroupNorm
+
+    def out_size(self, layer):
+        return layer.num_channels
+
+    def keep_out(self, layer, keep):
+        full = layer.num_channels
+        for name in ("weight", "bias"):
+            _set_param(layer, name, 0, keep)
+        layer.num_channels = len(keep)
+        make_zero_channel_groupnorm(layer, full, keep)
+
+
+for _slicer in (LinearSlicer(), ConvSlicer(), BatchNormSlicer(), PReLUSlicer(), LayerNormSlicer(), GroupNormSlicer()):
     register_slicer(_slicer)
 
 

@@ -35,7 +35,7 @@ from spred._validation import check_bool, check_float, check_int
 from spred.compress import _fold
 from spred.compress._heads import find_attention, prune_heads
 from spred.compress._inputs import check_module, flat_tensors, run, split_inputs
-from spred.compress._layers import make_zero_channel_layernorm, out_rows, producer_types, torch_pruning_adapters
+from spred.compress._layers import make_zero_channel_groupnorm, make_zero_channel_layernorm, out_rows, producer_types, torch_pruning_adapters
 from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
 from spred.nn._rules import zero_units
@@ -137,7 +137,7 @@ def _check_layernorm_inputs(g: _Graph, group, candidates: list[int], root_name: 
     """
     for item in group:
         norm = item.dep.target.module
-        if not isinstance(norm, nn.LayerNorm):
+        if not isinstance(norm, (nn.LayerNorm, nn.GroupNorm)):
             continue
         name = g.DG._module2name.get(norm, "LayerNorm")
         values = _fold.input_constants(g.ranges, norm, [int(j) for j in item.idxs]).tolist()
@@ -145,8 +145,8 @@ def _check_layernorm_inputs(g: _Graph, group, candidates: list[int], root_name: 
             if r in candidates and r not in blocked and a != 0.0:
                 blocked[r] = {
                     "layer": root_name, "channel": r, "constant": None if math.isnan(a) else a, "consumer": name,
-                    "reason": f"it is not 0 at the input of the LayerNorm '{name}' (a parameter outside the group, "
-                              "e.g. a position embedding, adds to it), so removing it would change the LayerNorm's "
+                    "reason": f"it is not 0 at the input of the {type(norm).__name__} '{name}' (a parameter outside the "
+                              "group, e.g. a position embedding, adds to it), so removing it would change the norm's "
                               "mean and variance",
                 }  # fmt: skip
 
@@ -475,16 +475,24 @@ def _apply(DG, model: nn.Module, decisions: list[_Decision], silence: list[Entry
     for d in decisions:
         _fold_into(d.folds, plan, names)
     _silence(silence, plan, names)
+    touched = {}  # GroupNorms sliced now: the positions they keep, in their numbering before this call
     for d in decisions:
         pruner = DG.get_pruner_of_module(d.root)
         group = DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)
+        for item in group:
+            m = item.dep.target.module
+            if isinstance(m, nn.GroupNorm):
+                drop = set(int(i) for i in item.idxs)
+                touched[names[m]] = [i for i in touched.get(names[m], range(m.num_channels)) if i not in drop]
         _track(DG, group, names, state)
         group.prune(record_history=False)
         plan.history.append([d.root_name, list(d.remove)])
     modules = dict(model.named_modules())
-    for (name, _), n in state.sizes.items():
+    for (name, dim), n in state.sizes.items():
         if isinstance(modules[name], nn.LayerNorm):
             make_zero_channel_layernorm(modules[name], n)
+        elif isinstance(modules[name], nn.GroupNorm) and name in touched:
+            make_zero_channel_groupnorm(modules[name], n, touched[name])
     plan.layers, plan.parameters = _layer_entries(model, state), state.params
 
 
