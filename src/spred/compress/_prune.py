@@ -33,51 +33,17 @@ from torch import nn
 
 from spred._validation import check_bool, check_float, check_int
 from spred.compress import _fold
-from spred.compress._heads import find_attention, prune_heads
-from spred.compress._inputs import check_module, flat_tensors, run, split_inputs
-from spred.compress._layers import make_zero_channel_groupnorm, make_zero_channel_layernorm, out_rows, producer_types, torch_pruning_adapters
+from spred.compress._apply import Decision, Entry, apply_checked
+from spred.compress._graph import attention_layers, build_graph, first_pass, import_torch_pruning
+from spred.compress._heads import prune_heads
+from spred.compress._inputs import check_module, flat_tensors, split_inputs
+from spred.compress._layers import out_rows, producer_types
 from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
 from spred.nn._rules import zero_units
 
 logger = logging.getLogger(__name__)
 
-Entry = tuple[nn.Module, int, float]  # (consumer, its input channel, the constant that channel carries)
-
-
-def _import_torch_pruning():
-    try:
-        import torch_pruning
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "spred.compress.prune_channels needs Torch-Pruning, an optional dependency: "
-            "install it with pip install 'spred[prune]' (or pip install torch-pruning)."
-        ) from exc
-    return torch_pruning
-
-
-def _max_abs_diff(a, b) -> float:
-    fa, fb = flat_tensors(a), flat_tensors(b)
-    if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
-        return math.inf
-    return max((float((x.double() - y.double()).abs().max()) for x, y in zip(fa, fb) if x.numel()), default=0.0)
-
-
-# ---------------------------------------------------------------------------
-# Decisions, one per dependency group
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Decision:
-    root: nn.Module
-    root_name: str
-    remove: list[int]
-    folds: list[Entry] = field(default_factory=list)
-    kept_constant: list[dict] = field(default_factory=list)
-    kept_last: list[dict] = field(default_factory=list)
-    kept_rounding: list[dict] = field(default_factory=list)
-    silence: list[Entry] = field(default_factory=list)
 
 
 @dataclass
@@ -200,7 +166,7 @@ def _read_constants(g: _Graph, consumers, candidates: list[int], root_name: str)
     return blocked, folds, reads
 
 
-def _keep_some(d: _Decision, removable: list[int], folds: dict[int, list[Entry]], n_root: int, round_to: int) -> None:
+def _keep_some(d: Decision, removable: list[int], folds: dict[int, list[Entry]], n_root: int, round_to: int) -> None:
     """Keep one channel if all would go, and enough to round the width to ``round_to`` (``removable`` shrinks)."""
     if removable and len(removable) >= n_root:
         keep = removable.pop(0)
@@ -216,7 +182,7 @@ def _keep_some(d: _Decision, removable: list[int], folds: dict[int, list[Entry]]
                                     "reason": f"kept so that the layer keeps a multiple of round_to={round_to} channels"})  # fmt: skip
 
 
-def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
+def _decide(g: _Graph, group, plan: PruningPlan) -> Decision | None:
     root = group[0].dep.target.module
     root_name = g.DG._module2name[root]
     candidates, consumers = _zero_candidates(g, group)
@@ -228,7 +194,7 @@ def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
         return None
     blocked, folds, reads = _read_constants(g, consumers, candidates, root_name)
     _check_layernorm_inputs(g, group, candidates, root_name, blocked)
-    decision = _Decision(root, root_name, [], kept_constant=[blocked[r] for r in sorted(blocked)])
+    decision = Decision(root, root_name, [], kept_constant=[blocked[r] for r in sorted(blocked)])
     removable = [r for r in candidates if r not in blocked]
     _keep_some(decision, removable, folds, slicer_for(root).out_size(root), g.round_to)
     decision.remove = removable
@@ -238,28 +204,6 @@ def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
     kept = [k["channel"] for k in decision.kept_rounding + decision.kept_last]
     decision.silence = [f for r in kept for f in reads[r]]
     return decision
-
-
-def _fold_into(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
-    """Fold the constants of ``entries`` into their consumers' biases, one call per consumer."""
-    by_module: dict[nn.Module, list[tuple[int, float]]] = {}
-    for consumer, j, a in entries:
-        if a != 0.0:
-            by_module.setdefault(consumer, []).append((j, a))
-    for consumer, pairs in by_module.items():
-        if _fold.fold_inputs(consumer, [j for j, _ in pairs], [a for _, a in pairs]):
-            plan.added_bias.append(names[consumer])
-
-
-def _silence(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
-    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it.
-
-    A consumer without bias is left alone where a constant would have to be folded: that would add parameters.
-    """
-    entries = [(c, j, a) for c, j, a in entries if a == 0.0 or getattr(c, "bias", None) is not None]
-    _fold_into(entries, plan, names)
-    for consumer, j, _ in entries:
-        _fold.silence_inputs(consumer, [j])
 
 
 def _zero_small_rows(model: nn.Module, threshold: float) -> dict[nn.Module, torch.Tensor]:
@@ -353,7 +297,7 @@ def prune_channels(
     round_to = check_int(round_to, "round_to", "prune_channels", 1, optional=True) or 1
     check_bool(inplace, "inplace", "prune_channels")
     inputs = split_inputs(example_inputs, "prune_channels")
-    tp = _import_torch_pruning()
+    tp = import_torch_pruning()
 
     if is_sparsified(model):
         logger.info("prune_channels: collapsing the spred parametrisation first (threshold %g)", threshold)
@@ -366,14 +310,14 @@ def prune_channels(
     try:
         model.eval()
         zero_rows = _zero_small_rows(model, threshold)
-        reference, ranges = _first_pass(model, inputs)
+        reference, ranges = first_pass(model, inputs)
         plan.heads, plan.skipped = prune_heads(model)
         if plan.heads:  # the widths changed: read the ranges again (the outputs are the same, the value rows were 0)
             zero_rows = _zero_small_rows(model, threshold)
-            _, ranges = _first_pass(model, inputs)
-        DG, out_fns = _build_graph(tp, model, inputs)
-        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to, _attention_layers(model)), plan)
-        model = _apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan)
+            _, ranges = first_pass(model, inputs)
+        DG, out_fns = build_graph(tp, model, inputs)
+        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to, attention_layers(model)), plan)
+        model = apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan)
     finally:
         for name, m in model.named_modules():
             m.training = training.get(name, m.training)
@@ -393,55 +337,7 @@ def prune_channels(
     return model, plan
 
 
-def _attention_layers(model: nn.Module) -> dict[nn.Module, tuple[str, str]]:
-    """``{layer: (attention name, "qkv" or "out")}`` for the q/k/v producers and output projections of the heads."""
-    found = {}
-    for name, spec in find_attention(model).items():
-        for producer, _ in spec.sections:
-            found[producer] = (name, "qkv")
-        found[spec.out] = (name, "out")
-    return found
-
-
-def _first_pass(model: nn.Module, inputs):
-    """The model's outputs on ``inputs`` and the input ranges of its layers; a clear error if it does not run."""
-    try:
-        return _fold.input_ranges(model, inputs)
-    except Exception as exc:
-        shapes = [tuple(t.shape) for t in flat_tensors([inputs[0], inputs[1]])]
-        raise ValueError(
-            f"prune_channels: the model does not run on example_inputs (tensor shapes {shapes}): "
-            f"{type(exc).__name__}: {exc}"
-        ) from exc
-
-
-def _build_graph(tp, model: nn.Module, inputs):
-    """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    outputs = []
-
-    def forward_fn(m, _):
-        out = run(m, inputs)
-        outputs.append(out)
-        return out
-
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
-        try:
-            DG = tp.DependencyGraph().build_dependency(
-                model, example_inputs=inputs, forward_fn=forward_fn, verbose=False,
-                customized_pruners=torch_pruning_adapters(tp, model),
-            )  # fmt: skip
-        except Exception as exc:
-            raise RuntimeError(
-                f"prune_channels: Torch-Pruning could not trace the model ({type(exc).__name__}: {exc}); its dependency "
-                "graph is needed to find the coupled channels. Trace a submodule, or remove the operation it stops at."
-            ) from exc
-    return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
-
-
-def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Entry]]:
+def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[Decision], list[Entry]]:
     """One decision per dependency group with zero channels; the groups to prune and the channels to silence."""
     decisions, silence = [], []
     for group in g.DG.get_all_groups(root_module_types=producer_types()):
@@ -468,128 +364,3 @@ def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Ent
         silence.extend(d.silence)
     return decisions, silence
 
-
-def _apply(DG, model: nn.Module, decisions: list[_Decision], silence: list[Entry], plan: PruningPlan, state: _State) -> None:
-    """Fold the constants, silence the kept zero channels, prune the groups and record the kept indices in ``plan``."""
-    names = {m: n for n, m in model.named_modules()}
-    for d in decisions:
-        _fold_into(d.folds, plan, names)
-    _silence(silence, plan, names)
-    touched = {}  # GroupNorms sliced now: the positions they keep, in their numbering before this call
-    for d in decisions:
-        pruner = DG.get_pruner_of_module(d.root)
-        group = DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)
-        for item in group:
-            m = item.dep.target.module
-            if isinstance(m, nn.GroupNorm):
-                drop = set(int(i) for i in item.idxs)
-                touched[names[m]] = [i for i in touched.get(names[m], range(m.num_channels)) if i not in drop]
-        _track(DG, group, names, state)
-        group.prune(record_history=False)
-        plan.history.append([d.root_name, list(d.remove)])
-    modules = dict(model.named_modules())
-    for (name, dim), n in state.sizes.items():
-        if isinstance(modules[name], nn.LayerNorm):
-            make_zero_channel_layernorm(modules[name], n)
-        elif isinstance(modules[name], nn.GroupNorm) and name in touched:
-            make_zero_channel_groupnorm(modules[name], n, touched[name])
-    plan.layers, plan.parameters = _layer_entries(model, state), state.params
-
-
-def _tolerance(reference) -> float:
-    scale = max((float(t.abs().max()) for t in flat_tensors(reference) if t.numel()), default=1.0)
-    return 1e-4 * max(1.0, scale)
-
-
-def _try(model, inputs, reference, apply) -> tuple[float, str | None]:
-    """Run ``apply()`` then the model; the output difference, or why it failed."""
-    try:
-        apply()
-        with torch.no_grad():
-            diff = _max_abs_diff(reference, run(model, inputs))
-    except Exception as exc:  # a shape Torch-Pruning got wrong: the group is kept, never a crash
-        return math.inf, f"{type(exc).__name__}: {str(exc)[:200]}"
-    if diff > _tolerance(reference):
-        return diff, f"removing them changed the outputs by {diff:.3g}"
-    return diff, None
-
-
-def _apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan: PruningPlan) -> nn.Module:
-    """Apply all decisions at once; if that fails or changes the outputs, redo them one by one on copies and keep the groups that fail."""
-    backup = copy.deepcopy(model) if decisions else model
-    state = _State()
-    diff, why = _try(model, inputs, reference, lambda: _apply(DG, model, decisions, silence, plan, state))
-    if why is None:
-        plan.max_abs_diff = diff
-        return model
-    logger.info("prune_channels: pruning all groups at once failed (%s); pruning them one by one", why)
-    names = {m: n for n, m in model.named_modules()}  # the decisions name modules of the failed attempt
-    steps = [(d.root_name, list(d.remove), [(names[c], j, a) for c, j, a in d.folds]) for d in decisions]
-    kept_silence = [(names[c], j, a) for c, j, a in silence]
-    plan.history, plan.added_bias, state, current = [], [], _State(), backup
-    plan.max_abs_diff = 0.0
-    first = True
-    for root_name, remove, folds in steps:
-        candidate = copy.deepcopy(current)
-        modules = dict(candidate.named_modules())
-        DG, _ = _build_graph(tp, candidate, inputs)
-        d = _Decision(modules[root_name], root_name, remove, folds=[(modules[c], j, a) for c, j, a in folds])
-        quiet = [(modules[c], j, a) for c, j, a in kept_silence] if first else []
-        trial = copy.deepcopy(state)
-        before, biases = len(plan.history), len(plan.added_bias)
-        diff, why = _try(candidate, inputs, reference, lambda: _apply(DG, candidate, [d], quiet, plan, trial))
-        if why is None:
-            current, state, first = candidate, trial, False
-            plan.max_abs_diff = max(plan.max_abs_diff, diff)
-        else:
-            del plan.history[before:], plan.added_bias[biases:]
-            plan.skipped.append({"layer": root_name, "zero_channels": len(remove),
-                                 "reason": f"Torch-Pruning could not remove them exactly ({why}); they are kept"})  # fmt: skip
-    plan.layers, plan.parameters = _layer_entries(current, state), state.params
-    return current
-
-
-@dataclass
-class _State:
-    """What every touched module keeps, in the numbering of the unpruned model, across successive prunings."""
-
-    alive: dict = field(default_factory=dict)
-    sizes: dict = field(default_factory=dict)
-    types: dict = field(default_factory=dict)
-    params: dict = field(default_factory=dict)
-
-
-def _track(DG, group, names, state: _State) -> None:
-    """Record, in the numbering of the unpruned model, which indices every touched module (and parameter) keeps."""
-    dims = {id(p): d for p, d in DG.unwrapped_parameters}
-    for item in group:
-        module = item.dep.target.module
-        if isinstance(module, nn.Parameter) and id(module) in dims:
-            name = DG._param_to_name[module]
-            dim = dims[id(module)] % module.dim()
-            entry = state.params.setdefault(name, {"dim": dim, "size": module.shape[dim], "kept": list(range(module.shape[dim]))})
-            drop = set(int(i) for i in item.idxs)
-            entry["kept"] = [orig for pos, orig in enumerate(entry["kept"]) if pos not in drop]
-            continue
-        if not isinstance(module, nn.Module) or slicer_for(module) is None:
-            continue
-        slicer = slicer_for(module)
-        is_out = not isinstance(module, producer_types()) or DG.is_out_channel_pruning_fn(item.dep.handler)
-        key = (names[module], "out" if is_out else "in")
-        state.types.setdefault(names[module], type(module).__name__)
-        if key not in state.alive:
-            n = slicer.out_size(module) if is_out else slicer.in_size(module)
-            state.sizes[key], state.alive[key] = n, list(range(n))
-        drop = set(int(i) for i in item.idxs)
-        state.alive[key] = [orig for pos, orig in enumerate(state.alive[key]) if pos not in drop]
-
-
-def _layer_entries(model, state: _State) -> dict[str, dict]:
-    alive, sizes, types = state.alive, state.sizes, state.types
-    modules = dict(model.named_modules())
-    order = {name: i for i, name in enumerate(modules)}
-    entries: dict[str, dict] = {}
-    for (name, dim), kept in sorted(alive.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] == "in")):
-        e = entries.setdefault(name, {"type": types[name], "out_size": None, "kept_out": None, "in_size": None, "kept_in": None})
-        e[f"{dim}_size"], e[f"kept_{dim}"] = sizes[(name, dim)], kept
-    return entries
