@@ -13,6 +13,12 @@ channel is consumed, or if the next layer can absorb it into its own bias:
 
 Channels coupled through residual adds or concatenations (one Torch-Pruning
 dependency group) are removed only if their weights are zero in every coupled layer.
+Depthwise convolutions follow their channel; a LayerNorm / GroupNorm loses a channel
+only if it is exactly 0 at its input, and becomes an exact ``ZeroChannelLayerNorm`` /
+``ZeroChannelGroupNorm`` (:mod:`spred.compress._layers`); whole zero attention heads
+go first (:mod:`spred.compress._heads`). Carrying the decisions out, with the
+one-group-at-a-time fallback that keeps a group Torch-Pruning cannot slice, is
+:mod:`spred.compress._apply`.
 
 Which rows are zero is the zero rule of :func:`spred.nn._rules.zero_units` (every
 entry ``|w| <= threshold``); reading and folding the constants is
@@ -250,10 +256,21 @@ def prune_channels(
       (or all of them): enough zero channels are kept to round up (``plan.kept_rounding``);
     * a zero channel kept for one of these two reasons is silenced: the weights of the
       next layers that read it are zeroed (its constant, if any, folded as for a
-      removal), so those layers have as many nonzero weights as with the exact widths;
+      removal; not into a layer without bias), so those layers have as many nonzero
+      weights as with the exact widths;
+    * a channel normalised by a LayerNorm / GroupNorm must be exactly 0 at the norm's
+      input (the norm is replaced by an exact equivalent that still counts it);
+    * depthwise convolutions, transformers' ``Conv1D`` (GPT-2) and parameters held
+      directly by a module (position embeddings, class tokens, layer scales) are
+      sliced with the channel;
+    * attention heads whose value rows are all 0 are removed whole (timm-style
+      ``qkv`` attention, Hugging Face BERT and GPT-2; ``plan.heads``); the zero heads
+      of ``nn.MultiheadAttention`` and dimensions inside heads are kept;
     * channels that are outputs of the model, or that pass through layers without a
-      registered slicer (LayerNorm, grouped convolutions, ...), are left alone
-      (``plan.skipped``).
+      registered slicer (embeddings, grouped non-depthwise convolutions, ...), are
+      left alone (``plan.skipped``), and so is any group whose removal Torch-Pruning
+      cannot carry out exactly (the groups are then pruned one at a time, and a group
+      that raises or changes the outputs is kept).
 
     Parameters
     ----------
@@ -291,6 +308,10 @@ def prune_channels(
     ------
     ImportError
         If Torch-Pruning (``spred[prune]``) is not installed.
+    ValueError
+        If the model does not run on ``example_inputs`` (e.g. a wrong shape).
+    RuntimeError
+        If Torch-Pruning cannot trace the model.
     """
     check_module(model, "model", "prune_channels")
     threshold = check_float(threshold, "threshold", "prune_channels", 0.0)
