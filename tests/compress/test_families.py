@@ -208,3 +208,16 @@ def test_apply_plan_refuses_heads_of_another_model():
     other = archs.ViT(attention="timm", num_heads=2)
     with pytest.raises(ValueError, match=r"apply_plan: the plan expects 'blocks.0.attn' as qkv attention with 4 heads; the model has qkv with 2"):
         apply_plan(other, plan)
+
+
+def test_gpt2_mlp_neuron_with_a_bias_folds_into_the_transposed_consumer():
+    """A Conv1D neuron with zero weights but a bias emits gelu(b): folded into c_proj's bias through W (in, out)."""
+    model, x = archs.gpt2()
+    mlp = model.transformer.h[1].mlp
+    with torch.no_grad():
+        mlp.c_fc.weight[:, [5, 9]] = 0.0  # the input weights of neurons 5 and 9 (columns: Conv1D is (in, out))
+        mlp.c_fc.bias[[5, 9]] = torch.tensor([0.8, -1.3])
+    pruned, plan = prune_channels(model, x)
+    assert plan.layers["transformer.h.1.mlp.c_fc"]["kept_out"] == [i for i in range(128) if i not in (5, 9)]
+    assert pruned.transformer.h[1].mlp.c_proj.weight.shape == (126, 32)
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
