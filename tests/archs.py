@@ -326,6 +326,8 @@ def zero_group(DG, group) -> None:
             elif type(module).__name__ == "Conv1D":  # transformers' transposed Linear
                 _zero_slice(module.weight, 1, idxs)
                 _zero_slice(module.bias, 0, idxs)
+            elif isinstance(module, nn.Embedding):
+                _zero_slice(module.weight, 1, idxs)
             elif isinstance(module, nn.MultiheadAttention):
                 continue  # its input and output share the embedding dim; the in/out projections are separate items
             elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):

@@ -18,7 +18,7 @@ from torch import nn
 from spred.compress import _fold
 from spred.compress._graph import build_graph, max_abs_diff
 from spred.compress._inputs import flat_tensors, run
-from spred.compress._layers import make_zero_channel_groupnorm, make_zero_channel_layernorm, producer_types
+from spred.compress._layers import make_zero_channel_groupnorm, make_zero_channel_layernorm, producer_types, retie, tied_parameters
 from spred.compress._plan import PruningPlan, slicer_for
 
 logger = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ def _apply(DG, model: nn.Module, decisions: list[Decision], silence: list[Entry]
     for d in decisions:
         fold_into(d.folds, plan, names)
     _silence(silence, plan, names)
+    ties = tied_parameters(model)
     touched = {}  # GroupNorms sliced now: the positions they keep, in their numbering before this call
     for d in decisions:
         pruner = DG.get_pruner_of_module(d.root)
@@ -79,6 +80,7 @@ def _apply(DG, model: nn.Module, decisions: list[Decision], silence: list[Entry]
         _track(DG, group, names, state)
         group.prune(record_history=False)
         plan.history.append([d.root_name, list(d.remove)])
+    retie(model, ties)  # both holders of a tied parameter were sliced alike; make them share it again
     modules = dict(model.named_modules())
     for (name, dim), n in state.sizes.items():
         if isinstance(modules[name], nn.LayerNorm):

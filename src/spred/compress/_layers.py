@@ -131,6 +131,28 @@ def make_zero_channel_groupnorm(layer: nn.GroupNorm, full_size: int, kept: list[
     layer.full_group_size = size
 
 
+def tied_parameters(model: nn.Module) -> list[tuple[str, str, str, str]]:
+    """``(first holder, its attribute, second holder, its attribute)`` for every parameter two modules share
+    (e.g. GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``)."""
+    first: dict[int, tuple[str, str]] = {}
+    ties = []
+    for name, module in model.named_modules(remove_duplicate=False):
+        for attr, p in module.named_parameters(recurse=False):
+            if id(p) in first and first[id(p)][0] != name:
+                ties.append((*first[id(p)], name, attr))
+            first.setdefault(id(p), (name, attr))
+    return ties
+
+
+def retie(model: nn.Module, ties: list[tuple[str, str, str, str]]) -> None:
+    """Make the second holder of each tie hold the first one's parameter again (after both were sliced alike)."""
+    for a, attr_a, b, attr_b in ties:
+        pa = getattr(model.get_submodule(a), attr_a)
+        mb = model.get_submodule(b)
+        if getattr(mb, attr_b) is not pa and getattr(mb, attr_b).shape == pa.shape:
+            setattr(mb, attr_b, pa)
+
+
 def torch_pruning_adapters(tp, model: nn.Module) -> dict:
     """Torch-Pruning pruners for the layer types of ``model`` that it lacks (``customized_pruners``)."""
     cls = conv1d_type()

@@ -28,7 +28,7 @@ from spred._validation import Integral
 from spred.compress._fold import add_zero_bias
 from spred.compress._heads import apply_heads
 from spred.compress._inputs import check_module
-from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_groupnorm, make_zero_channel_layernorm
+from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_groupnorm, make_zero_channel_layernorm, retie, tied_parameters
 
 PLAN_FORMAT = "spred.PruningPlan"
 PLAN_VERSION = 1
@@ -271,7 +271,20 @@ class GroupNormSlicer(LayerSlicer):
         make_zero_channel_groupnorm(layer, full, keep)
 
 
-for _slicer in (LinearSlicer(), ConvSlicer(), BatchNormSlicer(), PReLUSlicer(), LayerNormSlicer(), GroupNormSlicer()):
+class EmbeddingSlicer(LayerSlicer):
+    """An embedding table ``(num_embeddings, embedding_dim)``: its channels are the columns."""
+
+    target = nn.Embedding
+
+    def out_size(self, layer):
+        return layer.embedding_dim
+
+    def keep_out(self, layer, keep):
+        _set_param(layer, "weight", 1, keep)
+        layer.embedding_dim = len(keep)
+
+
+for _slicer in (LinearSlicer(), ConvSlicer(), BatchNormSlicer(), PReLUSlicer(), LayerNormSlicer(), GroupNormSlicer(), EmbeddingSlicer()):
     register_slicer(_slicer)
 
 
@@ -511,6 +524,7 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
     modules = dict(fresh_model.named_modules())
     _check_plan(plan, modules)
     params = _check_parameters(plan, fresh_model)
+    ties = tied_parameters(fresh_model)
     for name, entry in plan.layers.items():
         module, slicer = modules[name], slicer_for(modules[name])
         with torch.no_grad():
@@ -522,6 +536,7 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
         owner, attr = params[name]
         with torch.no_grad():
             _set_param(owner, attr, int(entry["dim"]), [int(i) for i in entry["kept"]])
+    retie(fresh_model, ties)
     for name in plan.added_bias:
         add_zero_bias(modules[name])
     return fresh_model

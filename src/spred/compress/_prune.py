@@ -85,9 +85,9 @@ def _group_problem(g: _Graph, group) -> str | None:
         if type(module).__name__ in _HEAD_OPS:
             return (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
                     "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
-        if isinstance(module, nn.Embedding):
-            name = DG._module2name.get(module, "")
-            return f"it contains the embedding '{name}' (its table, often tied to the output layer, is kept whole)"
+        if isinstance(module, nn.MultiheadAttention):
+            return (f"it is read by '{DG._module2name.get(module, '')}', an nn.MultiheadAttention, whose input width must "
+                    "equal its embed_dim = num_heads * head_dim")
         slicer = slicer_for(module) if isinstance(module, nn.Module) else None
         name = DG._module2name.get(module, type(module).__name__)
         if slicer is None:
@@ -260,14 +260,15 @@ def prune_channels(
       weights as with the exact widths;
     * a channel normalised by a LayerNorm / GroupNorm must be exactly 0 at the norm's
       input (the norm is replaced by an exact equivalent that still counts it);
-    * depthwise convolutions, transformers' ``Conv1D`` (GPT-2) and parameters held
-      directly by a module (position embeddings, class tokens, layer scales) are
-      sliced with the channel;
+    * depthwise convolutions, transformers' ``Conv1D`` (GPT-2), embedding tables and
+      parameters held directly by a module (position embeddings, class tokens, layer
+      scales) are sliced with the channel; tied parameters (GPT-2's ``lm_head`` and
+      ``wte``) are sliced alike and stay one ``Parameter``;
     * attention heads whose value rows are all 0 are removed whole (timm-style
       ``qkv`` attention, Hugging Face BERT and GPT-2; ``plan.heads``); the zero heads
       of ``nn.MultiheadAttention`` and dimensions inside heads are kept;
     * channels that are outputs of the model, or that pass through layers without a
-      registered slicer (embeddings, grouped non-depthwise convolutions, ...), are
+      registered slicer (grouped non-depthwise convolutions, ...), are
       left alone (``plan.skipped``), and so is any group whose removal Torch-Pruning
       cannot carry out exactly (the groups are then pruned one at a time, and a group
       that raises or changes the outputs is kept).
