@@ -222,3 +222,16 @@ def test_gpt2_mlp_neuron_with_a_bias_folds_into_the_transposed_consumer():
     assert plan.layers["transformer.h.1.mlp.c_fc"]["kept_out"] == [i for i in range(128) if i not in (5, 9)]
     assert pruned.transformer.h[1].mlp.c_proj.weight.shape == (126, 32)
     _assert_close(_outputs(pruned, x), _outputs(model, x))
+
+
+@pytest.mark.parametrize("name", list(archs.FAMILIES))
+def test_heavy_random_zeroing_never_crashes_and_keeps_the_outputs(name):
+    model, x = archs.FAMILIES[name](seed=2)
+    archs.zero_heads(model, {a: [0, 3] for a in find_attention(model)})
+    archs.zero_some_groups(model, x, fraction=0.6, seed=4)
+    pruned, plan = prune_channels(model, x)
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
+    fresh, _ = archs.FAMILIES[name](seed=5)
+    apply_plan(fresh, plan.to_dict())
+    fresh.load_state_dict(pruned.state_dict())
+    _assert_close(_outputs(fresh, x), _outputs(pruned, x), atol=0.0)
