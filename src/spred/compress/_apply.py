@@ -140,7 +140,8 @@ def apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan: Pr
             plan.skipped.append({"layer": root_name, "zero_channels": len(remove),
                                  "reason": f"Torch-Pruning could not remove them exactly ({why}); they are kept"})  # fmt: skip
     plan.layers, plan.parameters = _layer_entries(current, state), state.params
-    return current
+    model.__dict__ = current.__dict__  # the caller's object holds the result (inplace=True keeps its promise)
+    return model
 
 
 @dataclass
