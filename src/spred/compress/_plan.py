@@ -321,7 +321,9 @@ class PruningPlan:
         ``{"layer", "channel", "reason"}``. These and the ``kept_last`` channels are
         silenced: the next layers' weights that read them are zero.
     skipped : list of dict
-        Dependency groups with zero channels that were not pruned at all: ``{"layer", "zero_channels", "reason"}``.
+        Dependency groups with zero channels that were not pruned at all, and zero attention heads that stay:
+        ``{"layer", "zero_channels", "reason"}`` (``zero_channels`` is ``None`` where Torch-Pruning's mapping of the
+        group did not fit its layers and the count is unknown).
     parameters : dict of str to dict
         Parameters held directly by a module (a position embedding, a class token, a
         layer scale) that were sliced with the channels: ``{fqn: {"dim", "size", "kept"}}``.
