@@ -328,8 +328,9 @@ def zero_group(DG, group) -> None:
                 _zero_slice(module.bias, 0, idxs)
             elif isinstance(module, nn.Embedding):
                 _zero_slice(module.weight, 1, idxs)
-            elif isinstance(module, nn.MultiheadAttention):
-                continue  # its input and output share the embedding dim; the in/out projections are separate items
+            elif isinstance(module, nn.MultiheadAttention):  # its outputs are out_proj's rows
+                _zero_slice(module.out_proj.weight, 0, idxs)
+                _zero_slice(module.out_proj.bias, 0, idxs)
             elif isinstance(module, (nn.Linear, nn.modules.conv._ConvNd, nn.LayerNorm, nn.GroupNorm, nn.modules.batchnorm._BatchNorm)):
                 _zero_slice(module.weight, 0, idxs)
                 _zero_slice(getattr(module, "bias", None), 0, idxs)
@@ -377,6 +378,11 @@ def zero_heads(model, heads: dict[str, list[int]]) -> None:
     with torch.no_grad():
         for name, hs in heads.items():
             spec = found[name]
+            if spec.kind == "mha":  # one in_proj_weight: rows (3, heads, head_dim)
+                e = spec.num_heads * spec.head_dim
+                rows = [s * e + h * spec.head_dim + i for s in range(3) for h in hs for i in range(spec.head_dim)]
+                spec.module.in_proj_weight[rows] = 0.0
+                spec.module.in_proj_bias[rows] = 0.0
             for producer, start in spec.sections:
                 rows = [start + h * spec.head_dim + i for h in hs for i in range(spec.head_dim)]
                 out_rows(producer)[rows] = 0.0

@@ -9,6 +9,7 @@ model plus a weights-only state_dict rebuilds the pruned model exactly.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ EXPECTED_KEPT = {
     "mobilenetv2": {"classifier": "outputs of the model"},
     "convnext": {"head": "outputs of the model"},
     "densenet": {"fc": "outputs of the model"},
-    "vit_mha": {"head": "outputs of the model", "blocks.1.fc2": "an nn.MultiheadAttention, whose input width must equal its embed_dim"},
+    "vit_mha": {"head": "outputs of the model", "blocks.1.fc2": "an nn.MultiheadAttention, whose input width is its embed_dim"},
     "vit_timm": {
         "head": "outputs of the model",
         "blocks.0.attn.qkv": "dimensions inside the attention heads of 'blocks.0.attn'",
@@ -181,16 +182,23 @@ def test_a_model_torch_pruning_cannot_trace_gives_spreds_error(monkeypatch):
         prune_channels(model, x)
 
 
-def test_multihead_attention_heads_are_kept_with_the_reason():
-    model, x = archs.FAMILIES["vit_mha"]()
-    mha = model.blocks[0].attn.mha
-    with torch.no_grad():
-        mha.in_proj_weight[2 * 32 + 8 : 2 * 32 + 16] = 0.0  # the value rows of head 1
-        mha.in_proj_bias[2 * 32 + 8 : 2 * 32 + 16] = 0.0
-    pruned, plan = prune_channels(model, x)
-    [s] = [s for s in plan.skipped if s["layer"] == "blocks.0.attn.mha"]
-    assert "heads [1] are zero, but nn.MultiheadAttention needs num_heads * head_dim == embed_dim" in s["reason"]
-    _assert_close(_outputs(pruned, x), _outputs(model, x))
+def test_multihead_attention_heads_go_and_masks_follow_the_kept_heads():
+    from spred.compress._heads import find_attention as find
+
+    torch.manual_seed(0)
+    mha = nn.MultiheadAttention(16, 4).eval()
+    archs.zero_heads(mha, {"": [1]})
+    small = copy.deepcopy(mha)
+    find(small)[""].keep([0, 2, 3])
+    assert type(small).__name__ == "HeadPrunedMultiheadAttention" and small.in_proj_weight.shape == (36, 16)
+    q = torch.randn(5, 2, 16)
+    padding = torch.tensor([[False] * 4 + [True], [False] * 5])
+    for kwargs in ({}, {"key_padding_mask": padding}, {"attn_mask": torch.randn(5, 5)}, {"attn_mask": torch.randn(8, 5, 5)},
+                   {"attn_mask": torch.ones(5, 5, dtype=torch.bool).triu(1), "is_causal": True}):  # fmt: skip
+        with torch.no_grad():
+            _assert_close(small(q, q, q, need_weights=False, **kwargs)[:1], mha(q, q, q, need_weights=False, **kwargs)[:1])
+    with torch.no_grad():  # unbatched
+        _assert_close(small(q[:, 0], q[:, 0], q[:, 0])[:1], mha(q[:, 0], q[:, 0], q[:, 0])[:1])
 
 
 def test_an_attention_with_every_head_zero_keeps_one():

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spred.compress._layers import is_conv1d, out_rows
+from spred.compress._layers import HeadPrunedMultiheadAttention, is_conv1d, out_rows
 
 
 @dataclass
@@ -40,6 +40,8 @@ class Attention:
 
     def zero_heads(self) -> list[int]:
         """The heads whose value rows and bias are exactly 0."""
+        if self.kind == "mha":
+            return mha_zero_heads(self.module)
         producer, start = self.sections[2]
         w = out_rows(producer).detach()
         b = getattr(producer, "bias", None)
@@ -53,6 +55,11 @@ class Attention:
     def keep(self, heads: list[int]) -> None:
         """Keep only ``heads`` (sorted), in place."""
         from spred.compress._plan import slicer_for
+
+        if self.kind == "mha":
+            _keep_mha_heads(self.module, heads)
+            self.num_heads = len(heads)
+            return
 
         rows: dict[nn.Module, list[int]] = {}
         for producer, start in self.sections:
@@ -73,11 +80,28 @@ class Attention:
         self.num_heads = n
 
 
-def _linear(m) -> bool:
-    return isinstance(m, nn.Linear) or is_conv1d(m)
+def _keep_mha_heads(mha: nn.MultiheadAttention, heads: list[int]) -> None:
+    d, e = mha.head_dim, mha.num_heads * mha.head_dim
+    cols = [h * d + i for h in heads for i in range(d)]
+    rows = torch.as_tensor([s * e + c for s in range(3) for c in cols], dtype=torch.long)
+    with torch.no_grad():
+        mha.in_proj_weight = nn.Parameter(mha.in_proj_weight.detach()[rows].clone(), requires_grad=mha.in_proj_weight.requires_grad)
+        if mha.in_proj_bias is not None:
+            mha.in_proj_bias = nn.Parameter(mha.in_proj_bias.detach()[rows].clone(), requires_grad=mha.in_proj_bias.requires_grad)
+        out = mha.out_proj
+        out.weight = nn.Parameter(out.weight.detach()[:, cols].clone(), requires_grad=out.weight.requires_grad)
+        out.in_features = len(cols)
+    kept = [getattr(mha, "kept_heads", list(range(mha.num_heads)))[h] for h in heads]
+    full = getattr(mha, "full_heads", mha.num_heads)
+    mha.__class__ = HeadPrunedMultiheadAttention
+    mha.kept_heads, mha.full_heads, mha.num_heads = kept, full, len(heads)
 
 
 def _as_attention(module: nn.Module) -> Attention | None:
+    if isinstance(module, nn.MultiheadAttention):
+        if module._qkv_same_embed_dim and module.bias_k is None and not module.add_zero_attn:
+            return Attention("mha", module, [], module.out_proj, module.num_heads, module.head_dim)
+        return None
     heads = getattr(module, "num_heads", None)
     qkv, proj = getattr(module, "qkv", None), getattr(module, "proj", None)
     if isinstance(heads, int) and isinstance(qkv, nn.Linear) and isinstance(proj, nn.Linear) and qkv.out_features % (3 * heads) == 0:
@@ -128,7 +152,8 @@ def prune_heads(model: nn.Module) -> tuple[dict[str, dict], list[dict]]:
     ``skipped`` entries for zero heads that stay.
     """
     entries, skipped = {}, []
-    for name, spec in find_attention(model).items():
+    found = find_attention(model)
+    for name, spec in found.items():
         zero = spec.zero_heads()
         if not zero:
             continue
@@ -141,12 +166,12 @@ def prune_heads(model: nn.Module) -> tuple[dict[str, dict], list[dict]]:
         entries[name] = {"kind": spec.kind, "num_heads": spec.num_heads, "kept": kept}
         spec.keep(kept)
     for name, module in model.named_modules():
-        if isinstance(module, nn.MultiheadAttention):
-            zero = mha_zero_heads(module)
+        if isinstance(module, nn.MultiheadAttention) and name not in found:
+            zero = mha_zero_heads(module) if module._qkv_same_embed_dim else []
             if zero:
                 skipped.append({"layer": name, "zero_channels": len(zero) * module.head_dim,
-                                "reason": f"heads {zero} are zero, but nn.MultiheadAttention needs num_heads * head_dim == "
-                                          "embed_dim (its input width), so its heads cannot be removed"})  # fmt: skip
+                                "reason": f"heads {zero} are zero, but this nn.MultiheadAttention has bias_k / bias_v or "
+                                          "add_zero_attn, which prune_channels does not slice"})  # fmt: skip
     return entries, skipped
 
 

@@ -131,6 +131,59 @@ def make_zero_channel_groupnorm(layer: nn.GroupNorm, full_size: int, kept: list[
     layer.full_group_size = size
 
 
+class HeadPrunedMultiheadAttention(nn.MultiheadAttention):
+    """An ``nn.MultiheadAttention`` that lost whole heads: ``num_heads * head_dim`` is below ``embed_dim``.
+
+    ``kept_heads`` are the remaining heads among ``full_heads`` (a per-head 3-D
+    ``attn_mask`` is sliced to them). The parameters keep their names and the
+    input / output width stays ``embed_dim``; with ``need_weights=True`` the
+    returned weights are those of the remaining heads.
+    """
+
+    kept_heads: list[int]
+    full_heads: int
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None, average_attn_weights=True, is_causal=False):
+        unbatched = query.dim() == 2
+        if unbatched:
+            query, key, value = (t.unsqueeze(1) for t in (query, key, value))
+            key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+        elif self.batch_first:
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        (length, n, _), s, h, d = query.shape, key.shape[0], self.num_heads, self.head_dim
+        w, b = self.in_proj_weight, self.in_proj_bias
+        q, k, v = (F.linear(t, w[i * h * d : (i + 1) * h * d], None if b is None else b[i * h * d : (i + 1) * h * d])
+                   for i, t in enumerate((query, key, value)))  # fmt: skip
+        q, k, v = (t.reshape(t.shape[0], n * h, d).transpose(0, 1) for t in (q, k, v))
+        scores = torch.bmm(q * d**-0.5, k.transpose(1, 2))
+        scores = scores + self._mask(attn_mask, key_padding_mask, is_causal, n, length, s, scores.dtype, scores.device)
+        attn = F.dropout(scores.softmax(-1), self.dropout if self.training else 0.0)
+        out = self.out_proj(torch.bmm(attn, v).transpose(0, 1).reshape(length, n, h * d))
+        weights = attn.reshape(n, h, length, s) if need_weights else None
+        if weights is not None and average_attn_weights:
+            weights = weights.mean(1)
+        if unbatched:
+            return out.squeeze(1), None if weights is None else weights.squeeze(0)
+        return (out.transpose(0, 1) if self.batch_first else out), weights
+
+    def _mask(self, attn_mask, key_padding_mask, is_causal, n, length, s, dtype, device):
+        def additive(m):
+            return torch.zeros(m.shape, dtype=dtype, device=device).masked_fill(m, float("-inf")) if m.dtype == torch.bool else m.to(dtype)
+
+        total = torch.zeros((), dtype=dtype, device=device)
+        if attn_mask is None and is_causal:
+            attn_mask = torch.ones(length, s, dtype=torch.bool, device=device).triu(1)
+        if attn_mask is not None:
+            m = additive(attn_mask)
+            if m.dim() == 3:
+                m = m.reshape(n, self.full_heads, length, s)[:, self.kept_heads].reshape(n * self.num_heads, length, s)
+            total = total + m
+        if key_padding_mask is not None:
+            m = additive(key_padding_mask).reshape(n, 1, 1, s).expand(n, self.num_heads, 1, s).reshape(n * self.num_heads, 1, s)
+            total = total + m
+        return total
+
+
 def tied_parameters(model: nn.Module) -> list[tuple[str, str, str, str]]:
     """``(first holder, its attribute, second holder, its attribute)`` for every parameter two modules share
     (e.g. GPT-2's ``lm_head.weight`` and ``transformer.wte.weight``)."""

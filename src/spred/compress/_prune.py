@@ -86,8 +86,8 @@ def _group_problem(g: _Graph, group) -> str | None:
             return (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
                     "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
         if isinstance(module, nn.MultiheadAttention):
-            return (f"it is read by '{DG._module2name.get(module, '')}', an nn.MultiheadAttention, whose input width must "
-                    "equal its embed_dim = num_heads * head_dim")
+            return (f"it is read by '{DG._module2name.get(module, '')}', an nn.MultiheadAttention, whose input width is its "
+                    "embed_dim (Torch-Pruning would cut its heads' dimensions with it); only its zero heads are removed")
         slicer = slicer_for(module) if isinstance(module, nn.Module) else None
         name = DG._module2name.get(module, type(module).__name__)
         if slicer is None:
