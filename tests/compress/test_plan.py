@@ -168,7 +168,7 @@ def test_slicers_refuse_grouped_and_transposed_convolutions():
     assert "groups=2" in slicer_for(conv).unsupported(conv)
     tconv = nn.ConvTranspose2d(4, 4, 3)
     assert "transposed" in slicer_for(tconv).unsupported(tconv)
-    assert slicer_for(nn.LayerNorm(3)) is None
+    assert slicer_for(nn.InstanceNorm2d(3)) is None
 
 
 # --------------------------------------------------------------------------- malformed plans (issue 19)

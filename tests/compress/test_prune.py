@@ -341,20 +341,59 @@ def test_concatenated_branches_map_channels_to_the_right_inputs():
     assert_same_function(pruned, model, x)
 
 
-def test_groups_through_unsupported_layers_are_skipped_with_a_reason():
+def test_layernorm_channels_go_only_when_zero_at_its_input():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.Linear(6, 2)).eval()
-    zero(model[0], [1])
+    zero(model[0], [1, 3])
+    set_(model[0].bias, [3], 0.0)  # channel 3 is 0 at the LayerNorm's input, channel 1 carries its bias
+    set_(model[1].weight, [1, 3], 0.0)
     x = torch.randn(5, 4)
     pruned, plan = prune_channels(model, x)
-    assert pruned[0].out_features == 6 and plan.n_removed == 0
-    [s] = plan.skipped
-    assert s["layer"] == "0" and "'1' (LayerNorm), which prune_channels does not support" in s["reason"]
+    assert pruned[0].out_features == 5 and pruned[1].normalized_shape == (5,) and pruned[2].in_features == 5
+    [k] = plan.kept_nonzero_constant
+    assert k["channel"] == 1 and "not 0 at the input of the LayerNorm '1'" in k["reason"]
+    assert type(pruned[1]).__name__ == "ZeroChannelLayerNorm" and pruned[1].full_size == 6
+    assert_same_function(pruned, model, x)
 
+
+def _group_normed():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.GroupNorm(2, 8), nn.ReLU(),
+        nn.Conv2d(8, 6, 3, padding=1), nn.GroupNorm(3, 6), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 5 * 5, 4),
+    ).eval()  # fmt: skip
+
+
+def test_groupnorm_channels_go_and_the_groups_keep_their_statistics():
+    from spred.compress import apply_plan
+
+    torch.manual_seed(0)
+    model = _group_normed()
+    with torch.no_grad():
+        for m in (model[1], model[4]):
+            m.weight.uniform_(0.5, 1.5), m.bias.uniform_(-0.5, 0.5)
+        for conv, norm, idx in ((model[0], model[1], [1, 2, 6]), (model[3], model[4], [4])):
+            for t in (conv.weight, conv.bias, norm.weight, norm.bias):
+                t[idx] = 0.0
+        model[3].bias[5] = 0.7  # channel 5 of the second conv: zero filter, nonzero input to its GroupNorm
+        model[3].weight[5] = 0.0
+        model[4].weight[5] = model[4].bias[5] = 0.0
+    x = torch.randn(3, 3, 5, 5)
+    pruned, plan = prune_channels(model, x)
+    assert (pruned[1].num_channels, pruned[4].num_channels) == (5, 5) and plan.n_removed == 4
+    assert type(pruned[1]).__name__ == "ZeroChannelGroupNorm" and pruned[1].group_of == [0, 0, 1, 1, 1]
+    [k] = plan.kept_nonzero_constant
+    assert k["channel"] == 5 and "not 0 at the input of the GroupNorm '4'" in k["reason"]
+    assert_same_function(pruned, model, x)
+    fresh = apply_plan(_group_normed(), plan.to_json())
+    fresh.load_state_dict(pruned.state_dict())
+    assert_same_function(fresh, pruned, x)
+
+
+def test_groups_through_unsupported_layers_are_skipped_with_a_reason():
     grouped = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 3, groups=2), nn.Flatten(), nn.Linear(4 * 4 * 4, 2)).eval()
     zero(grouped[0], [0])
     _, plan = prune_channels(grouped, torch.randn(2, 3, 6, 6))
-    assert any("groups=2 (grouped or depthwise convolution)" in s["reason"] for s in plan.skipped)
+    assert any("groups=2 (grouped convolution that is not depthwise)" in s["reason"] for s in plan.skipped)
 
 
 def test_a_group_refused_by_torch_pruning_is_skipped(make, monkeypatch):
@@ -368,17 +407,29 @@ def test_a_group_refused_by_torch_pruning_is_skipped(make, monkeypatch):
     assert [s["layer"] for s in plan.skipped] == ["fc1"] and "check_pruning_group refused" in plan.skipped[0]["reason"]
 
 
-def test_warns_when_the_outputs_change(make, monkeypatch):
+def test_a_group_whose_removal_changes_the_outputs_is_kept(make, monkeypatch):
     from spred.compress import _fold
 
     model, x = make("mlp")
     zero(model.fc1, [0])
+    zero(model.fc2, [3])
     set_(model.fc1.bias, [0], 1.0)
-    wrong = lambda ranges, consumer, index: torch.full((len(index),), 5.0, dtype=torch.float64)  # noqa: E731
-    monkeypatch.setattr(_fold, "input_constants", wrong)  # a wrong constant: folding is off
-    with pytest.warns(RuntimeWarning, match=r"prune_channels changed the outputs on example_inputs by up to .* Check the plan"):
-        _, plan = prune_channels(model, x)
-    assert plan.max_abs_diff > 1e-3
+    real = _fold.input_constants
+
+    def wrong(ranges, consumer, index):  # a wrong constant for fc1's channels: folding them is off
+        out = real(ranges, consumer, index)
+        return torch.full_like(out, 5.0) if consumer is model_copy["fc2"] else out
+
+    model_copy = {}
+    monkeypatch.setattr(_fold, "input_constants", wrong)
+    original = copy.deepcopy(model)
+    model_copy["fc2"] = model.fc2
+    pruned, plan = prune_channels(model, x, inplace=True)
+    assert pruned is model and [h[0] for h in plan.history] == ["fc2"] and pruned.fc1.out_features == 32
+    [s] = [s for s in plan.skipped if s["layer"] == "fc1"]
+    assert "could not remove them exactly (removing them changed the outputs by" in s["reason"]
+    assert plan.max_abs_diff < 1e-5
+    assert_same_function(pruned, original, x)
 
 
 def test_conv1d_batchnorm1d_and_linear_on_sequences():

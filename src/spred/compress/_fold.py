@@ -32,10 +32,12 @@ import torch
 from torch import nn
 
 from spred._inputs import run
+from spred.compress._layers import is_conv1d, out_rows, producer_types
 
 logger = logging.getLogger(__name__)
 
-#: Layers whose output units can be dead and whose inputs can absorb a constant.
+#: Layers whose output units can be dead and whose inputs can absorb a constant (plus transformers'
+#: ``Conv1D`` where that is imported: :func:`spred.compress._layers.producer_types`).
 PRODUCER_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
 #: Relative spread under which an input channel counts as constant.
 CONSTANT_RTOL = 1e-6
@@ -44,9 +46,11 @@ Ranges = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
 
 
 def channel_dim(module: nn.Module, x: torch.Tensor) -> int:
-    """The channel dimension of the input ``x`` of ``module`` (features of a Linear, channels of a convolution)."""
-    if isinstance(module, nn.Linear):
+    """The channel dimension of the input ``x`` of ``module`` (features of a Linear / Conv1D / LayerNorm, channels of a convolution)."""
+    if isinstance(module, (nn.Linear, nn.LayerNorm)) or is_conv1d(module):
         return x.dim() - 1
+    if isinstance(module, nn.GroupNorm):
+        return 1
     return 1 if x.dim() == module.weight.dim() else 0  # batched / unbatched convolution
 
 
@@ -71,7 +75,8 @@ def input_ranges(model: nn.Module, inputs: tuple[tuple, dict], modules: Iterable
             lo, hi = torch.minimum(stats[module][0], lo), torch.maximum(stats[module][1], hi)
         stats[module] = (lo, hi)
 
-    watched = [m for m in model.modules() if isinstance(m, PRODUCER_TYPES)] if modules is None else list(modules)
+    kinds = (*producer_types(), nn.LayerNorm, nn.GroupNorm)
+    watched = [m for m in model.modules() if isinstance(m, kinds)] if modules is None else list(modules)
     handles = [m.register_forward_pre_hook(hook) for m in watched]
     modes = [(m, m.training) for m in model.modules()]
     try:
@@ -120,7 +125,7 @@ def add_zero_bias(layer: nn.Module) -> bool:
     """Give a Linear / Conv layer without bias a zero bias; return whether one was added."""
     if getattr(layer, "bias", None) is not None:
         return False
-    n = layer.weight.shape[0]
+    n = out_rows(layer).shape[0]
     layer.bias = nn.Parameter(torch.zeros(n, dtype=layer.weight.dtype, device=layer.weight.device), requires_grad=layer.weight.requires_grad)
     return True
 
@@ -134,7 +139,7 @@ def fold_inputs(consumer: nn.Module, index: Sequence[int] | torch.Tensor, consta
     and rounded once into the bias. A consumer without bias gets a zero one only when
     the contribution is nonzero. The weights are not changed (see :func:`silence_inputs`).
     """
-    w = consumer.weight.detach().double()
+    w = out_rows(consumer).detach().double()
     idx = torch.as_tensor(index, dtype=torch.long, device=w.device).reshape(-1)
     a = torch.as_tensor(constants, dtype=torch.float64).to(w.device).reshape(-1)
     cols = w.index_select(1, idx)
@@ -151,7 +156,7 @@ def fold_inputs(consumer: nn.Module, index: Sequence[int] | torch.Tensor, consta
 @torch.no_grad()
 def silence_inputs(consumer: nn.Module, index: Sequence[int] | torch.Tensor) -> None:
     """Zero the weights of ``consumer`` that read its input channels ``index``."""
-    w = consumer.weight
+    w = out_rows(consumer)
     w.index_fill_(1, torch.as_tensor(index, dtype=torch.long, device=w.device).reshape(-1), 0.0)
 
 
@@ -159,6 +164,6 @@ def silence_inputs(consumer: nn.Module, index: Sequence[int] | torch.Tensor) -> 
 def clear_units(producer: nn.Module, index: Sequence[int] | torch.Tensor) -> None:
     """Zero the incoming weights and the bias of the output units ``index`` of ``producer``."""
     idx = torch.as_tensor(index, dtype=torch.long, device=producer.weight.device).reshape(-1)
-    producer.weight.index_fill_(0, idx, 0.0)
+    out_rows(producer).index_fill_(0, idx, 0.0)
     if getattr(producer, "bias", None) is not None:
         producer.bias.index_fill_(0, idx, 0.0)

@@ -26,7 +26,9 @@ from torch import nn
 
 from spred._validation import Integral
 from spred.compress._fold import add_zero_bias
+from spred.compress._heads import apply_heads
 from spred._inputs import check_module
+from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_groupnorm, make_zero_channel_layernorm, retie, tied_parameters
 
 PLAN_FORMAT = "spred.PruningPlan"
 PLAN_VERSION = 1
@@ -105,6 +107,8 @@ def slicer_for(layer: nn.Module) -> LayerSlicer | None:
     for cls in type(layer).__mro__:
         if cls in _SLICERS:
             return _SLICERS[cls]
+    if is_conv1d(layer):  # transformers' Conv1D, recognised without importing transformers
+        return _CONV1D
     return None
 
 
@@ -162,9 +166,66 @@ class ConvSlicer(_WeightSlicer):
     def unsupported(self, layer):
         if layer.transposed:
             return f"{type(layer).__name__} (transposed convolution)"
-        if layer.groups != 1:
-            return f"{type(layer).__name__} with groups={layer.groups} (grouped or depthwise convolution)"
+        if layer.groups != 1 and not is_depthwise(layer):
+            return f"{type(layer).__name__} with groups={layer.groups} (grouped convolution that is not depthwise)"
         return None
+
+    def keep_out(self, layer, keep):
+        depthwise = is_depthwise(layer)
+        super().keep_out(layer, keep)
+        if depthwise:  # one filter per input channel: the inputs go with the outputs
+            layer.in_channels = layer.groups = len(keep)
+
+    def keep_in(self, layer, keep):
+        if layer.groups == 1:
+            super().keep_in(layer, keep)
+        elif layer.in_channels != len(keep):  # depthwise, outputs not sliced yet
+            self.keep_out(layer, keep)
+
+
+class Conv1DSlicer(LayerSlicer, abstract=True):
+    """transformers' ``Conv1D`` (GPT-2): a Linear stored transposed, ``weight`` (in, out), ``nf`` outputs."""
+
+    def out_size(self, layer):
+        return layer.nf
+
+    def in_size(self, layer):
+        return layer.weight.shape[0]
+
+    def keep_out(self, layer, keep):
+        _set_param(layer, "weight", 1, keep)
+        _set_param(layer, "bias", 0, keep)
+        layer.nf = len(keep)
+
+    def keep_in(self, layer, keep):
+        _set_param(layer, "weight", 0, keep)
+        if hasattr(layer, "nx"):
+            layer.nx = len(keep)
+
+
+_CONV1D = Conv1DSlicer()
+
+
+class LayerNormSlicer(LayerSlicer):
+    """A LayerNorm over the last dim; the result is a :class:`~spred.compress._layers.ZeroChannelLayerNorm`,
+    exact when the removed channels were 0 at its input."""
+
+    target = nn.LayerNorm
+
+    def unsupported(self, layer):
+        if len(layer.normalized_shape) != 1:
+            return f"LayerNorm over {len(layer.normalized_shape)} dims"
+        return None
+
+    def out_size(self, layer):
+        return layer.normalized_shape[0]
+
+    def keep_out(self, layer, keep):
+        full = layer.normalized_shape[0]
+        for name in ("weight", "bias"):
+            _set_param(layer, name, 0, keep)
+        layer.normalized_shape = (len(keep),)
+        make_zero_channel_layernorm(layer, full)
 
 
 class BatchNormSlicer(LayerSlicer):
@@ -193,7 +254,37 @@ class PReLUSlicer(LayerSlicer):
             layer.num_parameters = len(keep)
 
 
-for _slicer in (LinearSlicer(), ConvSlicer(), BatchNormSlicer(), PReLUSlicer()):
+class GroupNormSlicer(LayerSlicer):
+    """A GroupNorm; the result is a :class:`~spred.compress._layers.ZeroChannelGroupNorm`,
+    exact when the removed channels were 0 at its input."""
+
+    target = nn.GroupNorm
+
+    def out_size(self, layer):
+        return layer.num_channels
+
+    def keep_out(self, layer, keep):
+        full = layer.num_channels
+        for name in ("weight", "bias"):
+            _set_param(layer, name, 0, keep)
+        layer.num_channels = len(keep)
+        make_zero_channel_groupnorm(layer, full, keep)
+
+
+class EmbeddingSlicer(LayerSlicer):
+    """An embedding table ``(num_embeddings, embedding_dim)``: its channels are the columns."""
+
+    target = nn.Embedding
+
+    def out_size(self, layer):
+        return layer.embedding_dim
+
+    def keep_out(self, layer, keep):
+        _set_param(layer, "weight", 1, keep)
+        layer.embedding_dim = len(keep)
+
+
+for _slicer in (LinearSlicer(), ConvSlicer(), BatchNormSlicer(), PReLUSlicer(), LayerNormSlicer(), GroupNormSlicer(), EmbeddingSlicer()):
     register_slicer(_slicer)
 
 
@@ -230,7 +321,15 @@ class PruningPlan:
         ``{"layer", "channel", "reason"}``. These and the ``kept_last`` channels are
         silenced: the next layers' weights that read them are zero.
     skipped : list of dict
-        Dependency groups with zero channels that were not pruned at all: ``{"layer", "zero_channels", "reason"}``.
+        Dependency groups with zero channels that were not pruned at all, and zero attention heads that stay:
+        ``{"layer", "zero_channels", "reason"}`` (``zero_channels`` is ``None`` where Torch-Pruning's mapping of the
+        group did not fit its layers and the count is unknown).
+    parameters : dict of str to dict
+        Parameters held directly by a module (a position embedding, a class token, a
+        layer scale) that were sliced with the channels: ``{fqn: {"dim", "size", "kept"}}``.
+    heads : dict of str to dict
+        Attention layers that lost heads whose values were all 0 (removed before the
+        channels): ``{fqn: {"kind", "num_heads", "kept"}}`` (:mod:`spred.compress._heads`).
     threshold : float
         Weights with ``|w| <= threshold`` counted as zero.
     round_to : int
@@ -247,6 +346,8 @@ class PruningPlan:
     kept_last: list[dict[str, Any]] = field(default_factory=list)
     kept_rounding: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
     threshold: float = 0.0
     round_to: int = 1
     max_abs_diff: float | None = None
@@ -419,8 +520,13 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
         plan = PruningPlan.from_dict(plan)
     elif not isinstance(plan, PruningPlan):
         raise TypeError(f"The 'plan' parameter of apply_plan must be a PruningPlan, a dict or a JSON string. Got {type(plan).__name__} instead.")
+    if not isinstance(plan.heads, Mapping):
+        raise TypeError(f"apply_plan: 'heads' of the plan must be a dict. Got {type(plan.heads).__name__}.")
+    apply_heads(fresh_model, plan.heads)  # the channel entries are in the numbering of the model without those heads
     modules = dict(fresh_model.named_modules())
     _check_plan(plan, modules)
+    params = _check_parameters(plan, fresh_model)
+    ties = tied_parameters(fresh_model)
     for name, entry in plan.layers.items():
         module, slicer = modules[name], slicer_for(modules[name])
         with torch.no_grad():
@@ -428,6 +534,32 @@ def apply_plan(fresh_model: nn.Module, plan: PruningPlan | Mapping[str, Any] | s
                 slicer.keep_out(module, [int(i) for i in entry["kept_out"]])
             if entry["kept_in"] is not None:
                 slicer.keep_in(module, [int(i) for i in entry["kept_in"]])
+    for name, entry in plan.parameters.items():
+        owner, attr = params[name]
+        with torch.no_grad():
+            _set_param(owner, attr, int(entry["dim"]), [int(i) for i in entry["kept"]])
+    retie(fresh_model, ties)
     for name in plan.added_bias:
         add_zero_bias(modules[name])
     return fresh_model
+
+
+def _check_parameters(plan: PruningPlan, model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
+    """``{fqn: (owner module, attribute)}`` for ``plan.parameters``, each checked against ``model``."""
+    if not isinstance(plan.parameters, Mapping):
+        raise TypeError(f"apply_plan: 'parameters' of the plan must be a dict. Got {type(plan.parameters).__name__}.")
+    found = dict(model.named_parameters())
+    owners = {}
+    for name, entry in plan.parameters.items():
+        if name not in found:
+            raise ValueError(f"apply_plan: the model has no parameter '{name}'; was the plan made for another architecture?")
+        if not isinstance(entry, Mapping) or not {"dim", "size", "kept"} <= set(entry):
+            raise ValueError(f"apply_plan: the plan entry of parameter '{name}' must be a dict with 'dim', 'size' and 'kept'.")
+        p, dim = found[name], entry["dim"]
+        if isinstance(dim, bool) or not isinstance(dim, Integral) or not 0 <= dim < p.dim() or p.shape[dim] != entry["size"]:
+            raise ValueError(f"apply_plan: the plan expects parameter '{name}' with size {entry['size']} along dim {dim}, "
+                             f"got shape {tuple(p.shape)}; pass a freshly constructed, unpruned model.")  # fmt: skip
+        _check_indices(name, "out", entry["kept"], p.shape[dim])
+        module_name, _, attr = name.rpartition(".")
+        owners[name] = (model.get_submodule(module_name), attr)
+    return owners

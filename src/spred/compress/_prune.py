@@ -13,6 +13,12 @@ channel is consumed, or if the next layer can absorb it into its own bias:
 
 Channels coupled through residual adds or concatenations (one Torch-Pruning
 dependency group) are removed only if their weights are zero in every coupled layer.
+Depthwise convolutions follow their channel; a LayerNorm / GroupNorm loses a channel
+only if it is exactly 0 at its input, and becomes an exact ``ZeroChannelLayerNorm`` /
+``ZeroChannelGroupNorm`` (:mod:`spred.compress._layers`); whole zero attention heads
+go first (:mod:`spred.compress._heads`). Carrying the decisions out, with the
+one-group-at-a-time fallback that keeps a group Torch-Pruning cannot slice, is
+:mod:`spred.compress._apply`.
 
 Which rows are zero is the zero rule of :func:`spred.nn._rules.zero_units` (every
 entry ``|w| <= threshold``); reading and folding the constants is
@@ -33,50 +39,17 @@ from torch import nn
 
 from spred._validation import check_bool, check_float, check_int
 from spred.compress import _fold
-from spred.compress._fold import PRODUCER_TYPES
-from spred._inputs import check_module, flat_tensors, run, split_inputs
+from spred.compress._apply import Decision, Entry, apply_checked
+from spred.compress._graph import attention_layers, build_graph, first_pass, import_torch_pruning
+from spred.compress._heads import prune_heads
+from spred._inputs import check_module, flat_tensors, split_inputs
+from spred.compress._layers import out_rows, producer_types
 from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
 from spred.nn._rules import zero_units
 
 logger = logging.getLogger(__name__)
 
-Entry = tuple[nn.Module, int, float]  # (consumer, its input channel, the constant that channel carries)
-
-
-def _import_torch_pruning():
-    try:
-        import torch_pruning
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "spred.compress.prune_channels needs Torch-Pruning, an optional dependency: "
-            "install it with pip install 'spred[prune]' (or pip install torch-pruning)."
-        ) from exc
-    return torch_pruning
-
-
-def _max_abs_diff(a, b) -> float:
-    fa, fb = flat_tensors(a), flat_tensors(b)
-    if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
-        return math.inf
-    return max((float((x.double() - y.double()).abs().max()) for x, y in zip(fa, fb) if x.numel()), default=0.0)
-
-
-# ---------------------------------------------------------------------------
-# Decisions, one per dependency group
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class _Decision:
-    root: nn.Module
-    root_name: str
-    remove: list[int]
-    folds: list[Entry] = field(default_factory=list)
-    kept_constant: list[dict] = field(default_factory=list)
-    kept_last: list[dict] = field(default_factory=list)
-    kept_rounding: list[dict] = field(default_factory=list)
-    silence: list[Entry] = field(default_factory=list)
 
 
 @dataclass
@@ -89,18 +62,32 @@ class _Graph:
     out_fns: set
     zero_rows: dict[nn.Module, torch.Tensor]
     round_to: int
+    attention: dict[nn.Module, str] = field(default_factory=dict)  # q/k/v producers and output projections -> attention name
 
 
-def _group_problem(tp, DG, group, out_fns: set) -> str | None:
+def _group_problem(g: _Graph, group) -> str | None:
     """Why a whole group cannot be pruned (outputs of the model, unsupported layers), or ``None``."""
-    passthrough = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE}
+    tp, DG, out_fns = g.tp, g.DG, g.out_fns
+    passthrough = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE,
+                   tp.ops.OPTYPE.EXPAND}
+    unwrapped = {id(p) for p, _ in DG.unwrapped_parameters}
     for item in group:
         node = item.dep.target
         if node.type == tp.ops.OPTYPE.OUTPUT or (DG.is_out_channel_pruning_fn(item.dep.handler) and node.grad_fn in out_fns):
             return "its channels are outputs of the model (the output shape must not change)"
-        if node.type in passthrough:
+        if node.type in passthrough or id(node.module) in unwrapped:
             continue
         module = node.module
+        within = g.attention.get(module)
+        if within is not None and (DG.is_out_channel_pruning_fn(item.dep.handler) != (within[1] == "out")):
+            return (f"its channels are dimensions inside the attention heads of '{within[0]}'; prune_channels removes "
+                    "whole zero heads only (their value rows all 0)")
+        if type(module).__name__ in _HEAD_OPS:
+            return (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
+                    "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
+        if isinstance(module, nn.MultiheadAttention):
+            return (f"it is read by '{DG._module2name.get(module, '')}', an nn.MultiheadAttention, whose input width is its "
+                    "embed_dim (Torch-Pruning would cut its heads' dimensions with it); only its zero heads are removed")
         slicer = slicer_for(module) if isinstance(module, nn.Module) else None
         name = DG._module2name.get(module, type(module).__name__)
         if slicer is None:
@@ -111,13 +98,38 @@ def _group_problem(tp, DG, group, out_fns: set) -> str | None:
     return None
 
 
+_HEAD_OPS = {"_UnbindOp": "unbind"}
+
+
+def _check_layernorm_inputs(g: _Graph, group, candidates: list[int], root_name: str, blocked: dict[int, dict]) -> None:
+    """Block candidates that are not exactly 0 at the input of a LayerNorm of the group.
+
+    A LayerNorm's mean and variance run over all channels; a removed channel is made up
+    for (:class:`~spred.compress._layers.ZeroChannelLayerNorm`) only when it was 0.
+    """
+    for item in group:
+        norm = item.dep.target.module
+        if not isinstance(norm, (nn.LayerNorm, nn.GroupNorm)):
+            continue
+        name = g.DG._module2name.get(norm, "LayerNorm")
+        values = _fold.input_constants(g.ranges, norm, [int(j) for j in item.idxs]).tolist()
+        for r, a in zip(item.root_idxs, values):
+            if r in candidates and r not in blocked and a != 0.0:
+                blocked[r] = {
+                    "layer": root_name, "channel": r, "constant": None if math.isnan(a) else a, "consumer": name,
+                    "reason": f"it is not 0 at the input of the {type(norm).__name__} '{name}' (a parameter outside the "
+                              "group, e.g. a position embedding, adds to it), so removing it would change the norm's "
+                              "mean and variance",
+                }  # fmt: skip
+
+
 def _zero_candidates(g: _Graph, group) -> tuple[list[int], list]:
     """The root indices that are zero in every producer of the group, and the group's consumer items."""
     zero: dict[int, bool] = {}
     consumers = []
     for item in group:
         module = item.dep.target.module
-        if not isinstance(module, PRODUCER_TYPES):
+        if not isinstance(module, producer_types()):
             continue
         if not g.DG.is_out_channel_pruning_fn(item.dep.handler):
             consumers.append(item)
@@ -160,7 +172,7 @@ def _read_constants(g: _Graph, consumers, candidates: list[int], root_name: str)
     return blocked, folds, reads
 
 
-def _keep_some(d: _Decision, removable: list[int], folds: dict[int, list[Entry]], n_root: int, round_to: int) -> None:
+def _keep_some(d: Decision, removable: list[int], folds: dict[int, list[Entry]], n_root: int, round_to: int) -> None:
     """Keep one channel if all would go, and enough to round the width to ``round_to`` (``removable`` shrinks)."""
     if removable and len(removable) >= n_root:
         keep = removable.pop(0)
@@ -176,18 +188,19 @@ def _keep_some(d: _Decision, removable: list[int], folds: dict[int, list[Entry]]
                                     "reason": f"kept so that the layer keeps a multiple of round_to={round_to} channels"})  # fmt: skip
 
 
-def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
+def _decide(g: _Graph, group, plan: PruningPlan) -> Decision | None:
     root = group[0].dep.target.module
     root_name = g.DG._module2name[root]
     candidates, consumers = _zero_candidates(g, group)
     if not candidates:
         return None
-    problem = _group_problem(g.tp, g.DG, group, g.out_fns)
+    problem = _group_problem(g, group)
     if problem is not None:
         plan.skipped.append({"layer": root_name, "zero_channels": len(candidates), "reason": problem})
         return None
     blocked, folds, reads = _read_constants(g, consumers, candidates, root_name)
-    decision = _Decision(root, root_name, [], kept_constant=[blocked[r] for r in sorted(blocked)])
+    _check_layernorm_inputs(g, group, candidates, root_name, blocked)
+    decision = Decision(root, root_name, [], kept_constant=[blocked[r] for r in sorted(blocked)])
     removable = [r for r in candidates if r not in blocked]
     _keep_some(decision, removable, folds, slicer_for(root).out_size(root), g.round_to)
     decision.remove = removable
@@ -199,33 +212,16 @@ def _decide(g: _Graph, group, plan: PruningPlan) -> _Decision | None:
     return decision
 
 
-def _fold_into(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
-    """Fold the constants of ``entries`` into their consumers' biases, one call per consumer."""
-    by_module: dict[nn.Module, list[tuple[int, float]]] = {}
-    for consumer, j, a in entries:
-        if a != 0.0:
-            by_module.setdefault(consumer, []).append((j, a))
-    for consumer, pairs in by_module.items():
-        if _fold.fold_inputs(consumer, [j for j, _ in pairs], [a for _, a in pairs]):
-            plan.added_bias.append(names[consumer])
-
-
-def _silence(entries: list[Entry], plan: PruningPlan, names: dict) -> None:
-    """Fold the constant of each kept zero channel into its consumer and zero the consumer's weights that read it."""
-    _fold_into(entries, plan, names)
-    for consumer, j, _ in entries:
-        _fold.silence_inputs(consumer, [j])
-
-
 def _zero_small_rows(model: nn.Module, threshold: float) -> dict[nn.Module, torch.Tensor]:
     """Write exact zeros into the rows that count as zero (the zero rule, per output unit); return every producer's zero rows."""
     rows = {}
     with torch.no_grad():
         for m in model.modules():
-            if isinstance(m, PRODUCER_TYPES):
-                if slicer_for(m).unsupported(m) is None and m.weight.numel():
-                    m.weight[zero_units(m.weight.detach(), 0, threshold)] = 0.0
-                rows[m] = zero_units(m.weight.detach(), 0)
+            if isinstance(m, producer_types()):
+                w = out_rows(m)
+                if slicer_for(m).unsupported(m) is None and w.numel():
+                    w[zero_units(w.detach(), 0, threshold)] = 0.0
+                rows[m] = zero_units(w.detach(), 0)
     return rows
 
 
@@ -260,10 +256,22 @@ def prune_channels(
       (or all of them): enough zero channels are kept to round up (``plan.kept_rounding``);
     * a zero channel kept for one of these two reasons is silenced: the weights of the
       next layers that read it are zeroed (its constant, if any, folded as for a
-      removal), so those layers have as many nonzero weights as with the exact widths;
+      removal; not into a layer without bias), so those layers have as many nonzero
+      weights as with the exact widths;
+    * a channel normalised by a LayerNorm / GroupNorm must be exactly 0 at the norm's
+      input (the norm is replaced by an exact equivalent that still counts it);
+    * depthwise convolutions, transformers' ``Conv1D`` (GPT-2), embedding tables and
+      parameters held directly by a module (position embeddings, class tokens, layer
+      scales) are sliced with the channel; tied parameters (GPT-2's ``lm_head`` and
+      ``wte``) are sliced alike and stay one ``Parameter``;
+    * attention heads whose value rows are all 0 are removed whole (timm-style
+      ``qkv`` attention, Hugging Face BERT and GPT-2; ``plan.heads``); the zero heads
+      of ``nn.MultiheadAttention`` and dimensions inside heads are kept;
     * channels that are outputs of the model, or that pass through layers without a
-      registered slicer (LayerNorm, grouped convolutions, ...), are left alone
-      (``plan.skipped``).
+      registered slicer (grouped non-depthwise convolutions, ...), are
+      left alone (``plan.skipped``), and so is any group whose removal Torch-Pruning
+      cannot carry out exactly (the groups are then pruned one at a time, and a group
+      that raises or changes the outputs is kept).
 
     Parameters
     ----------
@@ -301,13 +309,17 @@ def prune_channels(
     ------
     ImportError
         If Torch-Pruning (``spred[prune]``) is not installed.
+    ValueError
+        If the model does not run on ``example_inputs`` (e.g. a wrong shape).
+    RuntimeError
+        If Torch-Pruning cannot trace the model.
     """
     check_module(model, "model", "prune_channels")
     threshold = check_float(threshold, "threshold", "prune_channels", 0.0)
     round_to = check_int(round_to, "round_to", "prune_channels", 1, optional=True) or 1
     check_bool(inplace, "inplace", "prune_channels")
     inputs = split_inputs(example_inputs, "prune_channels")
-    tp = _import_torch_pruning()
+    tp = import_torch_pruning()
 
     if is_sparsified(model):
         logger.info("prune_channels: collapsing the spred parametrisation first (threshold %g)", threshold)
@@ -320,12 +332,14 @@ def prune_channels(
     try:
         model.eval()
         zero_rows = _zero_small_rows(model, threshold)
-        reference, ranges = _fold.input_ranges(model, inputs)
-        DG, out_fns = _build_graph(tp, model, inputs)
-        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to), plan)
-        _apply(DG, model, decisions, silence, plan)
-        with torch.no_grad():
-            plan.max_abs_diff = _max_abs_diff(reference, run(model, inputs))
+        reference, ranges = first_pass(model, inputs)
+        plan.heads, plan.skipped = prune_heads(model)
+        if plan.heads:  # the widths changed: read the ranges again (the outputs are the same, the value rows were 0)
+            zero_rows = _zero_small_rows(model, threshold)
+            _, ranges = first_pass(model, inputs)
+        DG, out_fns = build_graph(tp, model, inputs)
+        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to, attention_layers(model)), plan)
+        model = apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan)
     finally:
         for name, m in model.named_modules():
             m.training = training.get(name, m.training)
@@ -345,28 +359,18 @@ def prune_channels(
     return model, plan
 
 
-def _build_graph(tp, model: nn.Module, inputs):
-    """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    outputs = []
-
-    def forward_fn(m, _):
-        out = run(m, inputs)
-        outputs.append(out)
-        return out
-
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
-        DG = tp.DependencyGraph().build_dependency(model, example_inputs=inputs, forward_fn=forward_fn, verbose=False)
-    return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
-
-
-def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Entry]]:
+def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[Decision], list[Entry]]:
     """One decision per dependency group with zero channels; the groups to prune and the channels to silence."""
     decisions, silence = [], []
-    for group in g.DG.get_all_groups(root_module_types=PRODUCER_TYPES):
-        d = _decide(g, group, plan)
+    for group in g.DG.get_all_groups(root_module_types=producer_types()):
+        try:
+            d = _decide(g, group, plan)
+        except (IndexError, RuntimeError, ValueError) as exc:  # Torch-Pruning mapped indices that do not fit a layer
+            name = g.DG._module2name.get(group[0].dep.target.module, "?")
+            plan.skipped.append({"layer": name, "zero_channels": None,
+                                 "reason": f"Torch-Pruning's channel mapping does not fit its layers ({type(exc).__name__}: "
+                                           f"{str(exc)[:160]}); the group is kept"})  # fmt: skip
+            continue
         if d is None:
             continue
         plan.kept_nonzero_constant.extend(d.kept_constant)
@@ -382,45 +386,3 @@ def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[_Decision], list[Ent
         silence.extend(d.silence)
     return decisions, silence
 
-
-def _apply(DG, model: nn.Module, decisions: list[_Decision], silence: list[Entry], plan: PruningPlan) -> None:
-    """Fold the constants, silence the kept zero channels, prune the groups and record the kept indices in ``plan``."""
-    names = {m: n for n, m in model.named_modules()}
-    for d in decisions:
-        _fold_into(d.folds, plan, names)
-    _silence(silence, plan, names)
-    alive: dict[tuple[str, str], list[int]] = {}
-    sizes: dict[tuple[str, str], int] = {}
-    for d in decisions:
-        pruner = DG.get_pruner_of_module(d.root)
-        group = DG.get_pruning_group(d.root, pruner.prune_out_channels, d.remove)
-        _track(DG, group, names, alive, sizes)
-        group.prune(record_history=False)
-        plan.history.append([d.root_name, list(d.remove)])
-    plan.layers = _layer_entries(model, alive, sizes)
-
-
-def _track(DG, group, names, alive, sizes) -> None:
-    """Record, in the numbering of the unpruned model, which indices every touched module keeps."""
-    for item in group:
-        module = item.dep.target.module
-        if not isinstance(module, nn.Module) or slicer_for(module) is None:
-            continue
-        slicer = slicer_for(module)
-        is_out = not isinstance(module, PRODUCER_TYPES) or DG.is_out_channel_pruning_fn(item.dep.handler)
-        key = (names[module], "out" if is_out else "in")
-        if key not in alive:
-            n = slicer.out_size(module) if is_out else slicer.in_size(module)
-            sizes[key], alive[key] = n, list(range(n))
-        drop = set(int(i) for i in item.idxs)
-        alive[key] = [orig for pos, orig in enumerate(alive[key]) if pos not in drop]
-
-
-def _layer_entries(model, alive, sizes) -> dict[str, dict]:
-    modules = dict(model.named_modules())
-    order = {name: i for i, name in enumerate(modules)}
-    entries: dict[str, dict] = {}
-    for (name, dim), kept in sorted(alive.items(), key=lambda kv: (order[kv[0][0]], kv[0][1] == "in")):
-        e = entries.setdefault(name, {"type": type(modules[name]).__name__, "out_size": None, "kept_out": None, "in_size": None, "kept_in": None})
-        e[f"{dim}_size"], e[f"kept_{dim}"] = sizes[(name, dim)], kept
-    return entries

@@ -87,6 +87,8 @@ def _conv1d_pruner(tp):
         def prune_in_channels(self, layer, idxs):
             keep = sorted(set(range(layer.weight.shape[0])) - set(idxs))
             layer.weight = self._prune_parameter_and_grad(layer.weight, keep, 0)
+            if hasattr(layer, "nx"):
+                layer.nx = len(keep)
             return layer
 
         def get_out_channels(self, layer):

@@ -1,0 +1,77 @@
+"""Torch-Pruning's dependency graph of a model, and the first forward pass, with spred's own errors."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from spred.compress import _fold
+from spred.compress._heads import find_attention
+from spred._inputs import flat_tensors, run
+from spred.compress._layers import torch_pruning_adapters
+from spred.nn._graph import import_torch_pruning  # noqa: F401  (one place for the optional import)
+
+
+
+
+def max_abs_diff(a, b) -> float:
+    fa, fb = flat_tensors(a), flat_tensors(b)
+    if len(fa) != len(fb) or any(x.shape != y.shape for x, y in zip(fa, fb)):
+        return math.inf
+    return max((float((x.double() - y.double()).abs().max()) for x, y in zip(fa, fb) if x.numel()), default=0.0)
+
+
+# ---------------------------------------------------------------------------
+# Decisions, one per dependency group
+# ---------------------------------------------------------------------------
+
+
+def attention_layers(model: nn.Module) -> dict[nn.Module, tuple[str, str]]:
+    """``{layer: (attention name, "qkv" or "out")}`` for the q/k/v producers and output projections of the heads."""
+    found = {}
+    for name, spec in find_attention(model).items():
+        for producer, _ in spec.sections:
+            found[producer] = (name, "qkv")
+        found[spec.out] = (name, "out")
+    return found
+
+
+def first_pass(model: nn.Module, inputs):
+    """The model's outputs on ``inputs`` and the input ranges of its layers; a clear error if it does not run."""
+    try:
+        return _fold.input_ranges(model, inputs)
+    except Exception as exc:
+        shapes = [tuple(t.shape) for t in flat_tensors([inputs[0], inputs[1]])]
+        raise ValueError(
+            f"prune_channels: the model does not run on example_inputs (tensor shapes {shapes}): "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def build_graph(tp, model: nn.Module, inputs):
+    """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs."""
+    for p in model.parameters():
+        p.requires_grad_(True)
+    outputs = []
+
+    def forward_fn(m, _):
+        out = run(m, inputs)
+        outputs.append(out)
+        return out
+
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
+        try:
+            DG = tp.DependencyGraph().build_dependency(
+                model, example_inputs=inputs, forward_fn=forward_fn, verbose=False,
+                customized_pruners=torch_pruning_adapters(tp, model),
+            )  # fmt: skip
+        except Exception as exc:
+            raise RuntimeError(
+                f"prune_channels: Torch-Pruning could not trace the model ({type(exc).__name__}: {exc}); its dependency "
+                "graph is needed to find the coupled channels. Trace a submodule, or remove the operation it stops at."
+            ) from exc
+    return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
