@@ -48,6 +48,8 @@ logger = logging.getLogger(__name__)
 MANIFEST = ".spred-results.json"
 LOCK = ".spred-lock"
 STAGING_PREFIX = ".spred-tmp-"
+#: Resumable intermediate results an experiment keeps across runs of the same folder.
+CACHE = "cache"
 
 __all__ = ["LOCK", "MANIFEST", "OutputFolderError", "ResultsFolder", "Results", "open_results", "output_folder"]
 
@@ -99,7 +101,7 @@ def _resolve(out: str | os.PathLike | None, name: str) -> Path:
 
 
 def _ours(entry: str) -> bool:
-    return entry in (MANIFEST, LOCK) or entry.startswith(STAGING_PREFIX) or entry.startswith(f"{MANIFEST}.")
+    return entry in (MANIFEST, LOCK, CACHE) or entry.startswith(STAGING_PREFIX) or entry.startswith(f"{MANIFEST}.")
 
 
 def _check_folder(path: Path, name: str) -> None:
