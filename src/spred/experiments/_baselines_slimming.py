@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,7 +38,7 @@ class Group:
     """One prunable dependency group: its channels and the modules that produce them (with their index lists)."""
 
     n: int
-    producers: list[tuple[nn.Module, list[int]]]  # (conv / linear / norm layer, output indices of the group's channels)
+    producers: list[tuple[str, list[int]]]  # (name of a conv / linear / norm layer, output indices of the group's channels)
 
 
 def dependency_groups(model: nn.Module, example: torch.Tensor) -> list[Group]:
@@ -50,6 +50,7 @@ def dependency_groups(model: nn.Module, example: torch.Tensor) -> list[Group]:
     try:
         graph = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         outputs = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
+        names = {id(m): n for n, m in model.named_modules()}
         groups = []
         for g in graph.get_all_groups(root_module_types=[nn.Conv2d, nn.Linear], ignored_layers=outputs):
             producers, seen = [], set()
@@ -59,7 +60,7 @@ def dependency_groups(model: nn.Module, example: torch.Tensor) -> list[Group]:
                     continue
                 if isinstance(module, (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.BatchNorm1d)):
                     seen.add(id(module))
-                    producers.append((module, [int(i) for i in item.idxs]))
+                    producers.append((names[id(module)], [int(i) for i in item.idxs]))
             if producers:
                 groups.append(Group(len(producers[0][1]), producers))
     finally:
@@ -71,10 +72,11 @@ def _rows(t: torch.Tensor, idx: list[int]) -> torch.Tensor:
     return t.detach()[idx].reshape(len(idx), -1)
 
 
-def channel_scores(groups: Sequence[Group], kind: str) -> list[torch.Tensor]:
-    """One score per channel of every group (higher: more important); ``kind`` in :data:`SCORES`."""
-    out = []
-    for g in groups:
+def channel_scores(model: nn.Module, groups: Sequence[Group], kind: str) -> list[torch.Tensor]:
+    """One score per channel of every group of ``model`` (higher: more important); ``kind`` in :data:`SCORES`."""
+    modules, out = dict(model.named_modules()), []
+    for group in groups:
+        g = Group(group.n, [(modules[n], i) for n, i in group.producers])
         if kind == "bn_scale":
             rows = [_rows(m.weight, i).abs() for m, i in g.producers if isinstance(m, nn.modules.batchnorm._BatchNorm)]
             s = torch.cat(rows, 1).sum(1) if rows else torch.ones(g.n)
@@ -91,17 +93,18 @@ def channel_scores(groups: Sequence[Group], kind: str) -> list[torch.Tensor]:
     return out
 
 
-def zero_channels(groups: Sequence[Group], drop: Sequence[Sequence[int]]) -> dict[int, torch.Tensor]:
-    """Zero the producing slices of channels ``drop[k]`` (positions in group ``k``) in place.
+def zero_channels(model: nn.Module, groups: Sequence[Group], drop: Sequence[Sequence[int]]) -> dict[int, torch.Tensor]:
+    """Zero the producing slices of channels ``drop[k]`` (positions in group ``k``) of ``model`` in place.
 
     Returns ``{id(parameter): keep mask}`` (True: trainable) for every touched parameter.
     """
-    masks: dict[int, torch.Tensor] = {}
+    modules, masks = dict(model.named_modules()), {}
     with torch.no_grad():
         for g, positions in zip(groups, drop):
             if not len(positions):
                 continue
-            for module, idx in g.producers:
+            for name, idx in g.producers:
+                module = modules[name]
                 rows = [idx[p] for p in positions]
                 for p in (module.weight, module.bias):
                     if p is None:
@@ -138,36 +141,60 @@ def pruned_flops(model: nn.Module, example: torch.Tensor) -> int:
     return count_flops(pruned, example[:1])
 
 
-def zero_to_flops(model: nn.Module, example: torch.Tensor, kind: str, target_flops: float,
-                  score_fn: Callable[[Sequence[Group]], list[torch.Tensor]] | None = None) -> tuple[nn.Module, dict[str, torch.Tensor]]:
+def live_macs(model: nn.Module, example: torch.Tensor) -> int:
+    """Multiply-adds per example of the conv / Linear layers counting only live channels (a fast estimate of
+    :func:`pruned_flops` for the bisection): input channels not identically 0 on ``example``, output rows not all 0."""
+    total = 0
+
+    def hook(module, inputs, output):
+        nonlocal total
+        x, w = inputs[0], module.weight.detach()
+        live_in = int((x.detach().transpose(0, 1).reshape(x.shape[1], -1) != 0).any(1).sum())
+        live_out = int((w.reshape(w.shape[0], -1) != 0).any(1).sum())
+        per_pair = w[0, 0].numel() * (output[0, 0].numel() if output.dim() > 2 else 1)
+        groups = getattr(module, "groups", 1)
+        total += live_out * live_in * per_pair // groups
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model.eval()(example[:2])
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def zero_to_flops(model: nn.Module, example: torch.Tensor, kind: str, target_flops: float, *,
+                  tolerance: float = 0.01) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """A copy of ``model`` whose lowest-scored channels are zeroed until its pruned FLOPs are ``<= target_flops``.
 
-    Bisection over the number of zeroed channels (each probe prunes a copy with
-    :func:`spred.compress.prune_channels` and counts its FLOPs). Returns the zeroed copy
-    and its masks by parameter name (True: trainable). A model already under the target
-    is returned as it is (its zero channels masked).
+    Bisection over the number of zeroed channels (each probe zeroes a copy and counts its
+    live multiply-adds, :func:`live_macs`; the caller measures the pruned model itself). Returns the zeroed copy
+    and its masks by parameter name (True: trainable). The bisection stops within
+    ``tolerance`` of all channels of the number it looks for (on the safe side: the FLOPs
+    are at most the target). A model already under the target is returned as it is.
     """
     groups = dependency_groups(model, example)
-    scores = score_fn(groups) if score_fn is not None else channel_scores(groups, kind)
+    scores = channel_scores(model, groups, kind)
     total = sum(g.n - 1 for g in groups)
 
-    def probe(k: int) -> tuple[nn.Module, dict[int, torch.Tensor], list[Group]]:
+    def probe(k: int) -> tuple[nn.Module, dict[int, torch.Tensor]]:
         m = copy.deepcopy(model)
-        gs = dependency_groups(m, example)
-        return m, zero_channels(gs, _drop_lists(gs, scores, k)), gs
+        return m, zero_channels(m, groups, _drop_lists(groups, scores, k))
 
-    low, high = 0, total
-    if pruned_flops(probe(0)[0], example) > target_flops:
-        while high - low > 1:
+    low, high, step = 0, total, max(1, int(tolerance * total))
+    if live_macs(probe(0)[0], example) > target_flops:
+        while high - low > step:
             mid = (low + high) // 2
-            if pruned_flops(probe(mid)[0], example) <= target_flops:
+            if live_macs(probe(mid)[0], example) <= target_flops:
                 high = mid
             else:
                 low = mid
         k = high
     else:
         k = 0
-    zeroed, masks, _ = probe(k)
+    zeroed, masks = probe(k)
     logger.info("zeroed %d of %d channels (%s) to reach %.3g FLOPs", k, total, kind, target_flops)
     return zeroed, named_masks(zeroed, masks)
 
