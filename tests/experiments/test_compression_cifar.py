@@ -152,3 +152,18 @@ def test_spred_rows_need_channel_groups(tiny, monkeypatch, tmp_path):
     monkeypatch.setattr(cc, "_job_rows", lambda args: [{"jobs": args[3]}])
     rows = cc.run_cifar(cfg, tmp_path / "cache")  # no job but the dense one
     assert all(r["jobs"] == [] for r in rows)
+
+
+def test_the_command_line_runs_the_cifar_experiment(spred_cli, monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(cfg, out, plot_figure=True):
+        seen.update(cfg=cfg, out=out)
+        return [], "table"
+
+    monkeypatch.setattr(cc, "run_cifar_experiment", fake)
+    code, err = spred_cli("run", "compression", "--dataset", "cifar10", "--model", "resnet56", "--quick",
+                          "--workers", "2", "--out", str(tmp_path / "o"))  # fmt: skip
+    assert code == 0, err
+    cfg = seen["cfg"]
+    assert cfg.model == "resnet56" and cfg.workers == 2 and cfg.train_size == cc.CIFAR_QUICK["train_size"]
