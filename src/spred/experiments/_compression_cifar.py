@@ -303,7 +303,6 @@ def _cached_row(cache: Path, name: str, cfg: CifarCompressionConfig, compute) ->
 def _job_rows(args) -> list[dict]:
     """Worker entry point: the rows of (method, target) jobs of one seed, each cached."""
     cfg, seed, cache, jobs = args
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_cifar(cfg, seed)
     job = _Job(cfg, seed, data)
     dense = _dense(job, cache)
