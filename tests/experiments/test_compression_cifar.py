@@ -167,3 +167,10 @@ def test_the_command_line_runs_the_cifar_experiment(spred_cli, monkeypatch, tmp_
     assert code == 0, err
     cfg = seen["cfg"]
     assert cfg.model == "resnet56" and cfg.workers == 2 and cfg.train_size == cc.CIFAR_QUICK["train_size"]
+
+
+def test_cifar10_is_a_short_name_of_the_training_set():
+    from spred.datasets import dataset_info
+
+    assert dataset_info("cifar10") is dataset_info("cifar10_train")
+    assert dataset_info("CIFAR10").name == dataset_info("cifar10_train").name
