@@ -174,3 +174,10 @@ def test_cifar10_is_a_short_name_of_the_training_set():
 
     assert dataset_info("cifar10") is dataset_info("cifar10_train")
     assert dataset_info("CIFAR10").name == dataset_info("cifar10_train").name
+
+
+def test_the_figure_is_written(tmp_path):
+    rows = [{"method": "dense", "target_flop_ratio": 1.0, "test_acc": 0.9, "test_acc_std": 0.0, "flop_ratio": 1.0},
+            {"method": "slimming", "target_flop_ratio": 2.0, "test_acc": 0.8, "test_acc_std": 0.01, "flop_ratio": 2.0}]  # fmt: skip
+    cc.plot_cifar(rows, tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 0

@@ -398,7 +398,8 @@ def cifar_table(summary: Sequence[Mapping]) -> str:
 
 def plot_cifar(summary: Sequence[Mapping], path: Path) -> None:
     """Test accuracy against FLOPs reduction, one line per method (the dense model dashed)."""
-    plt = _common.import_matplotlib().pyplot
+    _common.import_matplotlib()
+    import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(5.5, 4))
     for method in dict.fromkeys(r["method"] for r in summary):
         rs = sorted((r for r in summary if r["method"] == method), key=lambda r: r["flop_ratio"])
