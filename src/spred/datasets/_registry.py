@@ -504,13 +504,17 @@ def list_datasets(kind: str | None = None, *, benchmark: bool | None = None) -> 
     ]
 
 
+#: Short names: ``load_dataset("cifar10")`` is the CIFAR-10 (JPEG) training set (``cifar10_test``: its test set).
+ALIASES = {"cifar10": "cifar10_train"}
+
+
 def dataset_info(name: str) -> DatasetInfo:
     """Registry entry of a dataset (name lookup is case-insensitive).
 
     Parameters
     ----------
     name : str
-        A name from :func:`list_datasets`.
+        A name from :func:`list_datasets`, or a short name of :data:`ALIASES`.
 
     Returns
     -------
@@ -530,7 +534,7 @@ def dataset_info(name: str) -> DatasetInfo:
     """
     if isinstance(name, DatasetInfo):
         return name
-    info = _BY_NAME.get(str(name).lower())
+    info = _BY_NAME.get(ALIASES.get(str(name).lower(), str(name).lower()))
     if info is None:
         lowered = list(_BY_NAME)
         close = difflib.get_close_matches(str(name).lower(), lowered, n=3, cutoff=0.5)

@@ -13,11 +13,11 @@ import torch
 from spred._validation import check_bool, check_choice, check_choices, check_float, check_int, param_error
 
 METHODS = ("spred", "magnitude", "gmp", "synflow", "str", "l1")
-MODELS = ("lenet300100", "lenet5caffe", "resnet18")
+MODELS = ("lenet300100", "lenet5caffe", "resnet18", "resnet20")
 #: CNNs of the structured experiment (MNIST); zero channels of both are removed exactly.
 STRUCTURED_MODELS = ("lenet5caffe", "smallvgg")
 DEFAULT_LRS = {"spred": 1e-2, "magnitude": 1e-3, "gmp": 3e-3, "synflow": 3e-3, "str": 3e-3, "l1": 3e-3}
-DEFAULT_RATIOS = {"lenet300100": (12.0, 68.0), "lenet5caffe": (12.0, 280.0), "resnet18": (10.0, 50.0)}
+DEFAULT_RATIOS = {"lenet300100": (12.0, 68.0), "lenet5caffe": (12.0, 280.0), "resnet18": (10.0, 50.0), "resnet20": (10.0, 50.0, 100.0)}
 
 
 @dataclass(frozen=True)

@@ -49,6 +49,7 @@ MANIFEST = ".spred-results.json"
 LOCK = ".spred-lock"
 STAGING_PREFIX = ".spred-tmp-"
 RUNS_CACHE = ".spred-runs"  # an experiment's per-run cache (resumable studies): kept across runs, never an output
+CACHE = RUNS_CACHE  # one folder for every experiment's resumable results
 
 __all__ = ["LOCK", "MANIFEST", "RUNS_CACHE", "OutputFolderError", "ResultsFolder", "Results", "open_results", "output_folder"]
 

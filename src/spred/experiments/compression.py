@@ -65,6 +65,7 @@ from torch import nn
 
 from spred.datasets import RandomCropFlip
 from spred.experiments import _common
+from spred.experiments import _compression_cifar as _cifar
 from spred.experiments import _compression_structured as _structured
 from spred.experiments import _compression_unstructured as _unstructured
 from spred.experiments._compression_config import (
@@ -111,7 +112,7 @@ __all__ = [
 ]
 
 NAME = "compression"
-DATASET = {"lenet300100": "mnist", "lenet5caffe": "mnist", "resnet18": "cifar10", "smallvgg": "mnist"}
+DATASET = {"lenet300100": "mnist", "lenet5caffe": "mnist", "resnet18": "cifar10", "resnet20": "cifar10", "smallvgg": "mnist"}
 #: Constructor options: SmallVGG on MNIST, without BatchNorm (each conv has a bias, zeroed with its channel).
 MODEL_KWARGS = {"smallvgg": {"in_channels": 1, "batch_norm": False}}
 CSV_COLUMNS = (
@@ -364,6 +365,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--finetune-epochs", type=int, default=None, help="masked fine-tuning epochs M (default 10)")
     parser.add_argument("--train-size", type=int, default=None, help="random subset of the training set")
     parser.add_argument("--device", default=None, help="cpu (default), cuda, ...")
+    parser.add_argument("--dataset", choices=("mnist", "cifar10"), default="mnist",
+                        help="cifar10: the structured CIFAR-10 (JPEG) experiment (spred channel groups against channel baselines)")
+    parser.add_argument("--model", choices=_cifar.CIFAR_MODELS, default=None, help="with --dataset cifar10: the network (default resnet20)")
+    parser.add_argument("--workers", type=int, default=None, help="with --dataset cifar10: worker processes per seed (default 1)")
     parser.add_argument("--cifar10", default=None, metavar="PATH", help="CIFAR-10 python batches (for resnet18)")
     parser.add_argument("--no-dense", action="store_true",
                         help="skip the dense reference (its error and time; not with --methods magnitude)")
@@ -399,8 +404,22 @@ def config_from_args(args) -> CompressionConfig:
     return check_config(cfg)
 
 
+def _run_cifar(args) -> int:
+    """``spred run compression --dataset cifar10``: the structured CIFAR-10 experiment (:mod:`._compression_cifar`)."""
+    cli = {"seeds": args.seeds, "model": args.model, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
+           "train_size": args.train_size, "device": args.device, "workers": args.workers}  # fmt: skip
+    cfg = _common.resolve_config(_cifar.CifarCompressionConfig, quick=args.quick, quick_values=_cifar.CIFAR_QUICK,
+                                 config_file=args.config, cli_values=cli)  # fmt: skip
+    with _common.num_threads(args.threads):
+        _, text = _cifar.run_cifar_experiment(cfg, args.out, plot_figure=not args.no_plot)
+    print(text)
+    return 0
+
+
 def run(args) -> int:
     """``spred run compression``: run, write the outputs, print the tables; returns the exit code."""
+    if getattr(args, "dataset", "mnist") == "cifar10":
+        return _run_cifar(args)
     cfg = config_from_args(args)
     with _common.num_threads(args.threads):
         results = run_experiment(cfg, args.out, plot_figure=not args.no_plot)

@@ -8,6 +8,7 @@ name               network                                     parameters
 ``lenet5caffe``    :class:`LeNet5Caffe`, MNIST                 431,080
 ``smallvgg``       :class:`SmallVGG`, 28x28 or 32x32           ~0.29M
 ``resnet20``       :class:`ResNet20`, CIFAR 32x32              269,722
+``resnet56``       :class:`ResNet56`, CIFAR 32x32              853,018
 ``resnet18``       :class:`ResNet18`, CIFAR variant 32x32      11,173,962
 ``studycnn``       :class:`StudyCNN`, MNIST 28x28              20,522
 ``cifarcnn``       :class:`CifarCNN`, CIFAR 32x32, 4 conv, 2 fc 1,031,850
@@ -26,7 +27,7 @@ from spred._validation import param_error
 from spred.models._lenet import LeNet5Caffe
 from spred.models._cifar_cnn import CifarCNN
 from spred.models._mlp import MLP, LeNet300100
-from spred.models._resnet import BasicBlock, ResNet18, ResNet20
+from spred.models._resnet import BasicBlock, ResNet18, ResNet20, ResNet56
 from spred.models._study import StudyCNN
 from spred.models._vgg import SmallVGG
 
@@ -36,6 +37,7 @@ _REGISTRY: dict[str, type[nn.Module]] = {
     "lenet5caffe": LeNet5Caffe,
     "smallvgg": SmallVGG,
     "resnet20": ResNet20,
+    "resnet56": ResNet56,
     "resnet18": ResNet18,
     "studycnn": StudyCNN,
     "cifarcnn": CifarCNN,
@@ -98,6 +100,7 @@ __all__ = [
     "LeNet5Caffe",
     "ResNet18",
     "ResNet20",
+    "ResNet56",
     "SmallVGG",
     "StudyCNN",
     "build",

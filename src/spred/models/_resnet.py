@@ -110,6 +110,22 @@ class ResNet20(_ResNet):
         super().__init__((16, 32, 64), (3, 3, 3), in_channels, num_classes, shortcut, "ResNet20")
 
 
+class ResNet56(_ResNet):
+    """ResNet-56 for CIFAR (He et al., 2016, section 4.2): three stages of nine basic blocks, 16-32-64 channels.
+
+    Parameters as :class:`ResNet20` (about 0.85M parameters with ``shortcut="A"``).
+
+    Examples
+    --------
+    >>> import torch
+    >>> ResNet56()(torch.zeros(2, 3, 32, 32)).shape
+    torch.Size([2, 10])
+    """
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3, shortcut: str = "A"):
+        super().__init__((16, 32, 64), (9, 9, 9), in_channels, num_classes, shortcut, "ResNet56")
+
+
 class ResNet18(_ResNet):
     """ResNet-18, CIFAR variant: 3x3 stem with stride 1 and no max-pool (11,173,962 parameters).
 

@@ -1,0 +1,451 @@
+"""``spred run compression --dataset cifar10``: structured compression of a CIFAR ResNet, spred against channel baselines.
+
+Protocol (per seed; every method gets the same epochs and the same optimizer):
+
+1. **Dense pre-training**, shared by all methods: ``dense_epochs`` epochs, cached in the
+   output folder (``cache/dense_<model>_seed<s>.pt``) and reused by a later run with the
+   same settings.
+2. **Sparse training**, ``epochs`` epochs from the dense weights:
+
+   ``spred_d2`` / ``spred_d3``
+       :func:`spred.sparsify` with ``groups="channels"`` (one gate of D-1 scalars per
+       dependency group), trained with :class:`spred.train.TargetSparsity` aiming at
+       ``1 - r**-0.5`` zeros (removing a fraction ``s`` of the channels of every layer
+       leaves about ``(1 - s)**2`` of the FLOPs), then :func:`spred.collapse`; one run per
+       FLOPs target ``r``;
+   ``slimming``
+       Network Slimming: L1 (``slimming_lam``) on the BatchNorm scales; one run per seed;
+   ``group_reg``
+       Torch-Pruning's ``GroupNormPruner.regularize`` (``group_reg``); one run per seed;
+   ``l1_filter``
+       plain dense training (Li et al., 2017 prune a trained dense model).
+3. **Cut to the FLOPs target**: every method's channels are scored (see
+   :mod:`spred.experiments._baselines_slimming`) and the lowest are zeroed until the pruned
+   model has at most ``dense FLOPs / r`` (a bisection on the number of channels; for spred
+   its exact zeros go first, so this only tops up what lam left short).
+4. **Fine-tuning** ``finetune_epochs`` with the zeros frozen, then
+   :func:`spred.compress.prune_channels` removes them physically.
+
+Each (method, target, seed) is one job whose row is saved as ``cache/<job>.json``: an
+interrupted run resumes where it stopped (same config). ``workers > 1`` runs the jobs of
+a seed in worker processes after its dense model is cached.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spred.experiments import _baselines_slimming as bs
+from spred.experiments import _common
+from spred.experiments._outdir import CACHE
+
+logger = logging.getLogger(__name__)
+
+CIFAR_MODELS = ("resnet20", "resnet56", "vgg")
+CIFAR_METHODS = ("spred_d2", "spred_d3", "slimming", "group_reg", "l1_filter")
+CIFAR_COLUMNS = (
+    "model", "method", "seed", "target_flop_ratio", "test_acc", "test_acc_before_finetune", "params", "flops", "flop_ratio",
+    "latency_b1_ms", "latency_b256_ms", "latency_b1_cl_ms", "latency_b256_cl_ms", "speedup_b1", "speedup_b256",
+    "speedup_b1_cl", "speedup_b256_cl", "epochs", "wall_s", "train_size",
+)  # fmt: skip
+WHO = "CifarCompressionConfig"
+
+
+@dataclass(frozen=True)
+class CifarCompressionConfig:
+    """Settings of the CIFAR-10 (JPEG) structured experiment (defaults: the full preset; ``CIFAR_QUICK``: the quick one).
+
+    ``dense_epochs`` + ``epochs`` + ``finetune_epochs`` is every method's total; the dense
+    row trains ``epochs + finetune_epochs`` more from the cached dense model.
+    ``flop_targets``: FLOPs reduction factors r (the dense model's FLOPs / r at most).
+    ``train_size`` / ``test_size``: random training subset / first test images (None: all).
+    """
+
+    model: str = "resnet20"
+    methods: tuple[str, ...] = CIFAR_METHODS
+    flop_targets: tuple[float, ...] = (2.0, 4.0, 8.0)
+    dense_epochs: int = 60
+    epochs: int = 30
+    finetune_epochs: int = 20
+    train_size: int | None = None
+    test_size: int | None = None
+    batch_size: int = 128
+    lr: float = 1e-3
+    finetune_lr: float = 5e-4
+    lam: float = 1e-5
+    threshold: float = 1e-3
+    slimming_lam: float = 1e-4
+    group_reg: float = 1e-4
+    latency_repeats: int = 10
+    seeds: tuple[int, ...] = (0, 1, 2)
+    workers: int = 1
+    device: str = "cpu"
+
+
+#: ``--quick`` with ``--dataset cifar10``: 5,000 training images, 2,000 test images, one seed,
+#: 2 + 2 + 1 epochs, targets 2x and 4x. Measured on a shared 2-core machine: 52-70 s per epoch of 5,000 images,
+#: so the three baselines alone take about 25 minutes (over the 20-minute goal; spred's four runs add about 10).
+CIFAR_QUICK = {"train_size": 5000, "test_size": 2000, "dense_epochs": 2, "epochs": 2, "finetune_epochs": 1,
+               "flop_targets": (2.0, 4.0), "latency_repeats": 3, "seeds": (0,)}  # fmt: skip
+
+RULES = {
+    "model": _common.one_of(CIFAR_MODELS),
+    "methods": _common.some_of(CIFAR_METHODS),
+    "flop_targets": _common.tuple_of(_common.a_float(1.0, low_open=True), "numbers > 1", distinct=True),
+    "dense_epochs": _common.an_int(1), "epochs": _common.an_int(1), "finetune_epochs": _common.an_int(0),
+    "train_size": _common.an_int(2, optional=True), "test_size": _common.an_int(2, optional=True),
+    "batch_size": _common.an_int(1),
+    "lr": _common.a_float(0.0, low_open=True), "finetune_lr": _common.a_float(0.0, low_open=True),
+    "lam": _common.a_float(0.0, low_open=True), "threshold": _common.a_float(0.0, low_open=True),
+    "slimming_lam": _common.a_float(0.0, low_open=True), "group_reg": _common.a_float(0.0, low_open=True),
+    "latency_repeats": _common.an_int(1), "seeds": _common.tuple_of(_common.an_int(0), "ints >= 0", distinct=True),
+    "workers": _common.an_int(1), "device": _common.a_str(),
+}  # fmt: skip
+
+
+def check_cifar_config(cfg: CifarCompressionConfig) -> CifarCompressionConfig:
+    """Validate every field (TypeError / ValueError naming the field); tuples as tuples of floats / ints."""
+    values = _common.check_fields(cfg, RULES)
+    return dataclasses.replace(cfg, **{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+
+# --------------------------------------------------------------------------- data and models
+
+
+@dataclass(frozen=True)
+class CifarData:
+    X_train: torch.Tensor
+    y_train: torch.Tensor
+    X_test: torch.Tensor
+    y_test: torch.Tensor
+
+
+def load_cifar(cfg: CifarCompressionConfig, seed: int) -> CifarData:
+    """CIFAR-10 (JPEG) in [0, 1]: a random training subset drawn from ``seed`` and the first ``test_size`` test images."""
+    from spred.experiments.compression import load_data
+
+    d = load_data("cifar10", train_size=cfg.train_size, seed=seed)
+    n = cfg.test_size or len(d.X_test)
+    return CifarData(d.X_train, d.y_train, d.X_test[:n], d.y_test[:n])
+
+
+def build_cifar_model(name: str, seed: int) -> nn.Module:
+    """The network behind the CIFAR augmentation; ResNets with projection shortcuts (option B: prunable across stages)."""
+    from spred.datasets import RandomCropFlip
+    from spred.models import build
+
+    kwargs = {"shortcut": "B"} if name.startswith("resnet") else {"batch_norm": True}
+    return nn.Sequential(RandomCropFlip(), build(name if name != "vgg" else "smallvgg", seed=seed, **kwargs))
+
+
+# --------------------------------------------------------------------------- one job
+
+
+class _Job:
+    """What the methods of one (config, seed) share: data, fit, evaluation and measurement."""
+
+    def __init__(self, cfg: CifarCompressionConfig, seed: int, data: CifarData):
+        self.cfg, self.seed, self.data = cfg, seed, data
+        self.example = data.X_test[:8].to(cfg.device)
+        self.trained: dict[str, tuple[nn.Module, str, float]] = {}  # target-free sparse training, shared by the targets
+
+    def fit(self, model: nn.Module, epochs: int, **kwargs):
+        from spred.train import fit
+
+        kwargs.setdefault("optimizer", "adam")
+        kwargs.setdefault("lr", self.cfg.lr)
+        return fit(model, (self.data.X_train, self.data.y_train), epochs=epochs, batch_size=self.cfg.batch_size,
+                   seed=self.seed, device=self.cfg.device, progress=False, **kwargs)  # fmt: skip
+
+    def accuracy(self, model: nn.Module) -> float:
+        from spred.train import evaluate
+
+        return float(evaluate(model, (self.data.X_test, self.data.y_test), device=self.cfg.device)["acc"])
+
+    def measure(self, model: nn.Module) -> dict:
+        """Parameters, FLOPs and latency (batch 1 and 256, NCHW and channels-last) of ``model`` as it is."""
+        from spred.compress import count_flops, count_parameters, measure_latency
+
+        model = model.eval()
+        batch = self.data.X_test[:256].to(self.cfg.device)
+        row = {"params": count_parameters(model), "flops": count_flops(model, batch[:1])}
+        for cl in (False, True):
+            lat = measure_latency(model, batch, batch_sizes=(1, 256), repeats=self.cfg.latency_repeats, channels_last=cl)
+            for b in (1, 256):
+                row[f"latency_b{b}{'_cl' if cl else ''}_ms"] = 1e3 * lat[b]
+        return row
+
+
+def _adam_with(model: nn.Module, lr: float, hook) -> torch.optim.Optimizer:
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    optimizer.register_step_pre_hook(hook)
+    return optimizer
+
+
+def _sparse_train(job: _Job, method: str, dense: nn.Module, target: float) -> tuple[nn.Module, str]:
+    """``epochs`` of the method's own training from the dense weights; returns the plain model and its score kind."""
+    import spred
+    from spred.train import TargetSparsity
+
+    cfg, model = job.cfg, copy.deepcopy(dense)
+    if method.startswith("spred_d"):
+        spred.sparsify(model, cfg.lam, groups="channels", example_inputs=job.example, depth=int(method[-1]))
+        job.fit(model, cfg.epochs, target_sparsity=TargetSparsity(1.0 - target**-0.5), threshold=cfg.threshold)
+        return spred.collapse(model, threshold=cfg.threshold), "group_l2"
+    if method == "slimming":
+        job.fit(model, cfg.epochs, optimizer=_adam_with(model, cfg.lr, bs.BNScaleL1(model, cfg.slimming_lam)))
+        return model, "bn_scale"
+    if method == "group_reg":
+        hook = bs.GroupRegulariser(model, job.example, cfg.group_reg)
+        job.fit(model, cfg.epochs, optimizer=_adam_with(model, cfg.lr, hook))
+        return model, "group_l2"
+    if method == "l1_filter":
+        job.fit(model, cfg.epochs)
+        return model, "filter_l1"
+    raise ValueError(f"Unknown method {method!r}; expected one of {CIFAR_METHODS}.")
+
+
+def run_method(job: _Job, method: str, dense: nn.Module, target: float, reference: Mapping | None = None) -> dict:
+    """One (method, FLOPs target) from the dense model: train, cut to the target, fine-tune, prune, measure."""
+    from spred.compress import prune_channels
+
+    cfg, start = job.cfg, time.perf_counter()
+    if method in job.trained:  # slimming, group_reg, l1_filter train once per seed; each target is charged the time
+        model, kind, seconds = job.trained[method]
+        model, start = copy.deepcopy(model), start - seconds
+    else:
+        model, kind = _sparse_train(job, method, dense, target)
+        if not method.startswith("spred"):
+            job.trained[method] = (copy.deepcopy(model), kind, time.perf_counter() - start)
+    model = model.to(cfg.device)
+    dense_flops = bs.live_macs(dense, job.example)
+    zeroed, masks = bs.zero_to_flops(model, job.example, kind, dense_flops / target)
+    acc_before = job.accuracy(zeroed)
+    if cfg.finetune_epochs:
+        job.fit(zeroed, cfg.finetune_epochs, lr=cfg.finetune_lr, mask=masks, scheduler="cosine")
+    seconds = time.perf_counter() - start
+    pruned, _ = prune_channels(zeroed.eval(), job.example)
+    return _row(job, method, target, pruned, job.accuracy(pruned), acc_before, seconds, reference)
+
+
+def _row(job: _Job, method: str, target: float, model: nn.Module, acc: float, acc_before: float, seconds: float,
+         reference: Mapping | None) -> dict:  # fmt: skip
+    cfg = job.cfg
+    row = {"model": cfg.model, "method": method, "seed": job.seed, "target_flop_ratio": target, "test_acc": acc,
+           "test_acc_before_finetune": acc_before, **job.measure(model),
+           "epochs": cfg.dense_epochs + cfg.epochs + cfg.finetune_epochs, "wall_s": seconds,
+           "train_size": len(job.data.X_train)}  # fmt: skip
+    ref = reference or row
+    row["flop_ratio"] = ref["flops"] / row["flops"]
+    for key in ("b1", "b256", "b1_cl", "b256_cl"):
+        row[f"speedup_{key}"] = ref[f"latency_{key}_ms"] / row[f"latency_{key}_ms"]
+    return row
+
+
+# --------------------------------------------------------------------------- the seed, cached and resumable
+
+
+def channel_groups_available() -> bool:
+    """Whether :func:`spred.sparsify` takes ``groups="channels"`` (with ``example_inputs``)."""
+    import inspect
+
+    import spred
+
+    return "example_inputs" in inspect.signature(spred.sparsify).parameters
+
+
+def _key(cfg: CifarCompressionConfig) -> str:
+    """Settings a cached result depends on (a changed one invalidates the cache)."""
+    keep = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("seeds", "workers", "methods", "flop_targets", "latency_repeats")}
+    return json.dumps(keep, sort_keys=True, default=str)
+
+
+def _dense(job: _Job, cache: Path) -> nn.Module:
+    """The dense model after ``dense_epochs`` (trained once per seed, then read from ``cache``)."""
+    cfg = job.cfg
+    path = cache / f"dense_{cfg.model}_seed{job.seed}.pt"
+    model = build_cifar_model(cfg.model, job.seed)
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+        if saved.get("key") == _key(cfg):
+            model.load_state_dict(saved["state"])
+            return model.to(cfg.device)
+    with _common.torch_seed(job.seed):
+        job.fit(model, cfg.dense_epochs)
+    tmp = path.with_suffix(".tmp")
+    torch.save({"key": _key(cfg), "state": model.state_dict()}, tmp)
+    tmp.replace(path)
+    return model
+
+
+def _cached_row(cache: Path, name: str, cfg: CifarCompressionConfig, compute) -> dict:
+    path = cache / f"{name}.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved.get("key") == _key(cfg):
+            return saved["row"]
+    row = compute()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"key": _key(cfg), "row": row}))
+    tmp.replace(path)
+    return row
+
+
+def _job_rows(args) -> list[dict]:
+    """Worker entry point: the rows of (method, target) jobs of one seed, each cached."""
+    cfg, seed, cache, jobs = args
+    data = load_cifar(cfg, seed)
+    job = _Job(cfg, seed, data)
+    dense = _dense(job, cache)
+    reference = _cached_row(cache, f"{cfg.model}_dense_seed{seed}", cfg, lambda: _dense_row(job, dense))
+    rows = [] if jobs else [reference]  # called once per seed without jobs: the dense row
+    for method, target in jobs:
+        def compute(method=method, target=target):
+            with _common.torch_seed(seed):
+                return run_method(job, method, dense, target, reference)
+
+        rows.append(_cached_row(cache, f"{cfg.model}_{method}_x{target:g}_seed{seed}", cfg, compute))
+    return rows
+
+
+def _dense_row(job: _Job, dense: nn.Module) -> dict:
+    """The dense reference at equal epochs: ``epochs + finetune_epochs`` more from the cached dense model."""
+    cfg, start = job.cfg, time.perf_counter()
+    model = copy.deepcopy(dense)
+    with _common.torch_seed(job.seed):
+        job.fit(model, cfg.epochs + cfg.finetune_epochs)
+    acc = job.accuracy(model)
+    return _row(job, "dense", 1.0, model, acc, acc, time.perf_counter() - start, None)
+
+
+def run_cifar(cfg: CifarCompressionConfig, cache: Path) -> list[dict]:
+    """Every seed's dense reference and (method, target) rows; jobs already in ``cache`` are read back."""
+    cfg = check_cifar_config(cfg)
+    cache.mkdir(parents=True, exist_ok=True)
+    rows: list[dict] = []
+    methods = [m for m in cfg.methods if not m.startswith("spred") or channel_groups_available()]
+    if len(methods) < len(cfg.methods):
+        logger.warning("this spred has no channel groups (spred.sparsify(groups='channels')): the spred rows are skipped")
+    jobs = [(m, t) for m in methods for t in cfg.flop_targets]
+    for seed in cfg.seeds:
+        rows += _job_rows((cfg, seed, cache, []))  # the dense model and its row, before any worker needs them
+        if cfg.workers == 1:
+            rows += _job_rows((cfg, seed, cache, jobs))
+            continue
+        import concurrent.futures as cf
+        import multiprocessing
+
+        chunks = [[j for m in methods[i :: cfg.workers] for j in jobs if j[0] == m] for i in range(cfg.workers)]
+        with cf.ProcessPoolExecutor(cfg.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for part in pool.map(_job_rows, [(cfg, seed, cache, c) for c in chunks if c]):
+                rows += part
+    return rows
+
+
+# --------------------------------------------------------------------------- summary
+
+
+def summarise_cifar(rows: Sequence[Mapping]) -> list[dict]:
+    """Mean (and std) of accuracy, FLOPs and speed-ups over seeds per (method, target)."""
+    import statistics
+
+    groups: dict[tuple, list] = {}
+    for r in rows:
+        groups.setdefault((r["method"], float(r["target_flop_ratio"])), []).append(r)
+    out = []
+    for (method, target), rs in groups.items():
+        acc = [float(r["test_acc"]) for r in rs]
+        mean = lambda k: statistics.mean(float(r[k]) for r in rs)  # noqa: E731
+        out.append({"method": method, "target_flop_ratio": target, "n_seeds": len(rs), "test_acc": statistics.mean(acc),
+                    "test_acc_std": statistics.stdev(acc) if len(acc) > 1 else 0.0, "flop_ratio": mean("flop_ratio"),
+                    "params": mean("params"), "speedup_b1": mean("speedup_b1"), "speedup_b256": mean("speedup_b256"),
+                    "speedup_b256_cl": mean("speedup_b256_cl"), "epochs": rs[0]["epochs"], "wall_s": mean("wall_s")})  # fmt: skip
+    return sorted(out, key=lambda r: (r["target_flop_ratio"], r["method"]))
+
+
+def within_one_point(summary: Sequence[Mapping]) -> dict[str, float]:
+    """Per method, the largest measured FLOPs reduction whose mean accuracy is within 1 point of the dense one."""
+    dense = [r["test_acc"] for r in summary if r["method"] == "dense"]
+    if not dense:
+        return {}
+    best: dict[str, float] = {}
+    for r in summary:
+        if r["method"] != "dense" and r["test_acc"] >= dense[0] - 0.01:
+            best[r["method"]] = max(best.get(r["method"], 1.0), float(r["flop_ratio"]))
+    return best
+
+
+def cifar_table(summary: Sequence[Mapping]) -> str:
+    """Markdown: accuracy (mean ± std), FLOPs reduction, parameters and speed-ups per method and target."""
+    cols = [("method", "method"), ("target", lambda r: f"{r['target_flop_ratio']:g}x"),
+            ("test acc %", lambda r: f"{100 * r['test_acc']:.2f} ± {100 * r['test_acc_std']:.2f}"),
+            ("FLOPs red.", lambda r: f"{r['flop_ratio']:.2f}x"), ("params", lambda r: f"{r['params']:,.0f}"),
+            ("speed-up b1", lambda r: f"{r['speedup_b1']:.2f}x"), ("b256", lambda r: f"{r['speedup_b256']:.2f}x"),
+            ("b256 CL", lambda r: f"{r['speedup_b256_cl']:.2f}x"), ("epochs", "epochs"),
+            ("wall s", lambda r: f"{r['wall_s']:.0f}"), ("seeds", "n_seeds")]  # fmt: skip
+    return _common.markdown_table(summary, cols)
+
+
+def plot_cifar(summary: Sequence[Mapping], path: Path) -> None:
+    """Test accuracy against FLOPs reduction, one line per method (the dense model dashed)."""
+    _common.import_matplotlib()
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for method in dict.fromkeys(r["method"] for r in summary):
+        rs = sorted((r for r in summary if r["method"] == method), key=lambda r: r["flop_ratio"])
+        if method == "dense":
+            ax.axhline(100 * rs[0]["test_acc"], ls="--", c="k", label="dense")
+        else:
+            ax.errorbar([r["flop_ratio"] for r in rs], [100 * r["test_acc"] for r in rs],
+                        yerr=[100 * r["test_acc_std"] for r in rs], marker="o", label=method)  # fmt: skip
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="FLOPs reduction (x)", ylabel="test accuracy (%)", title="CIFAR-10 (JPEG), structured")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def report_cifar(cfg: CifarCompressionConfig, summary: Sequence[Mapping], seconds: float) -> str:
+    lines = [f"CIFAR-10 (JPEG) {cfg.model}, structured; {cfg.dense_epochs} dense + {cfg.epochs} sparse + "
+             f"{cfg.finetune_epochs} fine-tune epochs, train size {cfg.train_size or 50000}, seeds {list(cfg.seeds)}:", "",
+             cifar_table(summary), ""]  # fmt: skip
+    best = within_one_point(summary)
+    if best:
+        lines.append("Largest FLOPs reduction within 1 point of dense (of the targets run): "
+                     + ", ".join(f"{m} {r:.2f}x" for m, r in sorted(best.items())))  # fmt: skip
+    lines.append(f"Total wall time: {seconds:.0f} s.")
+    return "\n".join(lines)
+
+
+def run_cifar_experiment(cfg: CifarCompressionConfig, out: str | Path | None, *, plot_figure: bool = True) -> tuple[list[dict], str]:
+    """Run (or resume) the experiment and write ``compression_cifar.csv``, ``..._summary.csv``, the figure and ``summary.md``."""
+    cfg = check_cifar_config(cfg)
+    out_path = Path("results/compression" if out is None else out)
+    with _common.output_folder(out_path, "compression") as folder:
+        start = time.perf_counter()
+        rows = run_cifar(cfg, out_path / CACHE)
+        summary = summarise_cifar(rows)
+        folder.write_csv(rows, "compression_cifar.csv", CIFAR_COLUMNS)
+        folder.write_csv(summary, "compression_cifar_summary.csv")
+        if plot_figure:
+            plot_cifar(summary, folder.file("compression_cifar.png"))
+        text = report_cifar(cfg, summary, time.perf_counter() - start)
+        folder.write_text("summary.md", text + "\n")
+        folder.write_config(cfg, extra={"wall_seconds": time.perf_counter() - start})
+    return rows, text
+
+
+def is_finite_row(row: Mapping) -> bool:
+    return all(math.isfinite(float(row[k])) for k in ("test_acc", "flops", "params"))
