@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import math
-import warnings
 
-import torch
 from torch import nn
 
 from spred.compress import _fold
 from spred.compress._heads import find_attention
-from spred._inputs import flat_tensors, run
-from spred.compress._layers import torch_pruning_adapters
-from spred.nn._graph import import_torch_pruning  # noqa: F401  (one place for the optional import)
+from spred._inputs import flat_tensors
+from spred.nn._graph import import_torch_pruning, trace  # noqa: F401  (one place for the optional import and the tracing)
 
 
 
@@ -52,26 +49,11 @@ def first_pass(model: nn.Module, inputs):
 
 
 def build_graph(tp, model: nn.Module, inputs):
-    """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs."""
-    for p in model.parameters():
-        p.requires_grad_(True)
-    outputs = []
-
-    def forward_fn(m, _):
-        out = run(m, inputs)
-        outputs.append(out)
-        return out
-
-    with torch.enable_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops; unsupported groups are reported in the plan
-        try:
-            DG = tp.DependencyGraph().build_dependency(
-                model, example_inputs=inputs, forward_fn=forward_fn, verbose=False,
-                customized_pruners=torch_pruning_adapters(tp, model),
-            )  # fmt: skip
-        except Exception as exc:
-            raise RuntimeError(
-                f"prune_channels: Torch-Pruning could not trace the model ({type(exc).__name__}: {exc}); its dependency "
-                "graph is needed to find the coupled channels. Trace a submodule, or remove the operation it stops at."
-            ) from exc
-    return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
+    """Torch-Pruning's dependency graph of ``model``, and the autograd nodes of its outputs (:func:`spred.nn._graph.trace`)."""
+    try:
+        return trace(tp, model, inputs)
+    except Exception as exc:
+        raise RuntimeError(
+            f"prune_channels: Torch-Pruning could not trace the model ({type(exc).__name__}: {exc}); its dependency "
+            "graph is needed to find the coupled channels. Trace a submodule, or remove the operation it stops at."
+        ) from exc

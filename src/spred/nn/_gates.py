@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from spred._validation import check_float
+from spred.nn._parametrizations import checkpoint_lam
 
 GROUP_WEIGHTS = ("size", "flops")
 
@@ -115,13 +115,7 @@ class ChannelGate(nn.Module):
                     f"checkpoint was saved with {key}={state[key]!r} for channel group '{self.name}' but this model has "
                     f"{key}={getattr(self, key)!r}; sparsify the model with the same settings and example_inputs before loading"
                 )
-        lam = state["lam"]
-        if isinstance(lam, torch.Tensor) and lam.numel() == 1:
-            lam = lam.item()
-        try:
-            self.lam = check_float(lam, "lam", "the checkpoint's spred state", 0.0)
-        except TypeError as e:
-            raise ValueError(str(e)) from None
+        self.lam = checkpoint_lam(state["lam"])
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, n={self.n}, depth={self.depth}, lam={self.lam:g}"

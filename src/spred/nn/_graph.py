@@ -109,13 +109,10 @@ def customized_pruners(tp, model: nn.Module) -> dict:
     return {cls: pruner for cls in conv1d}
 
 
-def build_graph(model: nn.Module, inputs: tuple[tuple, dict], who: str):
-    """``(tp, DG, out_fns)``: Torch-Pruning, its dependency graph of ``model`` and the autograd nodes of the outputs.
-
-    Parameters are set to require gradients while tracing (Torch-Pruning follows autograd); the caller restores them.
-    A model that does not run on ``inputs`` or that Torch-Pruning cannot trace raises ``ValueError`` naming ``who``.
-    """
-    tp = import_torch_pruning()
+def trace(tp, model: nn.Module, inputs: tuple[tuple, dict]):
+    """``(DG, out_fns)``: Torch-Pruning's dependency graph of ``model`` on ``inputs`` (with spred's pruners for the layer
+    types it lacks) and the autograd nodes of the outputs. Parameters are set to require gradients (Torch-Pruning
+    follows autograd); the caller restores them. Torch-Pruning's own errors pass through."""
     for p in model.parameters():
         p.requires_grad_(True)
     outputs = []
@@ -125,21 +122,29 @@ def build_graph(model: nn.Module, inputs: tuple[tuple, dict], who: str):
         outputs.append(out)
         return out
 
+    with torch.enable_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops: spred reports what it skips
+        DG = tp.DependencyGraph().build_dependency(
+            model, example_inputs=inputs, forward_fn=forward_fn, verbose=False, customized_pruners=customized_pruners(tp, model)
+        )
+    return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
+
+
+def build_graph(model: nn.Module, inputs: tuple[tuple, dict], who: str):
+    """``(tp, DG, out_fns)`` as :func:`trace` gives them; a model that does not run on ``inputs`` or that
+    Torch-Pruning cannot trace raises ``ValueError`` naming ``who``."""
+    tp = import_torch_pruning()
     with torch.enable_grad():
         try:
             run(model, inputs)
         except Exception as exc:
             raise ValueError(f"{who}: the model does not run on example_inputs ({type(exc).__name__}: {exc}). "
                              "Pass inputs of the shape and type the model takes.") from exc  # fmt: skip
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # Torch-Pruning's notes on unknown ops: spred reports what it skips
-                DG = tp.DependencyGraph().build_dependency(
-                    model, example_inputs=inputs, forward_fn=forward_fn, verbose=False, customized_pruners=customized_pruners(tp, model)
-                )
-        except Exception as exc:
-            raise ValueError(f"{who}: Torch-Pruning could not trace the model's dependency graph ({type(exc).__name__}: {exc}).") from exc
-    return tp, DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
+    try:
+        DG, out_fns = trace(tp, model, inputs)
+    except Exception as exc:
+        raise ValueError(f"{who}: Torch-Pruning could not trace the model's dependency graph ({type(exc).__name__}: {exc}).") from exc
+    return tp, DG, out_fns
 
 
 # ---------------------------------------------------------------------------

@@ -67,6 +67,16 @@ def preserving_split(v: torch.Tensor, groups: str | None = None, depth: int = 2,
     return (*scalars, v / c ** (depth - 1))
 
 
+def checkpoint_lam(lam) -> float:
+    """``lam`` as read from a checkpoint's spred state, checked (a corrupt file is a ValueError, whatever its type)."""
+    if isinstance(lam, torch.Tensor) and lam.numel() == 1:
+        lam = lam.item()
+    try:
+        return check_float(lam, "lam", "the checkpoint's spred state", 0.0)
+    except TypeError as e:
+        raise ValueError(str(e)) from None
+
+
 class SpredProduct(nn.Module):
     """Parametrisation ``weight = u_1 * ... * u_D`` with spred's settings attached.
 
@@ -117,13 +127,7 @@ class SpredProduct(nn.Module):
                     f"checkpoint was saved with {key}={state[key]!r} but this model was sparsified with "
                     f"{key}={getattr(self, key)!r}; sparsify the model with the same settings before loading"
                 )
-        lam = state["lam"]
-        if isinstance(lam, torch.Tensor) and lam.numel() == 1:
-            lam = lam.item()
-        try:
-            self.lam = check_float(lam, "lam", "the checkpoint's spred state", 0.0)
-        except TypeError as e:  # a corrupt file is a wrong value, whatever its type
-            raise ValueError(str(e)) from None
+        self.lam = checkpoint_lam(state["lam"])
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
         # Name the tensor in a refused checkpoint: prefix is "<module>.parametrizations.<tensor>.<index>."
