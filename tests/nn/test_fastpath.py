@@ -22,6 +22,8 @@ LAYERS = {
     "conv2d-grouped": (lambda bias: nn.Conv2d(6, 4, 3, stride=2, padding=2, dilation=2, groups=2, bias=bias), (2, 6, 9, 9)),
     "conv2d-depthwise": (lambda bias: nn.Conv2d(4, 8, 3, padding=1, groups=4, bias=bias), (2, 4, 7, 7)),
     "conv2d-reflect": (lambda bias: nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect", bias=bias), (2, 3, 6, 6)),
+    "conv2d-circular-grouped": (lambda bias: nn.Conv2d(4, 6, (3, 2), padding=(1, 2), padding_mode="circular", groups=2, bias=bias), (2, 4, 5, 6)),
+    "conv2d-same": (lambda bias: nn.Conv2d(3, 4, 3, padding="same", bias=bias), (2, 3, 6, 6)),  # falls back to the weight
 }
 
 
@@ -48,7 +50,7 @@ def _net(layer_name, bias, groups, depth):
     with torch.no_grad():  # unbalanced, non-constant factors so every gradient is generic
         for f in spred.factors(layer):
             f.mul_(torch.rand_like(f) + 0.5)
-    return model, torch.randn(*shape, dtype=torch.float64)
+    return model, torch.randn(*shape, dtype=torch.float64, requires_grad=True)
 
 
 def _step(model, x):
@@ -57,15 +59,17 @@ def _step(model, x):
     loss = (out**2).sum() + spred.penalty(model)
     loss.backward()
     layer = model[0]
-    grads = [f.grad.clone() for f in spred.factors(layer)] + [p.grad.clone() for n, p in layer.named_parameters() if n == "bias"]
+    grads = [f.grad.clone() for f in spred.factors(layer)] + [p.grad.clone() for n, p in layer.named_parameters() if n == "bias"] + [x.grad]
     return out.detach(), grads, spred.penalty(model).detach(), spred.collapse(model, threshold=0.0)[0].weight.detach()
 
 
+@pytest.mark.parametrize("space", ["weight", "activation"])
 @pytest.mark.parametrize("depth", [2, 3])
 @pytest.mark.parametrize("groups", [None, "out", "in"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("layer_name", list(LAYERS))
-def test_fast_path_equals_plain_path(both_paths, layer_name, bias, groups, depth):
+def test_fast_path_equals_plain_path(both_paths, monkeypatch, layer_name, bias, groups, depth, space):
+    monkeypatch.setattr(_fastpath, "_activation_space", lambda activation, weight: space == "activation")
     fast, plain = both_paths(lambda: _step(*_net(layer_name, bias, groups, depth)))
     for a, b in zip(fast[:1] + tuple(fast[1]) + fast[2:], plain[:1] + tuple(plain[1]) + plain[2:]):
         assert a.shape == b.shape
@@ -156,3 +160,35 @@ def test_fused_product_supports_double_backward():
     z = torch.randn(5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda *f: _fastpath._Product.apply(*f), (u, w, z))
     assert torch.autograd.gradgradcheck(lambda *f: _fastpath._Product.apply(*f), (u, w))
+
+
+@pytest.mark.parametrize("space", [False, True])
+@pytest.mark.parametrize("groups", ["out", "in"])
+@pytest.mark.parametrize("layer_name", ["linear-3d-input", "conv1d", "conv2d-grouped"])
+def test_scaled_layer_gradcheck(layer_name, groups, space):
+    """The custom backward against finite differences, in both orders of the work."""
+    factory, shape = LAYERS[layer_name]
+    torch.manual_seed(3)
+    module = factory(True).double()
+    base = _fastpath._torch_class(type(module))
+    layer = _fastpath._Layer(module, base, _fastpath._SPATIAL[base])
+    w = module.weight.detach().clone().requires_grad_(True)
+    keep = 0 if groups == "out" else 1
+    s = torch.rand([n if d == keep else 1 for d, n in enumerate(w.shape)], dtype=torch.float64).add_(0.5).requires_grad_(True)
+    b = module.bias.detach().clone().requires_grad_(True)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, s, w, b: _fastpath._ScaledLayer.apply(x, s, w, b, layer, groups, space), (x, s, w, b))
+
+
+def test_grouped_fast_path_saves_no_activation_sized_tensor():
+    """What autograd keeps for the grouped layer: its input, the scale and the last factor (as a dense layer: input and weight)."""
+    torch.manual_seed(4)
+    conv = nn.Conv2d(8, 16, 3, padding=1)
+    model = spred.sparsify(nn.Sequential(conv), 0.1, groups="out")
+    x = torch.randn(4, 8, 16, 16, requires_grad=True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        model(x)
+    sizes = sorted(t.numel() for t in saved)
+    u, w = spred.factors(conv)
+    assert sizes == sorted([x.numel(), u.numel(), w.numel()])

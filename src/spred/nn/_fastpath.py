@@ -2,14 +2,16 @@
 
 Two mechanisms, both exact (the same function and gradients up to rounding):
 
-* **Group factors in activation space.** For ``groups="out"`` on ``Linear`` / ``Conv1d``
-  / ``Conv2d``, ``(s * W) x + b = s * (W x) + b``: the layer runs on the last factor ``W``
-  and its output is scaled per channel (bias added after), so the product ``s * W`` and
-  its two weight-sized gradients are never formed. For ``groups="in"``,
-  ``(s * W) x = W (s * x)``: the input is scaled instead. Installed by
-  :func:`install` as a ``forward`` on the class that ``parametrize`` already gives each
-  parametrised module, so ``module.weight`` is still ``v`` and the factors, the
-  penalty, ``state_dict`` keys, deep copies and :func:`spred.collapse` see nothing new.
+* **Group factors without the weight-sized product kept.** For ``groups="out"`` / ``"in"``
+  on ``Linear`` / ``Conv1d`` / ``Conv2d`` (grouped and depthwise too) one autograd node
+  (:class:`_ScaledLayer`) runs the layer on ``v = s * W`` and saves only its input, the
+  scale ``s`` and the last factor ``W``: the memory of the dense layer. Per call it
+  forms the smaller of the two: ``s * W``, or the activation scaled per channel
+  (``(s * W) x + b = s * (W x) + b`` for ``"out"``, ``(s * W) x = W (s * x)`` for
+  ``"in"``). Installed by :func:`install` as a ``forward`` on the class that
+  ``parametrize`` already gives each parametrised module, so ``module.weight`` is still
+  ``v`` and the factors, the penalty, ``state_dict`` keys, deep copies and
+  :func:`spred.collapse` see nothing new.
 * **A fused elementwise product** (:func:`product`): one autograd node for
   ``u_1 * ... * u_D`` that keeps only the factors for backward (no intermediate
   products for D > 2) and computes every factor's gradient in one backward call.
@@ -17,8 +19,8 @@ Two mechanisms, both exact (the same function and gradients up to rounding):
 The fast forward falls back to the module's own ``forward`` whenever it cannot be
 sure of exactness: other parametrisations stacked on the weight, inside
 ``parametrize.cached()`` (the cached ``v`` is reused there), a module class whose
-``forward`` / ``_conv_forward`` is not torch's, or transposed convolutions (never
-installed). :data:`ENABLED` (initialised from the environment variable
+``forward`` / ``_conv_forward`` is not torch's, under autocast, a string ``padding``
+(``"same"``), or transposed convolutions (never installed). :data:`ENABLED` (initialised from the environment variable
 ``SPRED_FASTPATH``; ``0`` turns it off) switches both mechanisms off, so both paths
 can be compared.
 """
@@ -101,23 +103,123 @@ def install(module: nn.Module, groups: str | None, out_dim: int) -> bool:
     return True
 
 
+class _Layer:
+    """A torch ``Linear`` / ``Conv1d`` / ``Conv2d`` call, its backward, and its output size, with the settings of one module."""
+
+    def __init__(self, module: nn.Module, base: type, spatial: int):
+        self.spatial = spatial
+        self.conv = base is not nn.Linear
+        if self.conv:
+            self.args = (module.stride, module.padding if module.padding_mode == "zeros" else (0,) * spatial, module.dilation, module.groups)
+            self.fn = nn.functional.conv1d if spatial == 1 else nn.functional.conv2d
+            self.kernel = module.kernel_size
+
+    def __call__(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        return self.fn(x, w, b, *self.args) if self.conv else nn.functional.linear(x, w, b)
+
+    def backward(self, g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, mask: tuple[bool, bool, bool]):
+        """``(dx, dw, db)`` of ``self(x, w, b)`` for the output gradient ``g`` (None where ``mask`` is False)."""
+        if self.conv:
+            stride, padding, dilation, groups = self.args
+            bias = [w.shape[0]] if mask[2] else None
+            return torch.ops.aten.convolution_backward(g, x, w, bias, stride, padding, dilation, False, (0,) * self.spatial, groups, list(mask))
+        g2, x2 = g.reshape(-1, g.shape[-1]), x.reshape(-1, x.shape[-1])
+        dx = (g2 @ w).reshape(x.shape) if mask[0] else None
+        return dx, g2.t() @ x2 if mask[1] else None, g2.sum(0) if mask[2] else None
+
+    def channel_scale(self, s: torch.Tensor, groups: str) -> torch.Tensor:
+        """The group scale ``s`` (shaped like a group factor) as a per-channel scale of the output (``"out"``) or input."""
+        s = s.reshape(-1)
+        if groups == "in" and self.conv and self.args[3] > 1:
+            s = s.repeat(self.args[3])  # the "in" factor indexes the channel within each conv group
+        return s.reshape((-1,) + (1,) * self.spatial)  # against (N, C, *spatial); (C,) for Linear
+
+    def out_numel(self, x: torch.Tensor, w: torch.Tensor) -> int:
+        if not self.conv:
+            return x.numel() // x.shape[-1] * w.shape[0]
+        stride, padding, dilation, _ = self.args
+        n = x.shape[0] * w.shape[0]
+        for i in range(self.spatial):
+            n *= (x.shape[2 + i] + 2 * padding[i] - dilation[i] * (self.kernel[i] - 1) - 1) // stride[i] + 1
+        return n
+
+
+class _ScaledLayer(torch.autograd.Function):
+    """``layer(x, s * w, b)`` for a group scale ``s`` (broadcast against ``w``), saving only ``x``, ``s`` and ``w``.
+
+    Its value and gradients are those of the weight-space product (up to rounding); only
+    the order of the work changes, chosen per call by which tensor is smaller (``act``):
+
+    * weight space (``act=False``): ``v = s * w`` is formed for the call and again in the
+      backward pass (for the input's gradient), never kept;
+    * activation space (``act=True``): ``"out"`` scales the layer's output per channel
+      (``(s*W) x + b = s*(W x) + b``), ``"in"`` its input (``(s*W) x = W (s*x)``); no
+      weight-sized product is formed and the scaled activation is not kept either.
+
+    Either way the backward pass computes ``dv = dL/dv`` from the unscaled ``x`` and the
+    output gradient, then ``dL/dw = s * dv`` and ``dL/ds = sum(dv * w)`` over each group,
+    so nothing activation-sized is saved beyond the input the dense layer saves too.
+    """
+
+    @staticmethod
+    def forward(ctx, x, s, w, bias, layer, groups, act):
+        ctx.layer, ctx.groups, ctx.act = layer, groups, act
+        ctx.save_for_backward(x, s, w)
+        if not act:
+            return layer(x, s * w, bias)
+        scale = layer.channel_scale(s, groups)
+        if groups == "in":
+            return layer(x * scale, w, bias)
+        y = layer(x, w, None).mul_(scale)
+        return y if bias is None else y.add_(bias.reshape(scale.shape))
+
+    @staticmethod
+    def backward(ctx, g):
+        x, s, w = ctx.saved_tensors
+        layer, groups = ctx.layer, ctx.groups
+        need_x, need_s, need_w, need_b = ctx.needs_input_grad[:4]
+        if not ctx.act:
+            dx, dv, db = layer.backward(g, x, s * w if need_x else w, (need_x, need_s or need_w, need_b))
+        else:
+            scale = layer.channel_scale(s, groups)
+            split = need_x and groups == "out"  # the input's gradient comes from s * g there
+            dx, dv, db = layer.backward(g, x, w, (need_x and not split, need_s or need_w, need_b))
+            if split:
+                dx = layer.backward(g * scale, x, w, (True, False, False))[0]
+            elif dx is not None:
+                dx = dx.mul_(scale)
+        ds = (dv * w).sum_to_size(s.shape) if need_s else None
+        dw = dv.mul_(s) if need_w else None
+        return dx, ds, dw, db, None, None, None
+
+
+def _activation_space(activation: int, weight: int) -> bool:
+    """Whether to scale the activation (``activation`` entries) rather than form ``s * w`` (``weight`` entries)."""
+    return activation < weight
+
+
 def _fast_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:
     base, spatial, groups = type(self)._spred_fast
     plist = self.parametrizations["weight"]
-    if not ENABLED or len(plist) != 1 or parametrize._cache_enabled:
+    conv = base is not nn.Linear
+    if (
+        not ENABLED
+        or len(plist) != 1
+        or parametrize._cache_enabled
+        or torch.is_autocast_enabled(x.device.type)
+        or (conv and isinstance(self.padding, str))
+    ):
         return base.forward(self, x)
     factors = [getattr(plist, f"original{i}") for i in range(plist[0].depth)]
-    w = factors[-1]
-    s = factors[0]
+    s, w = factors[0], factors[-1]
     for f in factors[1:-1]:
         s = s * f
-    shape = (-1,) + (1,) * spatial  # a channel vector against (N, C, *spatial) or (C, *spatial); (C,) for Linear
-    if groups == "out":
-        y = nn.functional.linear(x, w) if base is nn.Linear else self._conv_forward(x, w, None)
-        s = s.reshape(shape)
-        return y * s if self.bias is None else torch.addcmul(self.bias.reshape(shape), y, s)
-    s = s.reshape(-1)
-    if base is not nn.Linear and self.groups > 1:
-        s = s.repeat(self.groups)  # the "in" factor indexes the channel within each conv group
-    x = x * s.reshape(shape)
-    return nn.functional.linear(x, w, self.bias) if base is nn.Linear else self._conv_forward(x, w, self.bias)
+    layer = _Layer(self, base, spatial)
+    unbatched = conv and x.dim() == spatial + 1
+    if unbatched:
+        x = x.unsqueeze(0)
+    if conv and self.padding_mode != "zeros":
+        x = nn.functional.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+    scaled = layer.out_numel(x, w) if groups == "out" else x.numel()
+    y = _ScaledLayer.apply(x, s, w, self.bias, layer, groups, _activation_space(scaled, w.numel()))
+    return y.squeeze(0) if unbatched else y
