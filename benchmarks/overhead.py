@@ -1,15 +1,20 @@
 """Training-step overhead of spred on real architectures: time and peak memory over dense.
 
-Each case (model, batch, optimizer, groups) runs up to three kinds, each in its own
-subprocess so that peak memory (the peak resident-set growth over the training
-steps, model and optimizer included: Linux's ``VmHWM`` reset through
-``/proc/self/clear_refs``, else ``resource.getrusage``) is its own: ``dense`` (same optimizer,
-same weight decay), ``spred`` (the fast path) and ``plain`` (the same spred model with
-the fast path off, ``SPRED_FASTPATH=0``: the implementation before it). Step time is
-the median over the timed steps. Models, all defined here (CIFAR-sized 32x32 inputs):
-a resnet18-style net (BasicBlocks 2-2-2-2, 64-512 channels), VGG-11 with BatchNorm and
-a 512-4096-4096-10 classifier, a 2-layer BERT from ``transformers`` (hidden 128,
-sequence 64) and a MobileNetV2-style stack of inverted residual blocks.
+Each case (model, batch, optimizer, groups) compares up to three kinds: ``dense`` (same
+optimizer, same weight decay), ``spred`` (the fast path) and ``plain`` (the same spred
+model with the fast path off, as ``SPRED_FASTPATH=0``: the weight-space implementation).
+Step time: the three models live in one process and take their steps in turns (the
+order rotating every round), so a change of load on the machine hits them alike; the
+table gives each kind's median step over dense's and the spread of the per-round ratio.
+Peak memory: each kind again, alone in a forked process, as the peak resident-set growth
+over two training steps, model and optimizer included (Linux's ``VmHWM`` reset through
+``/proc/self/clear_refs``, else ``resource.getrusage``). The parent only imports, so
+forking is cheap and safe. Models (CIFAR-sized 32x32 inputs): a resnet18-style net
+(BasicBlocks 2-2-2-2, 64-512 channels), VGG-11 with BatchNorm and a 512-4096-4096-10
+classifier, a 2-layer BERT from ``transformers`` (hidden 128, sequence 64), a
+MobileNetV2-style stack of inverted residual blocks (groups ``elementwise`` and
+``out``), and :class:`spred.models.ResNet20` with ``shortcut="B"`` and channel groups
+(``groups="channels"``; batches 64 and 128).
 
 Per model one line gives the physical floor: the bytes an elementwise spred step must
 move on top of dense (forward: read u, w, write v; backward: read dv, u, w, write du,
@@ -22,18 +27,17 @@ bandwidth measured in the same run (a large tensor copy), as a ratio over dense.
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import multiprocessing
 import resource
 import statistics
-import subprocess
-import sys
 import time
 
 import torch
 from torch import nn
 
 import spred
+import spred.models
+from spred.nn import _fastpath
 
 # ---------------------------------------------------------------- models
 
@@ -109,18 +113,27 @@ class Bert(nn.Module):
         return self.net(input_ids=ids).logits
 
 
-MODELS = {  # name -> (factory, input maker)
-    "resnet18": (resnet18, lambda b: torch.randn(b, 3, 32, 32)),
-    "vgg11_bn": (vgg11_bn, lambda b: torch.randn(b, 3, 32, 32)),
-    "bert": (Bert, lambda b: torch.randint(0, 8000, (b, 64))),
-    "mobilenet_v2": (mobilenet_v2, lambda b: torch.randn(b, 3, 32, 32)),
+def resnet20():
+    return spred.models.build("resnet20", shortcut="B")
+
+
+def _images(b):
+    return torch.randn(b, 3, 32, 32)
+
+
+MODELS = {  # name -> (factory, input maker, groups compared, default batches)
+    "resnet18": (resnet18, _images, ("elementwise", "out"), (8, 64)),
+    "vgg11_bn": (vgg11_bn, _images, ("elementwise", "out"), (8, 64)),
+    "bert": (Bert, lambda b: torch.randint(0, 8000, (b, 64)), ("elementwise", "out"), (8, 64)),
+    "mobilenet_v2": (mobilenet_v2, _images, ("elementwise", "out"), (8, 64)),
+    "resnet20": (resnet20, _images, ("channels",), (64, 128)),
 }
 OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.01, momentum=0.9, fused=True),
     "adam": lambda params: torch.optim.Adam(params, lr=1e-3, fused=True),
 }
 
-# ---------------------------------------------------------------- one case, in a subprocess
+# ---------------------------------------------------------------- one case, in a forked process
 
 
 def _reset_peak() -> int:
@@ -145,33 +158,80 @@ def _peak() -> int:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def run_case(model_name, batch, opt_name, groups, kind, steps):
+def _trainer(model_name, batch, opt_name, groups, kind):
+    """A function taking one training step of ``kind`` on a fresh model (seeded: every kind starts from the same weights)."""
     torch.manual_seed(0)
-    factory, make_input = MODELS[model_name]
+    factory, make_input, *_ = MODELS[model_name]
     x, y = make_input(batch), torch.randint(0, 10, (batch,))
-    before = _reset_peak()
     model = factory().train()
     if kind == "dense":
         params = [{"params": list(model.parameters()), "weight_decay": 1e-4}]
+    elif groups == "channels":
+        spred.sparsify(model, 1e-4, groups="channels", example_inputs=x[:2])
+        params = spred.param_groups(model, weight_decay=1e-4)
     else:
         spred.sparsify(model, 1e-4, groups=None if groups == "elementwise" else groups)
         params = spred.param_groups(model, weight_decay=1e-4)
-    opt, loss_fn, times = OPTIMIZERS[opt_name](params), nn.CrossEntropyLoss(), []
-    for i in range(steps + 2):  # two warm-up steps
-        t = time.perf_counter()
+    opt, loss_fn = OPTIMIZERS[opt_name](params), nn.CrossEntropyLoss()
+
+    def step():
+        _fastpath.ENABLED = kind != "plain"  # read at every call, so one process can hold both paths
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t)
-    return {"time": statistics.median(times), "peak": _peak() - before}
+
+    return step
 
 
-def _subprocess(args, case, kind):
-    env = dict(os.environ, SPRED_FASTPATH="0" if kind == "plain" else "1", OMP_NUM_THREADS=str(args.threads))
-    cmd = [sys.executable, __file__, "--case", json.dumps([*case, kind]), "--steps", str(args.steps), "--threads", str(args.threads)]
-    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def _kinds(groups: str) -> tuple[str, ...]:
+    return ("dense", "spred") if groups == "channels" else ("dense", "spred", "plain")  # the fast path has no channel part
+
+
+def time_case(model_name, batch, opt_name, groups, steps, warmup) -> dict:
+    """Per kind the median step time, and the per-round ratios over dense: the kinds step in turns."""
+    kinds = _kinds(groups)
+    trainers = {k: _trainer(model_name, batch, opt_name, groups, k) for k in kinds}
+    times = {k: [] for k in kinds}
+    for r in range(warmup + steps):
+        for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
+            t = time.perf_counter()
+            trainers[k]()
+            if r >= warmup:
+                times[k].append(time.perf_counter() - t)
+    ratios = {k: [a / d for a, d in zip(times[k], times["dense"])] for k in kinds}
+    return {"time": {k: statistics.median(v) for k, v in times.items()}, "ratios": ratios}
+
+
+def peak_case(model_name, batch, opt_name, groups, kind, steps) -> int:
+    """Peak resident-set growth over building the model and optimizer and ``steps`` training steps."""
+    before = _reset_peak()
+    step = _trainer(model_name, batch, opt_name, groups, kind)
+    for _ in range(steps):
+        step()
+    return _peak() - before
+
+
+def _child(conn, fn, args):
+    try:
+        conn.send(("ok", fn(*args)))
+    except BaseException as e:  # report, so the parent says what failed
+        conn.send(("error", f"{type(e).__name__}: {e}"))
+    finally:
+        conn.close()
+
+
+def _forked(fn, *args):
+    """``fn(*args)`` in a forked process: its own peak memory, and the imports paid once, in the parent."""
+    ctx = multiprocessing.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child, args=(child, fn, args))
+    proc.start()
+    child.close()
+    status, value = parent.recv()
+    proc.join()
+    if status != "ok":
+        raise RuntimeError(f"{fn.__name__}{args}: {value}")
+    return value
 
 
 # ---------------------------------------------------------------- the physical floor
@@ -203,50 +263,61 @@ def floor_bytes(model_name: str, opt_name: str) -> int:
 # ---------------------------------------------------------------- main
 
 
+def _ratio(ratios: dict, kind: str) -> str:
+    r = ratios.get(kind)
+    return f"{statistics.median(r):.2f} ({min(r):.2f}-{max(r):.2f})" if r else "-"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="batch 8, Adam, 2 steps: under 3 minutes")
+    parser.add_argument("--quick", action="store_true", help="the smallest batch of each model, Adam, 2 rounds, 1 warm-up, memory over 1 step")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--steps", type=int, default=6, help="timed rounds (each kind one step per round)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
+    parser.add_argument("--memory-steps", type=int, default=2, help="training steps of each memory measurement")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--batches", nargs="+", type=int, default=[8, 64])
+    parser.add_argument("--batches", nargs="+", type=int, help="default: 8 and 64 (ResNet-20: 64 and 128)")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
-    parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    if args.case:
-        print(json.dumps(run_case(*json.loads(args.case), args.steps)))
-        return
+    torch.set_num_threads(args.threads)  # the parent runs no tensor work: it only imports and forks
     if args.quick:
-        args.batches, args.optimizers, args.steps = [8], ["adam"], 2
-    bw = bandwidth()
-    print(f"torch {torch.__version__}, {args.threads} thread(s), fused optimizers, median of {args.steps} steps; copy bandwidth {bw / 1e9:.1f} GB/s")
-    print("ratios over dense; 'plain' = the same spred model with SPRED_FASTPATH=0\n")
+        args.optimizers, args.steps, args.warmup, args.memory_steps = ["adam"], 2, 1, 1
+    if "bert" in args.models:
+        from transformers import BertConfig, BertForSequenceClassification  # noqa: F401  (imported once, before the forks)
+    bw = _forked(bandwidth)
+    print(f"torch {torch.__version__}, {args.threads} thread(s), fused optimizers, {args.steps} timed rounds after {args.warmup}; copy bandwidth {bw / 1e9:.1f} GB/s")
+    print("step time: median over rounds of spred / dense in the same round (min-max); 'plain' = the same spred model with the fast path off")
+    print(f"memory: peak resident-set growth over build + {args.memory_steps} step(s), each kind in its own process, over dense\n")
     print("| model | batch | optimizer | groups | dense ms | dense MiB | spred time | plain time | spred mem | plain mem |")
     print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
     floors = {}
     for model_name in args.models:
-        for batch in args.batches:
+        _, _, model_groups, default_batches = MODELS[model_name]
+        batches = default_batches[:1] if args.quick else (args.batches or default_batches)
+        for batch in batches:
             for opt_name in args.optimizers:
-                d = _subprocess(args, [model_name, batch, opt_name, "elementwise"], "dense")
-                for groups in ("elementwise", "out"):
-                    case = [model_name, batch, opt_name, groups]
-                    r = {kind: _subprocess(args, case, kind) for kind in ("spred", "plain")}
+                for groups in model_groups:
+                    case = (model_name, batch, opt_name, groups)
+                    t = _forked(time_case, *case, args.steps, args.warmup)
+                    mem = {k: _forked(peak_case, *case, k, args.memory_steps) for k in _kinds(groups)}
+                    dense_ms, plain_mem = 1e3 * t["time"]["dense"], f"{mem['plain'] / mem['dense']:.2f}" if "plain" in mem else "-"
                     print(
-                        f"| {model_name} | {batch} | {opt_name} | {groups} | {1e3 * d['time']:.1f} | {d['peak'] / 2**20:.0f} | "
-                        f"{r['spred']['time'] / d['time']:.2f} | {r['plain']['time'] / d['time']:.2f} | "
-                        f"{r['spred']['peak'] / d['peak']:.2f} | {r['plain']['peak'] / d['peak']:.2f} |",
+                        f"| {model_name} | {batch} | {opt_name} | {groups} | {dense_ms:.1f} | {mem['dense'] / 2**20:.0f} | "
+                        f"{_ratio(t['ratios'], 'spred')} | {_ratio(t['ratios'], 'plain')} | "
+                        f"{mem['spred'] / mem['dense']:.2f} | {plain_mem} |",
                         flush=True,
                     )
                     if groups == "elementwise":
-                        floors[(model_name, batch, opt_name)] = (d["time"], r["spred"]["time"])
+                        floors[(model_name, batch, opt_name)] = (t["time"]["dense"], statistics.median(t["ratios"]["spred"]))
+    if not floors:
+        return
     print("\nphysical floor (elementwise): extra bytes / bandwidth, as a step-time ratio over dense")
     print("| model | batch | optimizer | extra MB/step | floor ratio | measured ratio | measured / floor |")
     print("|---|---:|---|---:|---:|---:|---:|")
-    for (model_name, batch, opt_name), (dense, sparse) in floors.items():
-        extra = floor_bytes(model_name, opt_name)
+    for (model_name, batch, opt_name), (dense, ratio) in floors.items():
+        extra = _forked(floor_bytes, model_name, opt_name)
         floor = (dense + extra / bw) / dense
-        print(f"| {model_name} | {batch} | {opt_name} | {extra / 1e6:.0f} | {floor:.2f} | {sparse / dense:.2f} | {sparse / dense / floor:.2f} |")
+        print(f"| {model_name} | {batch} | {opt_name} | {extra / 1e6:.0f} | {floor:.2f} | {ratio:.2f} | {ratio / floor:.2f} |")
 
 
 if __name__ == "__main__":

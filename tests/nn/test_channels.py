@@ -1,5 +1,7 @@
 """Channel groups across layers: sparsify(model, lam, groups="channels", example_inputs=x)."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -142,3 +144,36 @@ def test_attention_heads_are_gated():
     spred.sparsify(m, 0.1, groups="channels", example_inputs=x, heads=True)
     names = [g.name for g in spred.channel_groups(m)]
     assert names == ["attn:heads"] and spred.channel_groups(m)[0].n == 4
+
+
+def _gated_step(model, x):
+    model.zero_grad(set_to_none=True)
+    out = model(x)
+    (out.pow(2).sum() + spred.penalty(model)).backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    buffers = [b.clone() for b in model.buffers()]  # BatchNorm running statistics, after the step's forward
+    return [out.detach(), *grads, *buffers, spred.penalty(model).detach(), *spred.collapse(model, threshold=0.0).state_dict().values()]
+
+
+def test_whole_gate_scales_equal_the_general_path():
+    """A tensor covered by one gate in channel order takes the gate's scales as they are; the same numbers as the
+    general index path (float64, 1e-12): outputs, every gradient, running statistics, penalty and collapsed weights."""
+    from spred.nn._channels import _gate_scales
+
+    m, x = _resnet().double(), torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    spred.sparsify(m, 0.05, groups="channels", example_inputs=x[:2])
+    with torch.no_grad():
+        for g in spred.channel_groups(m):
+            g.spred.gates.mul_(torch.rand_like(g.spred.gates) + 0.5)  # generic scales, not the initial constant
+    general = copy.deepcopy(m)
+    scales = [s for _, _, s in _gate_scales(general)]
+    assert any(s.whole is not None for s in scales)
+    for s in scales:
+        s.__dict__["whole"] = None
+    fast, slow = _gated_step(m, x), _gated_step(general, x)
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    m.eval()
+    collapsed = spred.collapse(m, threshold=0.0).eval()
+    torch.testing.assert_close(collapsed(x), m(x), rtol=1e-12, atol=1e-12)  # the weight-space values the model uses

@@ -192,3 +192,10 @@ def test_grouped_fast_path_saves_no_activation_sized_tensor():
     sizes = sorted(t.numel() for t in saved)
     u, w = spred.factors(conv)
     assert sizes == sorted([x.numel(), u.numel(), w.numel()])
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 1, 1), (1, 3, 1, 1)])
+def test_group_dot_in_slices_equals_the_plain_reduction(monkeypatch, shape):
+    monkeypatch.setattr(_fastpath, "_SLICE", 7)  # two rows at a time: uneven slices
+    dv, w = torch.randn(5, 3, 2, 2, dtype=torch.float64), torch.randn(5, 3, 2, 2, dtype=torch.float64)
+    torch.testing.assert_close(_fastpath._group_dot(dv, w, torch.Size(shape)), (dv * w).sum_to_size(shape), rtol=1e-12, atol=1e-12)

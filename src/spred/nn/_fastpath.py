@@ -188,9 +188,22 @@ class _ScaledLayer(torch.autograd.Function):
                 dx = layer.backward(g * scale, x, w, (True, False, False))[0]
             elif dx is not None:
                 dx = dx.mul_(scale)
-        ds = (dv * w).sum_to_size(s.shape) if need_s else None
+        ds = _group_dot(dv, w, s.shape) if need_s else None
         dw = dv.mul_(s) if need_w else None
         return dx, ds, dw, db, None, None, None
+
+
+_SLICE = 1 << 18  # entries of dv * w formed at a time by _group_dot (1 MiB in float32: stays in cache)
+
+
+def _group_dot(dv: torch.Tensor, w: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """``(dv * w).sum_to_size(shape)``, over slices of dim 0: no weight-sized temporary to allocate and fault in."""
+    n = dv.shape[0]
+    rows = max(1, _SLICE // max(1, dv[0].numel()))
+    if rows >= n:
+        return (dv * w).sum_to_size(shape)
+    parts = [(dv[i : i + rows] * w[i : i + rows]).sum_to_size((min(rows, n - i), *shape[1:]) if shape[0] == n else shape) for i in range(0, n, rows)]
+    return torch.cat(parts) if shape[0] == n else torch.stack(parts).sum(0)
 
 
 def _activation_space(activation: int, weight: int) -> bool:

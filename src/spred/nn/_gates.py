@@ -121,6 +121,13 @@ class ChannelGate(nn.Module):
         return f"name={self.name!r}, n={self.n}, depth={self.depth}, lam={self.lam:g}"
 
 
+def _in_order(part: tuple[ChannelGate, torch.Tensor, torch.Tensor], size: int) -> bool:
+    """Whether a gate covers every position of a tensor, position ``j`` taking its channel ``j``."""
+    gate, pos, idx = part
+    every = torch.arange(size)
+    return gate.n == size and pos.shape == idx.shape == every.shape and bool((pos.cpu() == every).all() and (idx.cpu() == every).all())
+
+
 class GateScale(nn.Module):
     """Parametrisation of one tensor covered by channel gates: ``v = w * s`` along ``dim``.
 
@@ -135,12 +142,17 @@ class GateScale(nn.Module):
         self.size, self.dim, self.ndim = int(size), int(dim), int(ndim)
         self.owned = nn.ModuleList(owned)
         self.__dict__["parts"] = parts  # not submodules: a gate is registered once, where it is owned
+        self.__dict__["whole"] = parts[0][0] if len(parts) == 1 and _in_order(parts[0], size) else None
         self.position = 0
 
     def scales(self, like: torch.Tensor) -> torch.Tensor:
-        s = like.new_ones(self.size)
-        for gate, pos, idx in self.parts:
-            s = s.index_copy(0, pos.to(s.device), gate.scale()[idx.to(s.device)].to(s.dtype))
+        if self.whole is not None:  # the common case (a layer's own channels): the gate's scales as they are
+            s = self.whole.scale()
+            s = s if s.dtype == like.dtype else s.to(like.dtype)
+        else:
+            s = like.new_ones(self.size)
+            for gate, pos, idx in self.parts:
+                s = s.index_copy(0, pos.to(s.device), gate.scale()[idx.to(s.device)].to(s.dtype))
         shape = [1] * self.ndim
         shape[self.dim] = self.size
         return s.view(shape)
