@@ -4,8 +4,10 @@ Each case (model, batch, optimizer, groups) compares up to three kinds: ``dense`
 optimizer, same weight decay), ``spred`` (the fast path) and ``plain`` (the same spred
 model with the fast path off, as ``SPRED_FASTPATH=0``: the weight-space implementation).
 Step time: the three models live in one process and take their steps in turns (the
-order rotating every round), so a change of load on the machine hits them alike; the
-table gives each kind's median step over dense's and the spread of the per-round ratio.
+order rotating every round), so a change of load on the machine hits them alike, and a
+step is timed in CPU seconds of the process (``time.process_time``: on a shared machine
+the time the process waits for a core does not count); the table gives the median over
+rounds of each kind's step over dense's in the same round, with the spread.
 Peak memory: each kind again, alone in a forked process, as the peak resident-set growth
 over two training steps, model and optimizer included (Linux's ``VmHWM`` reset through
 ``/proc/self/clear_refs``, else ``resource.getrusage``). The parent only imports, so
@@ -164,7 +166,7 @@ def _trainer(model_name, batch, opt_name, groups, kind):
     factory, make_input, *_ = MODELS[model_name]
     x, y = make_input(batch), torch.randint(0, 10, (batch,))
     model = factory().train()
-    if kind == "dense":
+    if kind in ("dense", "control"):
         params = [{"params": list(model.parameters()), "weight_decay": 1e-4}]
     elif groups == "channels":
         spred.sparsify(model, 1e-4, groups="channels", example_inputs=x[:2])
@@ -187,17 +189,20 @@ def _kinds(groups: str) -> tuple[str, ...]:
     return ("dense", "spred") if groups == "channels" else ("dense", "spred", "plain")  # the fast path has no channel part
 
 
-def time_case(model_name, batch, opt_name, groups, steps, warmup) -> dict:
-    """Per kind the median step time, and the per-round ratios over dense: the kinds step in turns."""
-    kinds = _kinds(groups)
+def time_case(model_name, batch, opt_name, groups, steps, warmup, control=False) -> dict:
+    """Per kind the median step time, and the per-round ratios over dense: the kinds step in turns.
+
+    ``control`` adds a second dense model, the same as the first: its ratio is what the method reads when there
+    is no difference (the noise, and the bias of a model's placement in memory)."""
+    kinds = _kinds(groups) + (("control",) if control else ())
     trainers = {k: _trainer(model_name, batch, opt_name, groups, k) for k in kinds}
     times = {k: [] for k in kinds}
     for r in range(warmup + steps):
         for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-            t = time.perf_counter()
+            t = time.process_time()
             trainers[k]()
             if r >= warmup:
-                times[k].append(time.perf_counter() - t)
+                times[k].append(time.process_time() - t)
     ratios = {k: [a / d for a, d in zip(times[k], times["dense"])] for k in kinds}
     return {"time": {k: statistics.median(v) for k, v in times.items()}, "ratios": ratios}
 
@@ -238,7 +243,7 @@ def _forked(fn, *args):
 
 
 def bandwidth(mib: int = 512, repeats: int = 5) -> float:
-    """Bytes per second of a large tensor copy (read + write)."""
+    """Bytes per CPU second of a large tensor copy (read + write), the best of ``repeats``."""
     src = torch.randn(mib * 2**18)
     dst = torch.empty_like(src)
     dst.copy_(src)
@@ -247,9 +252,9 @@ def bandwidth(mib: int = 512, repeats: int = 5) -> float:
 
 
 def _timed(fn) -> float:
-    t = time.perf_counter()
+    t = time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.process_time() - t
 
 
 def floor_bytes(model_name: str, opt_name: str) -> int:
@@ -275,6 +280,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=6, help="timed rounds (each kind one step per round)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed rounds first")
     parser.add_argument("--memory-steps", type=int, default=2, help="training steps of each memory measurement")
+    parser.add_argument("--control", action="store_true", help="also time a second, identical dense model: the ratio of no difference")
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, help="default: 8 and 64 (ResNet-20: 64 and 128)")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
@@ -286,10 +292,11 @@ def main(argv=None):
         from transformers import BertConfig, BertForSequenceClassification  # noqa: F401  (imported once, before the forks)
     bw = _forked(bandwidth)
     print(f"torch {torch.__version__}, {args.threads} thread(s), fused optimizers, {args.steps} timed rounds after {args.warmup}; copy bandwidth {bw / 1e9:.1f} GB/s")
-    print("step time: median over rounds of spred / dense in the same round (min-max); 'plain' = the same spred model with the fast path off")
+    print("step time (CPU seconds of the process): median over rounds of spred / dense in the same round (min-max); 'plain' = the fast path off")
     print(f"memory: peak resident-set growth over build + {args.memory_steps} step(s), each kind in its own process, over dense\n")
-    print("| model | batch | optimizer | groups | dense ms | dense MiB | spred time | plain time | spred mem | plain mem |")
-    print("|---|---:|---|---|---:|---:|---:|---:|---:|---:|")
+    control = " control time |" if args.control else ""
+    print(f"| model | batch | optimizer | groups | dense ms | dense MiB | spred time | plain time |{control} spred mem | plain mem |")
+    print("|---|---:|---|---|---:|---:|---:|---:|" + "---:|" * (3 if args.control else 2))
     floors = {}
     for model_name in args.models:
         _, _, model_groups, default_batches = MODELS[model_name]
@@ -298,12 +305,12 @@ def main(argv=None):
             for opt_name in args.optimizers:
                 for groups in model_groups:
                     case = (model_name, batch, opt_name, groups)
-                    t = _forked(time_case, *case, args.steps, args.warmup)
+                    t = _forked(time_case, *case, args.steps, args.warmup, args.control)
                     mem = {k: _forked(peak_case, *case, k, args.memory_steps) for k in _kinds(groups)}
                     dense_ms, plain_mem = 1e3 * t["time"]["dense"], f"{mem['plain'] / mem['dense']:.2f}" if "plain" in mem else "-"
+                    times = " | ".join(_ratio(t["ratios"], k) for k in ("spred", "plain", "control")[: 3 if args.control else 2])
                     print(
-                        f"| {model_name} | {batch} | {opt_name} | {groups} | {dense_ms:.1f} | {mem['dense'] / 2**20:.0f} | "
-                        f"{_ratio(t['ratios'], 'spred')} | {_ratio(t['ratios'], 'plain')} | "
+                        f"| {model_name} | {batch} | {opt_name} | {groups} | {dense_ms:.1f} | {mem['dense'] / 2**20:.0f} | {times} | "
                         f"{mem['spred'] / mem['dense']:.2f} | {plain_mem} |",
                         flush=True,
                     )

@@ -177,3 +177,35 @@ def test_whole_gate_scales_equal_the_general_path():
     m.eval()
     collapsed = spred.collapse(m, threshold=0.0).eval()
     torch.testing.assert_close(collapsed(x), m(x), rtol=1e-12, atol=1e-12)  # the weight-space values the model uses
+
+
+def test_one_scale_per_gate_and_pass_keeps_separate_passes_apart():
+    """Inside a forward pass of the gated model each gate's scale is computed once and shared; two passes have
+    their own graphs (two losses, backward one after the other, as with the scales computed per tensor)."""
+    from spred.nn import _gates
+
+    m, x = _resnet().double(), torch.randn(4, 3, 32, 32, dtype=torch.float64)
+    spred.sparsify(m, 0.05, groups="channels", example_inputs=x[:2])
+    twin = copy.deepcopy(m)
+    _gates.remove_pass_hooks(twin)  # every tensor computes its scales itself
+    calls = []
+    original = _gates.ChannelGate.scale
+    for model in (m, twin):
+        model.zero_grad(set_to_none=True)
+        calls.append(0)
+
+        def counted(self):
+            calls[-1] += 1
+            return original(self)
+
+        _gates.ChannelGate.scale = counted
+        try:
+            first, second = model(x[:2]).pow(2).sum(), model(x[2:]).pow(3).sum()
+        finally:
+            _gates.ChannelGate.scale = original
+        first.backward()
+        second.backward()
+    assert calls[0] == 2 * len(spred.channel_groups(m)) < calls[1]
+    for a, b in zip(m.parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert not spred.collapse(m)._forward_hooks and not spred.collapse(m)._forward_pre_hooks

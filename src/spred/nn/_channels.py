@@ -28,7 +28,7 @@ from torch.nn.utils import parametrize
 
 from spred._inputs import split_inputs
 from spred._validation import check_choice, param_error
-from spred.nn._gates import GROUP_WEIGHTS, ChannelGate, GateScale, Member
+from spred.nn._gates import GROUP_WEIGHTS, ChannelGate, GateScale, Member, begin_pass, end_pass
 from spred.nn._graph import Attention, build_graph, find_attention, producer_slices
 
 logger = logging.getLogger(__name__)
@@ -365,6 +365,8 @@ def sparsify_channels(model: nn.Module, lam_map: Mapping[str, float], *, depth: 
         g = _initial_gates(rows, weights, depth, init)
         gates.append(ChannelGate(spec.name, g.to(device=device, dtype=dtype), weights.to(device=device, dtype=dtype), lam))
     _register([s for s, _ in keep], gates)
+    model.register_forward_pre_hook(begin_pass)  # each gate's scale once per forward pass (_gates.pass_scale)
+    model.register_forward_hook(end_pass, always_call=True)
     model._spred_skipped_groups = skipped
     for s in skipped:
         logger.info("sparsify: channel group of '%s' (%d channels) left dense: %s", s["group"], s["channels"], s["reason"])

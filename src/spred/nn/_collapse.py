@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 
 from spred._validation import check_float
 from spred.nn._channels import ChannelGroup, _gate_scales
+from spred.nn._gates import remove_pass_hooks
 from spred.nn._rules import zero_mask
 from spred.nn._sparsify import _require
 
@@ -104,5 +105,6 @@ def collapse(model: nn.Module, *, threshold: float = 0.0, inplace: bool = False)
             weight.masked_fill_(mask, 0.0)
     if hasattr(model, "_spred_skipped_groups"):
         del model._spred_skipped_groups
+    remove_pass_hooks(model)
     logger.debug("collapse wrote %d exact zeros (threshold %g)", written, threshold)
     return model

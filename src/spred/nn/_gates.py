@@ -20,6 +20,7 @@ multiplies its slices by the scales of every gate that covers them.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -121,6 +122,50 @@ class ChannelGate(nn.Module):
         return f"name={self.name!r}, n={self.n}, depth={self.depth}, lam={self.lam:g}"
 
 
+class _Pass(threading.local):
+    """Per thread: the scales computed during the forward pass of a gated model now running (None outside one)."""
+
+    depth = 0
+    scales: dict | None = None
+
+
+_PASS = _Pass()
+
+
+def begin_pass(module: nn.Module, args) -> None:
+    """Forward pre-hook of a gated model: one pass begins, each gate's scale is computed once in it."""
+    if _PASS.depth == 0:
+        _PASS.scales = {}
+    _PASS.depth += 1
+
+
+def end_pass(module: nn.Module, args, output) -> None:
+    """Forward hook (always called) of a gated model: the pass ends, and with it the reuse of its scales."""
+    _PASS.depth = max(0, _PASS.depth - 1)
+    if _PASS.depth == 0:
+        _PASS.scales = None
+
+
+def remove_pass_hooks(model: nn.Module) -> None:
+    """Remove :func:`begin_pass` / :func:`end_pass` from ``model`` (found by identity: a deep copy has its own)."""
+    for hooks in (model._forward_pre_hooks, model._forward_hooks):
+        for key in [k for k, h in hooks.items() if h is begin_pass or h is end_pass]:
+            del hooks[key]
+            model._forward_hooks_always_called.pop(key, None)
+
+
+def pass_scale(gate: ChannelGate) -> torch.Tensor:
+    """``gate.scale()``, computed once per forward pass of the model (one autograd node shared by every tensor the
+    gate covers), and afresh outside a pass, so separate passes never share a graph."""
+    if _PASS.scales is None:
+        return gate.scale()
+    key = (id(gate), torch.is_grad_enabled())
+    s = _PASS.scales.get(key)
+    if s is None:
+        s = _PASS.scales[key] = gate.scale()
+    return s
+
+
 def _in_order(part: tuple[ChannelGate, torch.Tensor, torch.Tensor], size: int) -> bool:
     """Whether a gate covers every position of a tensor, position ``j`` taking its channel ``j``."""
     gate, pos, idx = part
@@ -147,12 +192,12 @@ class GateScale(nn.Module):
 
     def scales(self, like: torch.Tensor) -> torch.Tensor:
         if self.whole is not None:  # the common case (a layer's own channels): the gate's scales as they are
-            s = self.whole.scale()
+            s = pass_scale(self.whole)
             s = s if s.dtype == like.dtype else s.to(like.dtype)
         else:
             s = like.new_ones(self.size)
             for gate, pos, idx in self.parts:
-                s = s.index_copy(0, pos.to(s.device), gate.scale()[idx.to(s.device)].to(s.dtype))
+                s = s.index_copy(0, pos.to(s.device), pass_scale(gate)[idx.to(s.device)].to(s.dtype))
         shape = [1] * self.ndim
         shape[self.dim] = self.size
         return s.view(shape)
