@@ -19,10 +19,10 @@ Two mechanisms, both exact (the same function and gradients up to rounding):
 The fast forward falls back to the module's own ``forward`` whenever it cannot be
 sure of exactness: other parametrisations stacked on the weight, inside
 ``parametrize.cached()`` (the cached ``v`` is reused there), a module class whose
-``forward`` / ``_conv_forward`` is not torch's, under autocast, a string ``padding``
-(``"same"``), or transposed convolutions (never installed). :data:`ENABLED` (initialised from the environment variable
-``SPRED_FASTPATH``; ``0`` turns it off) switches both mechanisms off, so both paths
-can be compared.
+``forward`` / ``_conv_forward`` is not torch's, under autocast, with a string
+``padding`` (``"same"``), or transposed convolutions (never installed). :data:`ENABLED`
+(initialised from the environment variable ``SPRED_FASTPATH``; ``0`` turns it off)
+switches both mechanisms off, so both paths can be compared.
 """
 
 from __future__ import annotations
@@ -202,8 +202,9 @@ def _group_dot(dv: torch.Tensor, w: torch.Tensor, shape: torch.Size) -> torch.Te
     rows = max(1, _SLICE // max(1, dv[0].numel()))
     if rows >= n:
         return (dv * w).sum_to_size(shape)
-    parts = [(dv[i : i + rows] * w[i : i + rows]).sum_to_size((min(rows, n - i), *shape[1:]) if shape[0] == n else shape) for i in range(0, n, rows)]
-    return torch.cat(parts) if shape[0] == n else torch.stack(parts).sum(0)
+    per_row = shape[0] == n  # "out": every slice of dim 0 is its own group
+    parts = [(dv[i : i + rows] * w[i : i + rows]).sum_to_size((min(rows, n - i), *shape[1:]) if per_row else shape) for i in range(0, n, rows)]
+    return torch.cat(parts) if per_row else torch.stack(parts).sum(0)
 
 
 def _activation_space(activation: int, weight: int) -> bool:
