@@ -194,8 +194,13 @@ def test_grouped_fast_path_saves_no_activation_sized_tensor():
     assert sizes == sorted([x.numel(), u.numel(), w.numel()])
 
 
+@pytest.mark.parametrize("slice_entries", [7, 1 << 18])  # two rows at a time (uneven slices), or all at once
 @pytest.mark.parametrize("shape", [(5, 1, 1, 1), (1, 3, 1, 1)])
-def test_group_dot_in_slices_equals_the_plain_reduction(monkeypatch, shape):
-    monkeypatch.setattr(_fastpath, "_SLICE", 7)  # two rows at a time: uneven slices
+def test_group_grads_in_slices_equal_the_plain_products(monkeypatch, shape, slice_entries):
+    monkeypatch.setattr(_fastpath, "_SLICE", slice_entries)
     dv, w = torch.randn(5, 3, 2, 2, dtype=torch.float64), torch.randn(5, 3, 2, 2, dtype=torch.float64)
-    torch.testing.assert_close(_fastpath._group_dot(dv, w, torch.Size(shape)), (dv * w).sum_to_size(shape), rtol=1e-12, atol=1e-12)
+    s = torch.randn(shape, dtype=torch.float64)
+    expected = (dv * w).sum_to_size(shape), dv * s
+    ds, dw = _fastpath._group_grads(dv.clone(), w, s, True, True)
+    torch.testing.assert_close(ds, expected[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dw, expected[1], rtol=1e-12, atol=1e-12)

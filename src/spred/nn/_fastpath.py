@@ -188,23 +188,30 @@ class _ScaledLayer(torch.autograd.Function):
                 dx = layer.backward(g * scale, x, w, (True, False, False))[0]
             elif dx is not None:
                 dx = dx.mul_(scale)
-        ds = _group_dot(dv, w, s.shape) if need_s else None
-        dw = dv.mul_(s) if need_w else None
+        ds, dw = _group_grads(dv, w, s, need_s, need_w) if need_s or need_w else (None, None)
         return dx, ds, dw, db, None, None, None
 
 
-_SLICE = 1 << 18  # entries of dv * w formed at a time by _group_dot (1 MiB in float32: stays in cache)
+_SLICE = 1 << 18  # entries of dv handled at a time by _group_grads (1 MiB in float32: stays in cache)
 
 
-def _group_dot(dv: torch.Tensor, w: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-    """``(dv * w).sum_to_size(shape)``, over slices of dim 0: no weight-sized temporary to allocate and fault in."""
+def _group_grads(dv: torch.Tensor, w: torch.Tensor, s: torch.Tensor, need_s: bool, need_w: bool):
+    """``ds = (dv * w).sum_to_size(s.shape)`` and ``dw = s * dv`` (in place of ``dv``), slice by slice of dim 0.
+
+    Each slice is read once for both while it is in cache, and no weight-sized temporary is allocated.
+    """
     n = dv.shape[0]
     rows = max(1, _SLICE // max(1, dv[0].numel()))
-    if rows >= n:
-        return (dv * w).sum_to_size(shape)
-    per_row = shape[0] == n  # "out": every slice of dim 0 is its own group
-    parts = [(dv[i : i + rows] * w[i : i + rows]).sum_to_size((min(rows, n - i), *shape[1:]) if per_row else shape) for i in range(0, n, rows)]
-    return torch.cat(parts) if per_row else torch.stack(parts).sum(0)
+    per_row = s.shape[0] == n > 1  # "out": every slice of dim 0 is its own group
+    parts = []
+    for i in range(0, n, rows):
+        d = dv[i : i + rows]
+        if need_s:
+            parts.append((d * w[i : i + rows]).sum_to_size((d.shape[0], *s.shape[1:]) if per_row else s.shape))
+        if need_w:
+            d.mul_(s[i : i + rows] if per_row else s)
+    ds = None if not need_s else parts[0] if len(parts) == 1 else torch.cat(parts) if per_row else torch.stack(parts).sum(0)
+    return ds, dv if need_w else None
 
 
 def _activation_space(activation: int, weight: int) -> bool:
