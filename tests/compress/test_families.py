@@ -43,7 +43,7 @@ EXPECTED_KEPT = {
     "mobilenetv2": {"classifier": "outputs of the model"},
     "convnext": {"head": "outputs of the model"},
     "densenet": {"fc": "outputs of the model"},
-    "vit_mha": {"head": "outputs of the model", "blocks.1.fc2": "an nn.MultiheadAttention, whose input width is its embed_dim"},
+    "vit_mha": {"head": "outputs of the model", "patch_embed": "an nn.MultiheadAttention, whose input width is its embed_dim"},
     "vit_timm": {
         "head": "outputs of the model",
         "blocks.0.attn.qkv": "dimensions inside the attention heads of 'blocks.0.attn'",
@@ -51,8 +51,8 @@ EXPECTED_KEPT = {
     },
     "bert": {
         "classifier": "outputs of the model",
-        "bert.encoder.layer.0.attention.self.value": "dimensions inside the attention heads",
-        "bert.encoder.layer.1.attention.self.value": "dimensions inside the attention heads",
+        "bert.encoder.layer.0.attention.self.query": "dimensions inside the attention heads",
+        "bert.encoder.layer.1.attention.self.query": "dimensions inside the attention heads",
     },
     "gpt2": {
         "lm_head": "outputs of the model",

@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 from spred._inputs import split_inputs
 from spred._validation import check_choice, param_error
 from spred.nn._gates import GROUP_WEIGHTS, ChannelGate, GateScale, Member
-from spred.nn._graph import Attention, build_graph, find_attention, producer_slices
+from spred.nn._graph import Attention, build_graph, dependency_groups, find_attention, producer_slices
 
 logger = logging.getLogger(__name__)
 WHO = "sparsify"
@@ -168,28 +168,13 @@ def _spec_of(DG, group, name: str, n: int, names: dict) -> _Spec:
 def _dependency_groups(model, DG, tp, out_fns, included, exclude, projections) -> tuple[list[_Spec], list[dict]]:
     """One spec per dependency group rooted at a layer of an ``include`` type, and the skipped groups."""
     names = {m: n for n, m in model.named_modules()}
-    covered: set[tuple[int, int]] = set()
     specs, skipped = [], []
-    for name, module in model.named_modules():
-        if not included(module) or module not in DG.module2node or module in projections:
-            continue
-        pruner = DG.get_pruner_of_module(module)
-        n_out = pruner.get_out_channels(module) if pruner is not None else None
-        if not n_out:
-            continue
-        remaining = [i for i in range(n_out) if (id(module), i) not in covered]
-        if not remaining:
-            continue
-        group = DG.get_pruning_group(module, pruner.prune_out_channels, remaining)
-        for item in group:
-            if DG.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, nn.Module):
-                covered.update((id(item.dep.target.module), int(i)) for i in item.idxs)
+    for name, module, remaining, group in dependency_groups(model, DG, lambda m: included(m) and m not in projections):
         problem = _group_problem(DG, tp, group, out_fns, names, exclude, projections)
         if problem is not None:
             skipped.append({"group": name, "channels": len(remaining), "reason": problem})
             continue
-        spec = _spec_of(DG, group, name, n_out, names)
-        spec.n = len(remaining)  # channels are numbered in the order of `remaining`
+        spec = _spec_of(DG, group, name, len(remaining), names)  # channels are numbered in the order of `remaining`
         position = {r: j for j, r in enumerate(remaining)}
         for fqn, dim, pairs in spec.slices.values():
             pairs[:] = [(p, position[r]) for p, r in pairs if r in position]

@@ -130,6 +130,32 @@ def trace(tp, model: nn.Module, inputs: tuple[tuple, dict]):
     return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
 
 
+def dependency_groups(model: nn.Module, DG, include):
+    """Torch-Pruning's dependency groups of ``model``, each named after its first layer in the model's order.
+
+    Yields ``(name, module, channels, group)``: for every module that ``include(module)`` accepts, in
+    ``model.named_modules()`` order, whose output channels are not yet in an earlier group, the group of those
+    ``channels`` rooted at it. ``sparsify(groups="channels")`` names its gates and ``prune_channels`` its plan
+    by this one walk, so a channel group and the plan's entry for it carry the same name.
+    """
+    covered: set[tuple[int, int]] = set()
+    for name, module in model.named_modules():
+        if not include(module) or module not in DG.module2node:
+            continue
+        pruner = DG.get_pruner_of_module(module)
+        n_out = pruner.get_out_channels(module) if pruner is not None else None
+        if not n_out:
+            continue
+        channels = [i for i in range(n_out) if (id(module), i) not in covered]
+        if not channels:
+            continue
+        group = DG.get_pruning_group(module, pruner.prune_out_channels, channels)
+        for item in group:
+            if DG.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, nn.Module):
+                covered.update((id(item.dep.target.module), int(i)) for i in item.idxs)
+        yield name, module, channels, group
+
+
 def build_graph(model: nn.Module, inputs: tuple[tuple, dict], who: str):
     """``(tp, DG, out_fns)`` as :func:`trace` gives them; a model that does not run on ``inputs`` or that
     Torch-Pruning cannot trace raises ``ValueError`` naming ``who``."""
