@@ -373,19 +373,10 @@ def zero_some_groups(model, example_inputs, fraction=0.3, seed=0):
 
 def zero_heads(model, heads: dict[str, list[int]]) -> None:
     """Zero the query, key and value rows (and biases) of ``heads`` ``{attention module name: [head, ...]}``."""
-    from spred.compress._heads import find_attention
-    from spred.compress._layers import out_rows
+    from spred.nn._graph import find_attention
 
-    found = find_attention(model)
+    found = {a.name: a for a in find_attention(model)}
     with torch.no_grad():
         for name, hs in heads.items():
-            spec = found[name]
-            if spec.kind == "mha":  # one in_proj_weight: rows (3, heads, head_dim)
-                e = spec.num_heads * spec.head_dim
-                rows = [s * e + h * spec.head_dim + i for s in range(3) for h in hs for i in range(spec.head_dim)]
-                spec.module.in_proj_weight[rows] = 0.0
-                spec.module.in_proj_bias[rows] = 0.0
-            for producer, start in spec.sections:
-                rows = [start + h * spec.head_dim + i for h in hs for i in range(spec.head_dim)]
-                out_rows(producer)[rows] = 0.0
-                producer.bias[rows] = 0.0
+            for module, pname, dim, rows in found[name].head_rows():
+                _zero_slice(getattr(module, pname), dim, [r for r, h in rows if h in hs])

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from spred.compress import PruningPlan, apply_plan, count_parameters, prune_channels
-from spred.compress._heads import find_attention
+from spred.compress._heads import keep_heads, removable_attention as find_attention
 from spred._inputs import flat_tensors, run, split_inputs
 
 pytest.importorskip("torch_pruning")
@@ -183,13 +183,11 @@ def test_a_model_torch_pruning_cannot_trace_gives_spreds_error(monkeypatch):
 
 
 def test_multihead_attention_heads_go_and_masks_follow_the_kept_heads():
-    from spred.compress._heads import find_attention as find
-
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 4).eval()
     archs.zero_heads(mha, {"": [1]})
     small = copy.deepcopy(mha)
-    find(small)[""].keep([0, 2, 3])
+    keep_heads(find_attention(small)[""], [0, 2, 3])
     assert type(small).__name__ == "HeadPrunedMultiheadAttention" and small.in_proj_weight.shape == (36, 16)
     q = torch.randn(5, 2, 16)
     padding = torch.tensor([[False] * 4 + [True], [False] * 5])
@@ -243,3 +241,23 @@ def test_heavy_random_zeroing_never_crashes_and_keeps_the_outputs(name):
     apply_plan(fresh, plan.to_dict())
     fresh.load_state_dict(pruned.state_dict())
     _assert_close(_outputs(fresh, x), _outputs(pruned, x), atol=0.0)
+
+
+@pytest.mark.parametrize("name", ["vit_mha", "vit_timm", "bert", "gpt2"])
+def test_head_groups_and_the_plan_name_the_same_attention_layers(name):
+    """sparsify(heads=True) gates the heads prune_channels removes, found once (spred.nn._graph.find_attention)."""
+    import spred
+
+    model, x = archs.FAMILIES[name]()
+    n_attention = len(find_attention(model))
+    spred.sparsify(model, 0.1, groups="channels", example_inputs=x, heads=True)
+    heads = [g for g in spred.channel_groups(model) if g.name.endswith(":heads")]
+    assert len(heads) == n_attention == 2
+    with torch.no_grad():
+        for g in heads:
+            g.spred.gates[:, 1] = 0.0
+    collapsed = spred.collapse(model)
+    pruned, plan = prune_channels(collapsed, x)
+    assert {f"{a}:heads" for a in plan.heads} == {g.name for g in heads}
+    assert all(entry["kept"] == [0, 2, 3] for entry in plan.heads.values())
+    _assert_close(_outputs(pruned, x), _outputs(collapsed, x))

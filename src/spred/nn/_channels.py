@@ -187,8 +187,8 @@ def _head_specs(model: nn.Module, attention: list[Attention]) -> list[_Spec]:
     specs = []
     for att in attention:
         spec = _Spec(f"{att.name}:heads", att.num_heads)
-        for module, pname, dim, rows in att.parts:
-            for pos, head in enumerate(rows):
+        for module, pname, dim, rows in att.head_rows():
+            for pos, head in rows:
                 spec.add(module, names[module], pname, dim, pos, head)
         specs.append(spec)
     return specs
