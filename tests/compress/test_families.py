@@ -199,6 +199,26 @@ def test_multihead_attention_heads_go_and_masks_follow_the_kept_heads():
         _assert_close(small(q[:, 0], q[:, 0], q[:, 0])[:1], mha(q[:, 0], q[:, 0], q[:, 0])[:1])
 
 
+def test_zero_heads_of_an_attention_with_bias_kv_stay_with_a_reason():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, add_bias_kv=True, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(2, 5, 16)
+    archs.zero_heads(model, {"attn": [1]})
+    assert "attn" not in find_attention(model)  # its heads cannot be removed
+    pruned, plan = prune_channels(model, x)
+    assert plan.heads == {} and pruned.attn.in_proj_weight.shape == (48, 16)
+    assert any(s["layer"] == "attn" and "heads [1] are zero, but it has bias_k" in s["reason"] for s in plan.skipped)
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
+
+
 def test_an_attention_with_every_head_zero_keeps_one():
     model, x = archs.FAMILIES["vit_timm"]()
     archs.zero_heads(model, {"blocks.0.attn": [0, 1, 2, 3]})
