@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -55,7 +54,7 @@ class ChannelGroup:
     """One channel group of a sparsified model, as :func:`channel_groups` lists it.
 
     ``spred`` is its :class:`ChannelGate` (``lam``, ``depth``, ``weights``), ``factors`` the
-    trainable tensors whose weight decay makes its penalty (the gate and the tensors it owns),
+    trainable tensors whose weight decay (``spred.weight_decays``) makes its penalty (the gate, then the tensors it owns),
     ``members`` the tensor slices it scales.
     """
 
@@ -220,20 +219,6 @@ def _weights(spec: _Spec, rows: list[torch.Tensor], group_weight: str | None) ->
     return macs / macs.mean().clamp_min(1.0) * root.mean() if float(macs.sum()) > 0 else root
 
 
-def _initial_gates(rows: list[torch.Tensor], weights: torch.Tensor, depth: int, init: str) -> torch.Tensor:
-    """(D-1, n) gates: ``preserve`` makes every scale ``c^(D-1)`` (``c^D`` the RMS of the group), ``balanced`` the
-    balanced split of each channel (gates ``(c_j ||v_j||)^(1/D)``)."""
-    if init == "balanced":
-        norms = torch.stack([r.double().norm() if r.numel() else torch.zeros((), dtype=torch.float64) for r in rows])
-        t = (weights * norms).pow(1.0 / depth)
-        return t.expand(depth - 1, -1).clone()
-    flat = torch.cat([r.double() for r in rows]) if rows else torch.zeros(0, dtype=torch.float64)
-    rms = float(flat.pow(2).mean().sqrt()) if flat.numel() else 0.0
-    c = rms ** (1.0 / depth) if rms > 0 and math.isfinite(rms) else 1.0
-    g = (weights * c ** (depth - 1)).pow(1.0 / (depth - 1))  # prod of D-1 gates / weight = c^(D-1)
-    return g.expand(depth - 1, -1).clone()
-
-
 def _register(specs: list[_Spec], gates: list[ChannelGate]) -> None:
     """One GateScale per tensor, holding the parts of every gate that covers it; each gate owned by its first tensor."""
     per_tensor: dict[tuple[int, str], list] = {}
@@ -347,8 +332,8 @@ def sparsify_channels(model: nn.Module, lam_map: Mapping[str, float], *, depth: 
         weights = _weights(spec, rows, group_weight)
         first = getattr(*next(iter(spec.slices)))
         dtype, device = first.dtype, first.device
-        g = _initial_gates(rows, weights, depth, init)
-        gates.append(ChannelGate(spec.name, g.to(device=device, dtype=dtype), weights.to(device=device, dtype=dtype), lam))
+        ones = torch.ones(depth - 1, spec.n, device=device, dtype=dtype)
+        gates.append(ChannelGate(spec.name, ones, weights.to(device=device, dtype=dtype), lam).init_(rows, init))
     _register([s for s, _ in keep], gates)
     model._spred_skipped_groups = skipped
     for s in skipped:
