@@ -112,7 +112,7 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
     if _try_warm_polish(pen_sub, v0):
         # warm start (a previous working set's solution): the polish continues it, adding
         # the new violators, and L-BFGS runs only if that fails
-        v2, b2, ok = polish(pen_sub, sub, v0, b0, tol_abs)
+        v2, b2, ok = polish(pen_sub, sub, v0, b0, tol_abs, warm=True)
         if ok:
             return v2, b2, 0, True, "polish"
     x0 = pen_sub.to_factors(v0, b0, c0)
