@@ -253,6 +253,8 @@ class QuadraticDatafit:
         ``b`` (shape (1,)), when given, is an intercept added to the prediction (the
         minibatch solver's explicit intercept); the full-batch solver centres instead.
         """
+        if b is None and not v.any():  # at zero the gradient is -X'y / n, computed once
+            return 0.5 * (self.y @ self.y) / self.n, -self.Xty(), None
         r = self._residual(v, b)
         g = -np.asarray(self.X.T @ r).ravel()
         if self.offset is not None:
