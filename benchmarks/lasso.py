@@ -393,6 +393,8 @@ def main(argv=None):
     parser.add_argument("--problems", nargs="+", default=list("abcdefg"))
     parser.add_argument("--large", action="store_true", help="add (g), n=100, p=400,000 (minutes)")
     parser.add_argument("--no-minibatch", action="store_true")
+    parser.add_argument("--solvers", nargs="+", default=None,
+                        help="time only these solvers (default: all installed; spred is always run)")
     parser.add_argument("--minibatch-seeds", type=int, default=8,
                         help="held-out seeds of the minibatch case, after the 3 tuning seeds (default 8)")
     parser.add_argument("--clock", choices=sorted(CLOCK), default="wall",
@@ -412,6 +414,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     solvers = _solvers()
+    if args.solvers is not None:
+        solvers = {k: v for k, v in solvers.items() if k == "spred" or k in args.solvers}
     warm_up(solvers)
     all_rows, table = [], []
     for key, plist in problems(args.quick, args.large).items():
