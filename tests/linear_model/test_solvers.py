@@ -122,12 +122,16 @@ def test_gram_factor_declines_a_singular_block():
     assert _GramFactor(sub, 30).solve(np.arange(20), np.ones(20)) is None
 
 
+@pytest.mark.parametrize("sparse", [False, True])
 @pytest.mark.parametrize("wide", [False, True])
-def test_gram_blocks_of_the_subproblems_agree_with_the_centred_data(wide):
+def test_gram_blocks_of_the_subproblems_agree_with_the_centred_data(wide, sparse):
+    import scipy.sparse as sps
+
     rng = np.random.default_rng(9)
     n, p = (20, 60) if wide else (60, 20)
-    X = rng.standard_normal((n, p)) + 3.0
-    datafit = QuadraticDatafit(X, rng.standard_normal(n), X.mean(axis=0))
+    X = (rng.standard_normal((n, p)) + 3.0) * (rng.random((n, p)) < 0.3)
+    datafit = QuadraticDatafit(sps.csc_matrix(X) if sparse else X, rng.standard_normal(n), X.mean(axis=0))
+    datafit.subproblem(rng.choice(p, 5, replace=False))  # a first working set: the Gram cache grows after it
     feats = rng.choice(p, 30 if wide else 12, replace=False)
     sub = datafit.subproblem(feats)
     assert isinstance(sub, _QuadraticMatrixSub if wide else _QuadraticGramSub)

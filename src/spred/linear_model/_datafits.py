@@ -221,7 +221,7 @@ class QuadraticDatafit:
         self._gram_idx = np.empty(0, dtype=np.int64)
         self._gram = np.empty((0, 0))  # a view of _gram_buf (grown geometrically)
         self._gram_buf = np.empty((0, 0))
-        self._gram_cols = np.empty((0, self.n))  # rows: centred columns of _gram_idx, in that order
+        self._gram_cols = np.empty((0, self.n))  # rows: centred columns of _gram_idx, in that order (dense X)
         self._gram_pos = -np.ones(self.p, dtype=np.int64)
         self._Xty = None
 
@@ -280,23 +280,35 @@ class QuadraticDatafit:
             need = np.concatenate([feats, cols])
             new = np.unique(need[self._gram_pos[need] < 0])
         if new.size:
-            Xnew = self._centred_cols(new).T
+            sparse = sp.issparse(self.X)
             k_old = self._gram_idx.size
             k = k_old + new.size
             if k > self._gram_buf.shape[0]:  # grow the buffers geometrically: amortised O(1) copies
                 cap = max(k, 2 * self._gram_buf.shape[0], 64)
                 buf = np.empty((cap, cap))
                 buf[:k_old, :k_old] = self._gram_buf[:k_old, :k_old]
-                rows = np.empty((cap, self.n))
-                rows[:k_old] = self._gram_cols[:k_old]
-                self._gram_buf, self._gram_cols = buf, rows
+                self._gram_buf = buf
+                if not sparse:
+                    rows = np.empty((cap, self.n))
+                    rows[:k_old] = self._gram_cols[:k_old]
+                    self._gram_cols = rows
             G = self._gram_buf
-            if k_old:
-                cross = self._gram_cols[:k_old] @ Xnew.T / self.n
-                G[:k_old, k_old:k] = cross
-                G[k_old:k, :k_old] = cross.T
-            G[k_old:k, k_old:k] = Xnew @ Xnew.T / self.n
-            self._gram_cols[k_old:k] = Xnew
+            if sparse:
+                # sparse columns: Xc_a' Xc_b / n = X_a' X_b / n - m_a m_b' (m: the column means)
+                Xs_new = self.X[:, new]
+                G[:k, k_old:k] = (self.X[:, np.concatenate([self._gram_idx, new])].T @ Xs_new).toarray() / self.n
+                if self.offset is not None:
+                    G[:k, k_old:k] -= np.outer(self.offset[np.concatenate([self._gram_idx, new])],
+                                               self.offset[new])
+                G[k_old:k, :k_old] = G[:k_old, k_old:k].T
+            else:
+                Xnew = self._centred_cols(new).T
+                if k_old:
+                    cross = self._gram_cols[:k_old] @ Xnew.T / self.n
+                    G[:k_old, k_old:k] = cross
+                    G[k_old:k, :k_old] = cross.T
+                G[k_old:k, k_old:k] = Xnew @ Xnew.T / self.n
+                self._gram_cols[k_old:k] = Xnew
             self._gram = G[:k, :k]
             self._gram_idx = np.concatenate([self._gram_idx, new])
             self._gram_pos[new] = np.arange(k_old, k)
