@@ -99,7 +99,7 @@ class _GramFactor:
         Lnn = scipy.linalg.cholesky(Gnn, lower=True, check_finite=False)
         if not (np.all(np.isfinite(Lnn)) and Lnn.diagonal().min() > 1e-7 * np.sqrt(Gnn.diagonal().max() + 1e-300)):
             raise np.linalg.LinAlgError("Gram block numerically singular")
-        L = np.zeros((k + a, k + a))
+        L = np.zeros((k + a, k + a), order="F")  # LAPACK order: no copy in each solve
         L[:k, :k] = self.L
         if k:
             L[k:, :k] = B.T
