@@ -11,7 +11,8 @@ from hypothesis.extra import numpy as hnp
 from spred.linear_model._datafits import _LogisticSub, _QuadraticGramSub, _QuadraticMatrixSub
 from spred.linear_model._lbfgs import lbfgs
 from spred.linear_model._penalties import GroupSub, L1Sub
-from spred.linear_model._polish import _solve_psd, polish_l1
+from spred.linear_model._datafits import QuadraticDatafit
+from spred.linear_model._polish import _GramFactor, _solve_psd, polish_l1
 
 
 def test_lbfgs_minimises_a_quadratic():
@@ -92,6 +93,84 @@ def test_polish_is_exact_from_a_rough_iterate():
     nz = v != 0
     np.testing.assert_allclose(g[nz], -alpha * np.sign(v[nz]), atol=1e-12)
     assert np.all(np.abs(g[~nz]) <= alpha + 1e-12)
+
+
+def test_gram_factor_solves_on_every_active_set_it_passes_through():
+    # entries enter (appended to the factor) and leave (held at zero by multipliers) as in a
+    # feature-sign search; every solve must equal a fresh solve on the active set
+    rng = np.random.default_rng(7)
+    X = rng.standard_normal((120, 80))
+    G = X.T @ X / 120
+    sub = _QuadraticGramSub(G, np.zeros(80), 0.0, 120)
+    factor = _GramFactor(sub, 80)
+    A = np.arange(10)
+    for step in range(20):
+        if step % 3 == 2 and A.size > 5:
+            A = np.delete(A, rng.choice(A.size, 2, replace=False))  # leave
+        else:
+            out = np.setdiff1d(np.arange(80), A)
+            A = np.concatenate([A, rng.choice(out, 3, replace=False)])  # enter, at the end
+        rhs = rng.standard_normal(A.size)
+        d = factor.solve(A, rhs)
+        np.testing.assert_allclose(d, np.linalg.solve(G[np.ix_(A, A)], rhs), rtol=1e-9, atol=1e-10)
+
+
+def test_gram_factor_declines_a_singular_block():
+    rng = np.random.default_rng(8)
+    X = rng.standard_normal((10, 30))  # 30 features, rank 10
+    sub = _QuadraticGramSub(X.T @ X / 10, np.zeros(30), 0.0, 10)
+    assert _GramFactor(sub, 30).solve(np.arange(20), np.ones(20)) is None
+
+
+@pytest.mark.parametrize("sparse", [False, True])
+@pytest.mark.parametrize("wide", [False, True])
+def test_gram_blocks_of_the_subproblems_agree_with_the_centred_data(wide, sparse):
+    import scipy.sparse as sps
+
+    rng = np.random.default_rng(9)
+    n, p = (20, 60) if wide else (60, 20)
+    X = (rng.standard_normal((n, p)) + 3.0) * (rng.random((n, p)) < 0.3)
+    datafit = QuadraticDatafit(sps.csc_matrix(X) if sparse else X, rng.standard_normal(n), X.mean(axis=0))
+    datafit.subproblem(rng.choice(p, 5, replace=False))  # a first working set: the Gram cache grows after it
+    feats = rng.choice(p, 30 if wide else 12, replace=False)
+    sub = datafit.subproblem(feats)
+    assert isinstance(sub, _QuadraticMatrixSub if wide else _QuadraticGramSub)
+    Xc = X - X.mean(axis=0)
+    rows, cols = np.array([3, 0, 5]), np.array([1, 5, 7, 2])
+    expected = Xc[:, feats[rows]].T @ Xc[:, feats[cols]] / n
+    np.testing.assert_allclose(sub.gram(rows, cols), expected, atol=1e-12)
+    np.testing.assert_allclose(sub.hess(rows, None, None), Xc[:, feats[rows]].T @ Xc[:, feats[rows]] / n, atol=1e-12)
+
+
+def test_warm_polish_continues_an_exact_solution_on_a_smaller_set():
+    # the solution on the first half of the features, then the polish on all of them
+    # (warm): it must reach the exact Lasso solution in feature-sign steps, without L-BFGS
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(10)
+    n, p = 60, 120
+    X = rng.standard_normal((n, p))
+    X[:, 1:] = 0.6 * X[:, :-1] + 0.8 * X[:, 1:]  # correlated neighbours
+    y = X[:, :30] @ rng.standard_normal(30) + 0.1 * rng.standard_normal(n)
+    X -= X.mean(axis=0)
+    y -= y.mean()
+    alpha = 0.01 * np.abs(X.T @ y).max() / n
+    G, c = X.T @ X / n, X.T @ y / n
+    half = np.arange(p // 2)
+    v = np.zeros(p)
+    v[half], _, ok = polish_l1(L1Sub(alpha, half.size), _QuadraticGramSub(G[np.ix_(half, half)], c[half], 0.0, n),
+                               Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(
+                                   X[:, half], y).coef_, None, tol_abs=1e-10 * alpha)
+    assert ok
+    sub = QuadraticDatafit(X, y).subproblem(np.arange(p))
+    w, _, ok = polish_l1(L1Sub(alpha, p), sub, v, None, tol_abs=1e-9 * alpha, warm=True)
+    assert ok
+    ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=1_000_000).fit(X, y).coef_
+    np.testing.assert_allclose(w, ref, atol=1e-7)
+    g = G @ w - c
+    nz = w != 0
+    np.testing.assert_allclose(g[nz], -alpha * np.sign(w[nz]), atol=1e-9 * alpha)
+    assert np.all(np.abs(g[~nz]) <= alpha * (1 + 1e-9))
 
 
 def test_decide_zeros_keeps_small_kkt_violators():

@@ -134,7 +134,7 @@ def fit_full_batch(name, X, y, *, loss, alpha, fit_intercept, groups, group_weig
            "dual_gap": None}
     if loss == "squared":
         out["intercept"] = (y_offset - X_offset @ res.coef) if fit_intercept else 0.0
-        out["dual_gap"] = lasso_dual_gap(datafit, penalty, res.coef)
+        out["dual_gap"] = lasso_dual_gap(datafit, penalty, res.coef, grad=res.grad)
     else:
         out["intercept"] = res.intercept if res.intercept is not None else np.zeros(datafit.n_outputs)
     return out

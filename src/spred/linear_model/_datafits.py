@@ -45,8 +45,12 @@ class _QuadraticGramSub:
         Gv = self.G @ v
         return 0.5 * (v @ Gv) - self.c @ v + self.const, Gv - self.c, None
 
+    def gram(self, rows, cols):
+        """The Gram block ``G[rows, cols]`` (local indices)."""
+        return self.G[np.ix_(rows, cols)]
+
     def hess(self, A, v, b):
-        return self.G[np.ix_(A, A)]
+        return self.gram(A, A)
 
     def curvature(self):
         return np.diag(self.G).copy()
@@ -63,17 +67,20 @@ class _QuadraticMatrixSub:
 
     def __init__(self, Xw, y, gram=None):
         self.Xw, self.y, self.n = Xw, y, Xw.shape[0]
-        self.gram = gram  # callable: local indices -> Gram block (cached by the datafit)
+        self._gram = gram  # callable: (local rows, local cols) -> Gram block (cached by the datafit)
 
     def fg(self, v, b):
         r = self.Xw @ v - self.y
         return 0.5 * (r @ r) / self.n, (self.Xw.T @ r) / self.n, None
 
+    def gram(self, rows, cols):
+        """The Gram block ``Xw[:, rows]' Xw[:, cols] / n`` (local indices)."""
+        if self._gram is not None:
+            return self._gram(rows, cols)
+        return (self.Xw[:, rows].T @ self.Xw[:, cols]) / self.n
+
     def hess(self, A, v, b):
-        if self.gram is not None:
-            return self.gram(A)
-        XA = self.Xw[:, A]
-        return (XA.T @ XA) / self.n
+        return self.gram(A, A)
 
     def curvature(self):
         return np.einsum("ij,ij->j", self.Xw, self.Xw) / self.n
@@ -212,8 +219,9 @@ class QuadraticDatafit:
         self.n, self.p = X.shape
         self.offset = X_offset
         self._gram_idx = np.empty(0, dtype=np.int64)
-        self._gram = np.empty((0, 0))
-        self._gram_cols = np.empty((self.n, 0))  # centred columns of _gram_idx, in that order
+        self._gram = np.empty((0, 0))  # a view of _gram_buf (grown geometrically)
+        self._gram_buf = np.empty((0, 0))
+        self._gram_cols = np.empty((0, self.n))  # rows: centred columns of _gram_idx, in that order (dense X)
         self._gram_pos = -np.ones(self.p, dtype=np.int64)
         self._Xty = None
 
@@ -245,6 +253,8 @@ class QuadraticDatafit:
         ``b`` (shape (1,)), when given, is an intercept added to the prediction (the
         minibatch solver's explicit intercept); the full-batch solver centres instead.
         """
+        if b is None and not v.any():  # at zero the gradient is -X'y / n, computed once
+            return 0.5 * (self.y @ self.y) / self.n, -self.Xty(), None
         r = self._residual(v, b)
         g = -np.asarray(self.X.T @ r).ravel()
         if self.offset is not None:
@@ -260,25 +270,51 @@ class QuadraticDatafit:
             self._Xty = g / self.n
         return self._Xty
 
-    def _gram_block(self, feats):
-        """Gram matrix ``Xc_F' Xc_F / n`` of ``feats``, cached across working sets (with the
-        centred columns it was built from, so that a new feature costs one product)."""
-        new = feats[self._gram_pos[feats] < 0]
+    def _gram_block(self, feats, cols=None):
+        """Gram block ``Xc_F' Xc_C / n`` of the features ``feats`` and ``cols`` (default: ``feats``),
+        cached across working sets (with the centred columns it was built from, so that a new
+        feature costs one product)."""
+        if cols is None:
+            new = feats[self._gram_pos[feats] < 0]
+        else:
+            need = np.concatenate([feats, cols])
+            new = np.unique(need[self._gram_pos[need] < 0])
         if new.size:
-            Xnew = self._centred_cols(new)
+            sparse = sp.issparse(self.X)
             k_old = self._gram_idx.size
-            G = np.empty((k_old + new.size, k_old + new.size))
-            G[:k_old, :k_old] = self._gram
-            if k_old:
-                cross = self._gram_cols.T @ Xnew / self.n
-                G[:k_old, k_old:] = cross
-                G[k_old:, :k_old] = cross.T
-            G[k_old:, k_old:] = Xnew.T @ Xnew / self.n
-            self._gram = G
-            self._gram_cols = np.hstack([self._gram_cols, Xnew])
+            k = k_old + new.size
+            if k > self._gram_buf.shape[0]:  # grow the buffers geometrically: amortised O(1) copies
+                cap = max(k, 2 * self._gram_buf.shape[0], 64)
+                buf = np.empty((cap, cap))
+                buf[:k_old, :k_old] = self._gram_buf[:k_old, :k_old]
+                self._gram_buf = buf
+                if not sparse:
+                    rows = np.empty((cap, self.n))
+                    rows[:k_old] = self._gram_cols[:k_old]
+                    self._gram_cols = rows
+            G = self._gram_buf
+            if sparse:
+                # sparse columns: Xc_a' Xc_b / n = X_a' X_b / n - m_a m_b' (m: the column means)
+                Xs_new = self.X[:, new]
+                G[:k, k_old:k] = (self.X[:, np.concatenate([self._gram_idx, new])].T @ Xs_new).toarray() / self.n
+                if self.offset is not None:
+                    G[:k, k_old:k] -= np.outer(self.offset[np.concatenate([self._gram_idx, new])],
+                                               self.offset[new])
+                G[k_old:k, :k_old] = G[:k_old, k_old:k].T
+            else:
+                Xnew = self._centred_cols(new).T
+                if k_old:
+                    cross = self._gram_cols[:k_old] @ Xnew.T / self.n
+                    G[:k_old, k_old:k] = cross
+                    G[k_old:k, :k_old] = cross.T
+                G[k_old:k, k_old:k] = Xnew @ Xnew.T / self.n
+                self._gram_cols[k_old:k] = Xnew
+            self._gram = G[:k, :k]
             self._gram_idx = np.concatenate([self._gram_idx, new])
-            self._gram_pos[new] = np.arange(k_old, k_old + new.size)
+            self._gram_pos[new] = np.arange(k_old, k)
         pos = self._gram_pos[feats]
+        if cols is not None:
+            return self._gram[np.ix_(pos, self._gram_pos[cols])]
         if pos.size == self._gram_idx.size and np.array_equal(pos, np.arange(pos.size)):
             return self._gram.copy()
         return self._gram[np.ix_(pos, pos)]
@@ -289,7 +325,8 @@ class QuadraticDatafit:
             G = self._gram_block(feats)
             return _QuadraticGramSub(G, self.Xty()[feats], 0.5 * (self.y @ self.y) / self.n, self.n)
         return _QuadraticMatrixSub(self._centred_cols(feats), self.y,
-                                   gram=lambda A: self._gram_block(feats[A]))
+                                   gram=lambda rows, cols: self._gram_block(
+                                       feats[rows], None if cols is rows else feats[cols]))
 
     def value(self, v, b=None):
         r = self._residual(v, b)

@@ -25,6 +25,12 @@ from ._penalties import L1Sub, flat_group_norms, l1_violation
 
 logger = logging.getLogger(__name__)
 
+# the warm polish (continuing an exact solution on a smaller set) may take this many rounds / solves
+_WARM_ROUNDS, _WARM_SOLVES = 50, 250
+# active sets at least this large keep an updated Cholesky factor (_GramFactor); smaller ones are
+# factorised afresh, which costs fewer Python calls
+_FACTOR_MIN = 100
+
 __all__ = ["polish", "polish_group", "polish_l1", "relative_zeros"]
 
 
@@ -58,6 +64,85 @@ def _solve_psd(H, rhs):
     lam, U = scipy.linalg.eigh(H, check_finite=False)
     keep = lam > 1e-12 * max(lam.max(), 1e-300)
     return U[:, keep] @ ((U[:, keep].T @ rhs) / lam[keep])
+
+
+class _GramFactor:
+    """Cholesky factor of the Gram block ``G_FF`` of the squared loss on a set ``F`` of
+    entries, kept across the active-set changes of one polish.
+
+    Entries that enter the active set are appended to the factor (a triangular solve,
+    ``O(k^2)`` per entry, instead of a new ``O(k^3)`` factorisation); entries that leave stay
+    in it and are held at zero by a Lagrange correction (one more pair of triangular solves
+    per left entry). The factor is rebuilt on the active set when too many have left.
+    ``solve`` returns None when the block is not numerically positive definite (the caller
+    then uses :func:`_solve_psd`).
+    """
+
+    def __init__(self, sub, m):
+        self.sub = sub
+        self.F = np.empty(0, dtype=np.int64)
+        self.L = np.empty((0, 0))
+        self.where = -np.ones(m, dtype=np.int64)  # position of each entry in F, -1 if absent
+
+    def _reset(self):
+        self.where[self.F] = -1
+        self.F = np.empty(0, dtype=np.int64)
+        self.L = np.empty((0, 0))
+
+    def _append(self, new):
+        k, a = self.F.size, new.size
+        Gnn = self.sub.gram(new, new)
+        if k:
+            B = scipy.linalg.solve_triangular(self.L, self.sub.gram(self.F, new), lower=True,
+                                              check_finite=False)
+            Gnn = Gnn - B.T @ B
+        Lnn = scipy.linalg.cholesky(Gnn, lower=True, check_finite=False)
+        if not (np.all(np.isfinite(Lnn)) and Lnn.diagonal().min() > 1e-7 * np.sqrt(Gnn.diagonal().max() + 1e-300)):
+            raise np.linalg.LinAlgError("Gram block numerically singular")
+        L = np.zeros((k + a, k + a), order="F")  # LAPACK order: no copy in each solve
+        L[:k, :k] = self.L
+        if k:
+            L[k:, :k] = B.T
+        L[k:, k:] = Lnn
+        self.L = L
+        self.where[new] = np.arange(k, k + a)
+        self.F = np.concatenate([self.F, new])
+
+    def solve(self, A, rhs):
+        """``G_AA^{-1} rhs`` or None."""
+        in_A = np.zeros(self.F.size, bool)
+        pos = self.where[A]
+        in_A[pos[pos >= 0]] = True
+        n_left = self.F.size - int(in_A.sum())
+        if n_left > max(8, A.size // 16):
+            self._reset()
+            in_A = np.zeros(0, bool)
+            n_left = 0
+        try:
+            new = A[self.where[A] < 0]
+            if new.size:
+                self._append(new)
+                in_A = np.concatenate([in_A, np.ones(new.size, bool)])
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
+            self._reset()
+            return None
+        pos = self.where[A]
+        left = np.flatnonzero(~in_A)
+        E = np.zeros((self.F.size, 1 + left.size))
+        E[pos, 0] = rhs
+        E[left, 1 + np.arange(left.size)] = 1.0
+        Z = scipy.linalg.cho_solve((self.L, True), E, check_finite=False)
+        x = Z[:, 0]
+        if left.size:
+            # the Lagrange multipliers mu of x_left = 0: (G^-1)_{left,left} mu = -x_left
+            try:
+                mu = np.linalg.solve(Z[left, 1:], -x[left])
+            except np.linalg.LinAlgError:
+                self._reset()
+                return None
+            x = x + Z[:, 1:] @ mu
+        x = x[pos]
+        return x if np.all(np.isfinite(x)) else None
 
 
 def _support_estimate(v, gv, alpha, threshold):
@@ -94,17 +179,22 @@ class _L1Polish:
         self.fresh = np.zeros(self.v.size, bool)  # added from the KKT check, still at zero
         self.solves = 0
         self.amnesties = 2
+        self.factor = _GramFactor(sub, self.v.size) if sub.quadratic else None
 
     def refresh(self):
         self.f, self.gv, self.gb = self.sub.fg(self.v, self.b)
 
     def _newton_direction(self, rhs):
+        self.solves += 1
+        if self.factor is not None and self.A.size >= _FACTOR_MIN:
+            d = self.factor.solve(self.A, rhs)
+            if d is not None:
+                return -d
         H = self.sub.hess(self.A, self.v, self.b)
         if not self.sub.quadratic and H.size:
             # Levenberg damping: exactly flat directions (softmax rows) get a
             # long step, so that they cross zero and leave the support
             H.flat[:: H.shape[0] + 1] += 1e-8 * max(np.trace(H) / H.shape[0], 1e-12)
-        self.solves += 1
         return -_solve_psd(H, rhs)
 
     def _cross_zero(self, d, dA, vA, flipped):
@@ -185,6 +275,10 @@ class _L1Polish:
                 self.banned[:] = False
         if add.size == 0:
             return False
+        limit = max(10, self.A.size // 10)
+        if add.size > limit:
+            # the worst violators first: a large batch would flip many signs at once
+            add = add[np.argpartition(-viol[add], limit - 1)[:limit]]
         self.fresh[add] = True
         self.A = np.concatenate([self.A, add])
         self.theta = np.concatenate([self.theta, -np.sign(self.gv[add])])
@@ -199,7 +293,7 @@ class _L1Polish:
         return bool(worst <= self.tol_abs)
 
 
-def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=1e-6):
+def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=1e-6, warm=False):
     """Exact solve on the support of the rounded spred iterate (active-set Newton).
 
     The spred iterate ``v`` is rounded to its support ``A`` (see
@@ -208,20 +302,28 @@ def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=
     linear solve for the squared loss). The coefficients whose sign would flip are set
     to zero and leave ``A``; after convergence, zero coefficients violating ``|grad_j|
     <= alpha`` enter ``A`` with sign ``-sign(grad_j)`` (an entry that then flips at once
-    is not added again). The work is bounded; success is certified by the KKT
-    conditions on the working set (``max violation <= tol_abs``), so zeros are exact.
-    Returns ``(v, b, ok)``.
+    is not added again; at most ``max(10, |A| / 10)`` enter at a time, the worst violators
+    first). The work is bounded; success is certified by the KKT conditions on the
+    working set (``max violation <= tol_abs``), so zeros are exact.
+
+    ``warm=True``: ``v`` is an exact solution on a smaller set (the previous working
+    set), not a spred iterate, so its signs are trusted: the search continues from it
+    (feature-sign search) with more rounds and solves, and never gives up on the first
+    solve for flipping signs. Returns ``(v, b, ok)``.
     """
     st = _L1Polish(pen, sub, v, b, tol_abs, threshold)
     n_active = st.A.size
     if n_active > max(sub.n, 50):
         return st.v, st.b, False  # more active entries than samples: not identified yet
     st.refresh()
+    if warm:
+        max_rounds, max_solves, n_flip_max = _WARM_ROUNDS, _WARM_SOLVES, np.inf
+    else:
+        n_flip_max = max(10, n_active // 10) if n_active > 200 else n_active + 1
     if max_solves is None:
         # bounded work: many cheap solves on small supports, few on large ones
         base = 8 if sub.quadratic else 20
         max_solves = max(base, min(200, int(3e8 / (n_active**3 + 1))))
-    n_flip_max = max(10, n_active // 10) if n_active > 200 else n_active + 1
     for _ in range(max_rounds):
         status = st.newton(max_solves, n_flip_max)
         if status == "abort":
@@ -295,8 +397,9 @@ def polish_group(pen, sub, v, b, tol_abs, max_newton=60):
     return v, b, bool(viol.max() <= tol_abs)
 
 
-def polish(pen_sub, sub, v, b, tol_abs):
-    """The polish for the sub-penalty ``pen_sub`` (:class:`L1Sub` or :class:`GroupSub`)."""
+def polish(pen_sub, sub, v, b, tol_abs, warm=False):
+    """The polish for the sub-penalty ``pen_sub`` (:class:`L1Sub` or :class:`GroupSub`);
+    ``warm``: ``v`` is an exact solution on a smaller set (see :func:`polish_l1`)."""
     if isinstance(pen_sub, L1Sub):
-        return polish_l1(pen_sub, sub, v, b, tol_abs)
+        return polish_l1(pen_sub, sub, v, b, tol_abs, warm=warm)
     return polish_group(pen_sub, sub, v, b, tol_abs)

@@ -22,6 +22,12 @@ is minimised; at a minimiser ``|u| = |w|`` and ``F = L(v) + alpha * ||v||_1``.
    are exact.
 4. *Grow.* The KKT conditions are checked on all features; violators are added to
    the working set (its size at least doubles the support) and the loop repeats.
+   The exact solution of the last working set is then continued by the polish itself
+   (``warm``: feature-sign search from it, the worst violators entering first, with an
+   updated Cholesky factor of the Gram block); L-BFGS on the factors runs again only if
+   that fails. So the spred iterate identifies the first support, and when the support
+   nears ``n`` (where the factored problem is ill-conditioned and L-BFGS needs hundreds
+   of iterations) the exact continuation does the rest.
 
 Stopping criterion: ``crit = max_j dist(-grad_j L(v), alpha * weight_j * d||v_j||)
 / alpha`` (plus the intercept gradient), i.e. the largest KKT violation as a fraction
@@ -65,6 +71,9 @@ class SolverResult:
     converged : bool
     n_outer : int
         Number of working-set (outer) iterations.
+    grad : ndarray or None
+        Gradient of the datafit on all entries at ``coef`` when the solver stopped
+        after computing it (for the duality gap without another pass over ``X``).
     """
 
     coef: np.ndarray
@@ -73,6 +82,7 @@ class SolverResult:
     crit: float
     converged: bool
     n_outer: int = 0
+    grad: np.ndarray | None = None
 
 
 def _kkt(datafit, penalty, v, b):
@@ -112,7 +122,7 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
     if _try_warm_polish(pen_sub, v0):
         # warm start (a previous working set's solution): the polish continues it, adding
         # the new violators, and L-BFGS runs only if that fails
-        v2, b2, ok = polish(pen_sub, sub, v0, b0, tol_abs)
+        v2, b2, ok = polish(pen_sub, sub, v0, b0, tol_abs, warm=True)
         if ok:
             return v2, b2, 0, True, "polish"
     x0 = pen_sub.to_factors(v0, b0, c0)
@@ -218,6 +228,7 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
     tol_abs = tol * scale
     n_iter, ws_size, crit, converged = 0, p0, np.inf, False
     outer = 0
+    g_final = None
     for outer in range(1, 10 * max_iter + 2):
         f, g, viol, gb_max = _kkt(datafit, penalty, v, b)
         crit = max(viol.max() if viol.size else 0.0, gb_max) / scale
@@ -226,9 +237,10 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
             logger.info("spred ws iter %d: objective %.10e, crit %.3e, support %d, L-BFGS its %d",
                         outer, f + penalty.value(v), crit, int(supp.sum()), n_iter)
         if crit <= tol:
-            converged = True
+            converged, g_final = True, g
             break
         if n_iter >= max_iter:
+            g_final = g
             break
         ws_size = min(penalty.n_units, max(ws_size, int(_WS_GROWTH * int(supp.sum())), p0))
         units = _working_set(penalty, g, viol, supp, ws_size, p0, tol_abs)
@@ -245,7 +257,7 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
         ws_size = units.size if ok else min(penalty.n_units, 2 * units.size)
     coef = v.reshape(datafit.p, datafit.n_outputs) if datafit.n_outputs > 1 else v
     return SolverResult(coef=coef, intercept=b, n_iter=n_iter, crit=float(crit),
-                        converged=converged, n_outer=outer)
+                        converged=converged, n_outer=outer, grad=g_final)
 
 
 def compute_alpha_max(datafit, penalty):
@@ -255,17 +267,21 @@ def compute_alpha_max(datafit, penalty):
     return penalty.dual_norm(g)
 
 
-def lasso_dual_gap(datafit, penalty, v):
+def lasso_dual_gap(datafit, penalty, v, grad=None):
     """Duality gap of ``(1/(2n))||y - Xv||^2 + penalty(v)`` at ``v`` (L1 or group).
 
     The dual point is the residual rescaled into the dual feasible set
-    ``dual_norm(X'nu / n) <= alpha``.
+    ``dual_norm(X'nu / n) <= alpha``. ``grad``: the datafit's gradient at ``v``
+    (``-X'r / n``) when the caller has it, which saves a pass over ``X``.
     """
     n = datafit.n
     r = datafit.y - datafit.predict_centred(v)
-    xtr = np.asarray(datafit.X.T @ r).ravel()
-    if datafit.offset is not None:
-        xtr -= datafit.offset * r.sum()
+    if grad is not None:
+        xtr = -n * grad
+    else:
+        xtr = np.asarray(datafit.X.T @ r).ravel()
+        if datafit.offset is not None:
+            xtr -= datafit.offset * r.sum()
     primal = 0.5 * (r @ r) / n + penalty.value(v)
     dn = penalty.dual_norm(xtr / n)
     alpha = penalty.alpha
