@@ -19,7 +19,7 @@ from spred.experiments import _optimizers_study as study_mod
 from spred.experiments import optimizers as opt_exp
 from spred.experiments._optimizers_cache import cache_key, load_cached, store_cached
 from spred.experiments._optimizers_cifar import AugmentedModel, cifar_factory, label, load_cifar
-from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune
+from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune, match_scale
 from spred.experiments._optimizers_trace import TRACE_COLUMNS, plot_trace, trace_run
 
 
@@ -90,6 +90,25 @@ def test_masked_finetune_keeps_the_zeros_and_trains_the_rest():
         assert not torch.equal(before, after)
     same = masked_finetune(pruned, _data(64, 0), optimizer="sgd", lr=0.1, epochs=0, seed=0, batch_size=32, momentum=0.9, loss_fn=None)
     assert same is not pruned and torch.equal(same[0].weight, pruned[0].weight)
+
+
+def test_match_scale_gives_the_reference_norms_under_batchnorm_and_keeps_the_function():
+    with _common.torch_seed(0):
+        model, reference = spred.models.build("cifarcnn"), spred.models.build("cifarcnn")
+    x = _images(8, 0)[0]
+    model(x)  # training mode: running statistics that are not the initial ones
+    model.eval()
+    with torch.no_grad():
+        for i, conv in enumerate(m for m in model.features if isinstance(m, nn.Conv2d)):
+            conv.weight.mul_(0.1 * (i + 1))  # what spred's shrinkage does to the layers BatchNorm normalises
+        model.classifier[1].weight.mul_(0.5)
+    scaled = match_scale(model, reference)
+    torch.testing.assert_close(scaled(x), model(x), rtol=1e-4, atol=1e-5)
+    for mine, ref in zip(scaled.features, reference.features):
+        if isinstance(mine, nn.Conv2d):
+            assert float(mine.weight.detach().norm()) == pytest.approx(float(ref.weight.detach().norm()), rel=1e-5)
+    assert torch.equal(scaled.classifier[1].weight, model.classifier[1].weight)  # no BatchNorm after it: left as it is
+    assert scaled is not model and float(model.features[0].weight.detach().norm()) != pytest.approx(float(reference.features[0].weight.detach().norm()))
 
 
 # --------------------------------------------------------------------------- the per-run cache

@@ -383,20 +383,22 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
 def _finetune_and_floor(setup: _Setup, optimizer: str, lr: float, seed: int, collapsed: nn.Module, dense_trained: nn.Module | None, reached: float,
                         structured: bool, output_layer: str) -> dict:  # fmt: skip
     """The masked fine-tune of the collapsed model and the magnitude floor (the same fine-tune), as row fields."""
-    from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune
+    from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune, match_scale
 
     ft_lr = (setup.finetune_lrs or {}).get(optimizer, lr)
     kw = {"optimizer": optimizer, "lr": ft_lr, "epochs": setup.finetune_epochs, "seed": seed, "batch_size": setup.batch_size,
           "momentum": setup.momentum, "loss_fn": setup.loss_fn, "device": setup.device}  # fmt: skip
     out = {"model": setup.model, "finetune_epochs": setup.finetune_epochs, "finetune_lr": ft_lr, "test_acc_finetuned": math.nan,
            "magnitude_acc": math.nan, "magnitude_acc_finetuned": math.nan}  # fmt: skip
+    # both start the fine-tune with the dense model's weight norms in BatchNorm-normalised layers (see match_scale)
+    rescale = (lambda m: match_scale(m, dense_trained)) if dense_trained is not None else (lambda m: m)
     if setup.finetune_epochs:
-        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(collapsed, setup.train_data, **kw), setup.test_data)
+        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(collapsed), setup.train_data, **kw), setup.test_data)
     if dense_trained is not None:
         floor = magnitude_prune_to(dense_trained, reached, structured, output_layer)
         out["magnitude_acc"] = _evaluate(setup, floor, setup.test_data)
         if setup.finetune_epochs:
-            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(floor, setup.train_data, **kw), setup.test_data)
+            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(floor), setup.train_data, **kw), setup.test_data)
     return out
 
 

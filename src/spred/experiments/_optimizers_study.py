@@ -107,13 +107,18 @@ def _check_groups(groups, who: str) -> str:
     return groups
 
 
+#: Changes with the fine-tune's procedure, so that cached sparse runs fine-tuned the old way are trained again.
+FINETUNE_PROTOCOL = "finetune: dense weight norms under BatchNorm"
+
+
 def _run_settings(setup: _Setup, kind: str) -> tuple:
     """What determines a run of ``kind`` besides its own arguments and the study's fingerprint: the groups, the controller, spred's code."""
     if kind == "dense":
         return (library_fingerprint("dense"),)
+    settings = (FINETUNE_PROTOCOL,)
     if kind == "structured" and setup.structured_groups == "channels":
-        return "channels", setup.lam_update_every, library_fingerprint("channels")
-    return setup.structured_groups if kind == "structured" else None, setup.lam_update_every, library_fingerprint("sparse")
+        return *settings, "channels", setup.lam_update_every, library_fingerprint("channels")
+    return *settings, setup.structured_groups if kind == "structured" else None, setup.lam_update_every, library_fingerprint("sparse")
 
 
 def _check_lr_map(values, name: str, who: str, *, grid: bool = False) -> dict:

@@ -245,7 +245,7 @@ class OptimizersConfig:
 
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
 # --quick with --datasets cifar10 (docs/optimizers.md): CifarCNN, SGD / Adam / Adagrad, both types, targets 20 and 60%,
-# one seed, fixed learning rates, the first 2,000 training and test images, 6 epochs at batch 32 (375 steps, lam
+# one seed, fixed learning rates, the first 2,000 training and test images, 6 epochs at batch 32 (378 steps, lam
 # updated every 2), a 1-epoch fine-tune. Sized to finish in about 20 minutes on one shared core.
 QUICK_CIFAR = {
     "datasets": ("cifar10",), "models": ("cifarcnn",), "optimizers": ("sgd", "adam", "adagrad"), "targets": (0.2, 0.6), "seeds": (0,),
