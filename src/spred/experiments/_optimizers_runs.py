@@ -82,7 +82,7 @@ class _Units:
     """The penalty units of one sparsified tensor or channel group: values, gradients and their L1 / group-L1 rule.
 
     A channel group is its (channels, entries) matrix with ``groups="out"``; its lam is weighted per
-    channel (``scale``: the group weights ``c_j``, 1 for a plain tensor), so ``push / scale`` is comparable to lam.
+    channel (``scale``: ``effective_lam() / lam``, the group weights; 1 for a plain tensor), so ``push / scale`` is comparable to lam.
     """
 
     v: torch.Tensor
@@ -117,7 +117,7 @@ def _grad_units(model: nn.Module, loss_fn, batch) -> list[_Units]:
     for grp in groups:
         gate = grp.spred
         v, g = (gate.slices({name: vg[i] for name, vg in gated.items()}) for i in (0, 1))
-        units.append(_Units(v, g, gate.lam, "out", 0, gate.weights.pow(2.0 / gate.depth).unsqueeze(1)))
+        units.append(_Units(v, g, gate.lam, "out", 0, gate.effective_lam() / gate.lam if gate.lam > 0 else 1.0))
     return units
 
 
