@@ -20,8 +20,9 @@ Optimizers (``OPTIMIZERS``):
   ``lr * lam``, not by ``lam``.
 
 Sparsity types: ``unstructured`` (one factor per weight, every Linear / Conv weight),
-``structured`` (``groups="out"``: one scalar per conv filter / hidden neuron; the last
-layer, whose outputs are the classes, stays dense).
+``structured`` (``structured_groups="channels"``, the default: one gate per channel group of
+the dependency graph, a filter with its BatchNorm and the slices that read it; ``"out"``: one
+scalar per conv filter / hidden neuron of each tensor; the classes of the output layer stay dense).
 
 Datasets: MNIST and Fashion-MNIST (``StudyCNN``), CIFAR-10 (JPEG) with ``CifarCNN`` and ResNet-20 (rows labelled
 ``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen and compared with magnitude
