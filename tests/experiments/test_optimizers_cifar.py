@@ -19,7 +19,7 @@ from spred.experiments import _optimizers_study as study_mod
 from spred.experiments import optimizers as opt_exp
 from spred.experiments._optimizers_cache import cache_key, load_cached, store_cached
 from spred.experiments._optimizers_cifar import AugmentedModel, cifar_factory, label, load_cifar
-from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune
+from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune, match_scale
 from spred.experiments._optimizers_trace import TRACE_COLUMNS, plot_trace, trace_run
 
 
@@ -92,6 +92,25 @@ def test_masked_finetune_keeps_the_zeros_and_trains_the_rest():
     assert same is not pruned and torch.equal(same[0].weight, pruned[0].weight)
 
 
+def test_match_scale_gives_the_reference_norms_under_batchnorm_and_keeps_the_function():
+    with _common.torch_seed(0):
+        model, reference = spred.models.build("cifarcnn"), spred.models.build("cifarcnn")
+    x = _images(8, 0)[0]
+    model(x)  # training mode: running statistics that are not the initial ones
+    model.eval()
+    with torch.no_grad():
+        for i, conv in enumerate(m for m in model.features if isinstance(m, nn.Conv2d)):
+            conv.weight.mul_(0.1 * (i + 1))  # what spred's shrinkage does to the layers BatchNorm normalises
+        model.classifier[1].weight.mul_(0.5)
+    scaled = match_scale(model, reference)
+    torch.testing.assert_close(scaled(x), model(x), rtol=1e-4, atol=1e-5)
+    for mine, ref in zip(scaled.features, reference.features):
+        if isinstance(mine, nn.Conv2d):
+            assert float(mine.weight.detach().norm()) == pytest.approx(float(ref.weight.detach().norm()), rel=1e-5)
+    assert torch.equal(scaled.classifier[1].weight, model.classifier[1].weight)  # no BatchNorm after it: left as it is
+    assert scaled is not model and float(model.features[0].weight.detach().norm()) != pytest.approx(float(reference.features[0].weight.detach().norm()))
+
+
 # --------------------------------------------------------------------------- the per-run cache
 
 
@@ -138,6 +157,26 @@ def test_study_fine_tunes_compares_with_the_magnitude_floor_and_resumes_from_its
         _small_study(tmp_path, initial_lams={"sgd": 2e-5})  # another setting: another key
 
 
+def test_a_change_of_the_spred_code_a_run_executes_retrains_it(tmp_path, monkeypatch):
+    fingerprints = {kind: study_mod.library_fingerprint(kind) for kind in ("dense", "sparse", "channels")}
+    assert len(set(fingerprints.values())) == 3 and study_mod.library_fingerprint("sparse") == fingerprints["sparse"]
+    _small_study(tmp_path)
+    monkeypatch.setattr(study_mod, "library_fingerprint", lambda kind="sparse": "another version of " + kind)
+    trained = []
+    real = study_mod._dense_row
+    monkeypatch.setattr(study_mod, "_dense_row", lambda *a, **k: trained.append(a[1]) or real(*a, **k))
+    monkeypatch.setattr(study_mod, "_sparse_row", lambda *a, **k: trained.append(a[1]) or {"diverged": True, **_diverged(a)})
+    _small_study(tmp_path)
+    assert sorted(trained) == ["adam", "adam", "sgd", "sgd"]  # every run again: none of the cached ones is reused
+
+
+def _diverged(args):
+    from spred.experiments._optimizers_runs import _diverged_row
+
+    setup, optimizer, kind, target, lr, source, seed, lam = args[:8]
+    return _diverged_row(setup, optimizer, kind, target, lr, source, seed, lam)
+
+
 # --------------------------------------------------------------------------- CIFAR-10
 
 
@@ -174,6 +213,8 @@ def test_cifar_run_writes_one_set_per_model_and_reuses_finished_runs(tmp_path, m
     assert loads == [(48, 24)] and {r["dataset"] for r in first.rows} == {"cifar10-cifarcnn"} and {r["model"] for r in first.rows} == {"cifarcnn"}
     sparse = [r for r in first.rows if r["sparsity_type"] == "structured"]
     assert len(sparse) == 1 and math.isfinite(sparse[0]["latency_pruned_b1"]) and math.isfinite(sparse[0]["magnitude_acc_finetuned"])
+    assert sparse[0]["n_channels"] == 32 + 64 + 128 + 128 + 384  # channel groups: every filter and hidden neuron, not the classes
+    assert math.isfinite(sparse[0]["lam_fit"]) and sparse[0]["n_nonzero_units"] + sparse[0]["n_zero_units"] == sparse[0]["n_channels"]
     assert (tmp_path / "optimizers_cifar10-cifarcnn_structured.png").exists() and (tmp_path / ".spred-runs").is_dir()
     assert "**cifar10-cifarcnn, structured**" in (tmp_path / "summary.md").read_text()
     second = opt_exp.run_experiment(cfg, tmp_path, progress=False)  # from the cache: the same rows, seconds instead of minutes
@@ -185,7 +226,10 @@ def test_quick_with_cifar10_is_the_cifar_preset():
     parser = argparse.ArgumentParser()
     opt_exp.add_arguments(parser)
     cfg = opt_exp.config_from_args(parser.parse_args(["--quick", "--datasets", "cifar10"]))
-    assert cfg.datasets == ("cifar10",) and cfg.models == ("cifarcnn",) and cfg.targets == (0.2, 0.8) and cfg.cifar_n_train == 2000
+    assert cfg.datasets == ("cifar10",) and cfg.models == ("cifarcnn",) and cfg.targets == (0.2, 0.6) and cfg.cifar_n_train == 2000
+    assert cfg.optimizers == ("sgd", "adam", "adagrad") and cfg.sparsity_types == ("unstructured", "structured") and cfg.seeds == (0,)
+    assert cfg.structured_groups == "channels" and cfg.lam_update_every == 2 and cfg.cifar_epochs == 6 and cfg.batch_size == 32
+    assert all(set(cfg.lrs[k]) == set(cfg.optimizers) for k in ("unstructured", "structured", "dense"))  # nothing to tune
     assert cfg.lrs["unstructured"]["adagrad"] == 0.01 and cfg.finetune_epochs == 1 and cfg.resume
     full = opt_exp.config_from_args(parser.parse_args(["--datasets", "cifar10", "--no-resume", "--finetune-epochs", "3"]))
     assert full.models == ("cifarcnn", "resnet20") and full.cifar_epochs == 30 and full.cifar_n_train is None and not full.resume

@@ -125,22 +125,49 @@ def test_decoupled_decay_is_not_l1_at_its_own_lam(study):
             assert r["lam_fit_ratio"] > 0.05, r
 
 
-def test_kkt_statistics_at_an_l1_optimum():
-    # a Lasso-like linear model trained to convergence with full-batch SGD: lam_fit = lam, residuals ~ 0
+def _lasso_problem():
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 10, generator=g, dtype=torch.float64)
-    y = X @ torch.tensor([1.0, -2.0, 0.0, 0.0, 0.5, 0, 0, 0, 0, 0], dtype=torch.float64)
-    model = spred.sparsify(nn.Linear(10, 1, bias=False).double(), lam=0.1)
-    loss = lambda out, t: 0.5 * ((out.squeeze(-1) - t) ** 2).mean()  # noqa: E731
-    optimizer = torch.optim.SGD(spred.param_groups(model), lr=0.1)
-    for _ in range(3000):
+    return X, X @ torch.tensor([1.0, -2.0, 0.0, 0.0, 0.5, 0, 0, 0, 0, 0], dtype=torch.float64)
+
+
+def _squared_loss(out, t):
+    return 0.5 * ((out.squeeze(-1) - t) ** 2).mean()
+
+
+def _full_batch_sgd(model, X, y, lr: float, steps: int):
+    optimizer = torch.optim.SGD(spred.param_groups(model), lr=lr)
+    for _ in range(steps):
         optimizer.zero_grad()
-        loss(model(X), y).backward()
+        _squared_loss(model(X), y).backward()
         optimizer.step()
-    stats = opt_exp.kkt_statistics(model, loss, (X, y), threshold=1e-8)
+    return model
+
+
+def test_kkt_statistics_at_an_l1_optimum():
+    # a Lasso-like linear model trained to convergence with full-batch SGD: lam_fit = lam, residuals ~ 0
+    X, y = _lasso_problem()
+    model = _full_batch_sgd(spred.sparsify(nn.Linear(10, 1, bias=False).double(), lam=0.1), X, y, 0.1, 3000)
+    stats = opt_exp.kkt_statistics(model, _squared_loss, (X, y), threshold=1e-8)
     assert stats["n_nonzero_units"] == 3 and stats["n_zero_units"] == 7
     assert stats["lam_fit_ratio"] == pytest.approx(1.0, abs=1e-6)
     assert stats["kkt_median"] < 1e-6 and stats["zero_violations"] == 0.0 and stats["kkt_relative"] < 1e-6
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="open: with the gates' weight decay lam * cbar^2 (GATE_VERSION 2), full-batch SGD on this problem moves away from "
+                   "the group-L1 KKT point (lam_fit / lam 9.2 after 6,000 steps, 18 after 30,000; spred.kkt_residual agrees); "
+                   "with the gates divided by c_j it reached 0.99", strict=False)
+def test_kkt_statistics_at_a_group_l1_optimum_of_channel_groups():
+    # a two-layer linear network with one gate per hidden unit (its row and its column): lam_fit = lam at convergence
+    X, y = _lasso_problem()
+    with _common.torch_seed(0):
+        model = nn.Sequential(nn.Linear(10, 6, bias=False), nn.Linear(6, 1, bias=False)).double()
+    spred.sparsify(model, 0.05, groups="channels", example_inputs=X[:2])
+    stats = opt_exp.kkt_statistics(_full_batch_sgd(model, X, y, 0.05, 6000), _squared_loss, (X, y), threshold=1e-6)
+    assert stats["n_zero_units"] + stats["n_nonzero_units"] == 6 and stats["n_zero_units"] >= 3
+    assert stats["lam_fit_ratio"] == pytest.approx(1.0, abs=0.05) and stats["zero_violations"] == 0.0
+    assert stats["kkt_median"] < 1e-3
 
 
 def test_tuning_picks_the_best_reaching_lr_and_records_the_grid():
@@ -283,6 +310,8 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, mon
         ({"targets": (0.5, 1.0)}, ValueError, r"The 'targets' parameter of optimizer_study must be a non-empty list of floats in \(0, 1\)"),
         ({"seeds": (-1,)}, ValueError, r"The 'seeds' parameter of optimizer_study"),
         ({"epochs": 0}, ValueError, r"The 'epochs' parameter of optimizer_study must be an int >= 1. Got 0"),
+        ({"structured_groups": "heads"}, ValueError, r"The 'structured_groups' parameter of optimizer_study must be one of \['channels', 'out'\]"),
+        ({"lam_update_every": 0}, ValueError, r"The 'lam_update_every' parameter of optimizer_study must be an int >= 1. Got 0"),
         ({"threshold": 0.0}, ValueError, r"The 'threshold' parameter of optimizer_study must be a float in the range \(0, inf\). Got 0.0"),
         ({"tolerance": 2.0}, ValueError, r"The 'tolerance' parameter of optimizer_study must be a float in the range \(0, 1\)"),
         ({"lrs": {"sgd": -1.0}}, ValueError, r"The 'lrs' entry for 'sgd' of optimizer_study must be a float > 0"),
@@ -367,6 +396,8 @@ def test_config_validation_messages():
         ({"finetune_epochs": -1}, r"The 'finetune_epochs' parameter of OptimizersConfig must be an int >= 0. Got -1"),
         ({"cifar_n_test": 1}, r"The 'cifar_n_test' parameter of OptimizersConfig must be an int >= 2 or None. Got 1"),
         ({"epochs": 0}, r"The 'epochs' parameter of OptimizersConfig must be an int >= 1. Got 0"),
+        ({"lam_update_every": 0}, r"The 'lam_update_every' parameter of OptimizersConfig must be an int >= 1. Got 0"),
+        ({"structured_groups": "in"}, r"The 'structured_groups' parameter of OptimizersConfig must be one of \['channels', 'out'\]. Got 'in'"),
         ({"n_train": 1}, r"The 'n_train' parameter of OptimizersConfig must be an int >= 2 or None. Got 1"),
         ({"val_fraction": 1.5}, r"The 'val_fraction' parameter of OptimizersConfig must be a float in the range \(0, 1\). Got 1.5"),
         ({"threshold": -1.0}, r"The 'threshold' parameter of OptimizersConfig must be a float in the range \(0, inf\). Got -1.0"),

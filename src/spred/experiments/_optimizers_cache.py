@@ -3,7 +3,8 @@
 Every finished run (tuning, dense or sparse) is written at once as a small JSON file
 (and, for a dense run, the trained weights as a ``.pt`` file) in the cache folder,
 named by the sha256 of everything that determines it: the study's settings
-(``fingerprint``) and the run's own (type, optimizer, target, seed, learning rate, ...).
+(``fingerprint``), the run's own (type, optimizer, target, seed, learning rate, ...) and
+the spred code it runs (:func:`library_fingerprint`).
 Running the same study again reads the finished runs back instead of training them;
 change a setting and the names change, so no stale run is ever reused. Files are
 written to a temporary name and renamed, so an interrupted write leaves no half file.
@@ -11,7 +12,9 @@ written to a temporary name and renamed, so an interrupted write leaves no half 
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import math
 import os
@@ -20,7 +23,12 @@ from typing import Any
 
 import torch
 
-__all__ = ["cache_key", "load_cached", "store_cached"]
+__all__ = ["cache_key", "library_fingerprint", "load_cached", "store_cached"]
+
+#: The code each kind of run executes (packages: every module in them): part of its cache key.
+_DENSE_CODE = ("spred.train",)
+_SPARSE_CODE = (*_DENSE_CODE, "spred.nn._parametrizations", "spred.nn._sparsify", "spred.nn._rules", "spred.nn._collapse", "spred.nn._report")
+_CODE = {"dense": _DENSE_CODE, "sparse": _SPARSE_CODE, "channels": (*_SPARSE_CODE, "spred.nn._gates", "spred.nn._channels", "spred.nn._graph")}
 
 
 def _plain(value: Any) -> Any:
@@ -37,6 +45,24 @@ def cache_key(fingerprint: str, *parts: Any) -> str:
     """A file name stem for one run: sha256 of the study's fingerprint and the run's own settings."""
     text = json.dumps([fingerprint, *_plain(list(parts))], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+@functools.cache
+def library_fingerprint(kind: str = "sparse") -> str:
+    """sha256 (16 hex digits) of the spred code a run of ``kind`` ("dense", "sparse" or "channels") executes.
+
+    Part of every run's key, so that a run made by another version of that code (another
+    gate parametrisation, a change of the controller) is trained again, while a change of
+    the channel gates leaves the cached unstructured and dense runs valid.
+    """
+    digest = hashlib.sha256()
+    for name in _CODE[kind]:
+        module = importlib.import_module(name)
+        path = Path(module.__file__)
+        for file in sorted(path.parent.glob("*.py")) if path.name == "__init__.py" else [path]:
+            digest.update(f"{name}/{file.name}".encode())
+            digest.update(file.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _atomic(path: Path, write) -> None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from spred.experiments._prune_budget import prunable_weights
 
-__all__ = ["finetune_optimizer", "magnitude_prune_to", "masked_finetune"]
+__all__ = ["finetune_optimizer", "magnitude_prune_to", "masked_finetune", "match_scale"]
 
 
 def finetune_optimizer(optimizer: str) -> str:
@@ -47,6 +47,41 @@ def masked_finetune(model: nn.Module, train_data, *, optimizer: str, lr: float, 
         fit(tuned, train_data, epochs=epochs, optimizer=finetune_optimizer(optimizer), lr=lr, momentum=momentum, batch_size=batch_size,
             loss_fn=loss_fn, freeze_zeros=True, seed=seed, device=device, progress=False)  # fmt: skip
     return tuned.cpu()
+
+
+def _normalised_layers(model: nn.Module) -> list[tuple[nn.Module, nn.modules.batchnorm._BatchNorm]]:
+    """``(layer, norm)`` for every Linear / Conv whose next module (in registration order) is a BatchNorm of its outputs."""
+    modules = [m for m in model.modules() if not list(m.children())]
+    pairs = []
+    for layer, nxt in zip(modules, modules[1:]):
+        if isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)) and isinstance(nxt, nn.modules.batchnorm._BatchNorm):
+            if nxt.num_features == layer.weight.shape[0] and nxt.track_running_stats and nxt.running_var is not None:
+                pairs.append((layer, nxt))
+    return pairs
+
+
+def match_scale(model: nn.Module, reference: nn.Module) -> nn.Module:
+    """A copy of ``model`` whose BatchNorm-normalised layers have the weight norms of ``reference`` (the same function).
+
+    A layer followed by BatchNorm computes the same function for any positive scale of its
+    weight (the running mean and variance scaled with it, as done here), but a gradient step
+    changes it by ``lr / |w|^2`` of its norm: spred's penalty shrinks these weights, so
+    fine-tuning them at the dense model's learning rate takes steps many times larger
+    than the dense model's. Rescaling every such layer to the norm of the same layer of
+    the dense ``reference`` gives the fine-tune the dense model's effective step.
+    """
+    scaled = copy.deepcopy(model)
+    ref = dict(zip((id(m) for m in model.modules()), reference.modules()))
+    own = dict(zip((id(m) for m in model.modules()), scaled.modules()))
+    with torch.no_grad():
+        for layer, norm in _normalised_layers(model):
+            target, mine = ref[id(layer)].weight.norm(), layer.weight.norm()
+            if mine > 0 and target > 0:
+                s = float(target / mine)
+                own[id(layer)].weight.mul_(s)
+                own[id(norm)].running_mean.mul_(s)
+                own[id(norm)].running_var.mul_(s * s)
+    return scaled
 
 
 def _global_magnitude(weights: list[torch.Tensor], sparsity: float) -> None:

@@ -58,28 +58,67 @@ def _last_layer(model: nn.Module, include=(nn.Linear, nn.Conv1d, nn.Conv2d)) -> 
     return names[-1]
 
 
-def _sparsify(model: nn.Module, sparsity_type: str, lam: float, output_layer: str) -> None:
-    """Sparsify in place: every weight, or one group per filter / neuron but the output layer's."""
+STRUCTURED_GROUPS = ("channels", "out")
+
+
+def _sparsify(model: nn.Module, sparsity_type: str, lam: float, output_layer: str, *, groups: str = "channels", example_inputs=None) -> None:
+    """Sparsify in place: every weight (unstructured), or structured.
+
+    Structured ``groups="channels"``: one gate per channel group of the model's dependency
+    graph (a filter with its BatchNorm scale and shift and the input slices that read it;
+    the classes of the output layer are never a group); ``"out"``: one group per filter /
+    neuron of every tensor but the output layer's. ``example_inputs`` (a few inputs) trace the graph.
+    """
     if sparsity_type == "unstructured":
         spred.sparsify(model, lam)
+    elif groups == "channels":
+        spred.sparsify(model, lam, groups="channels", example_inputs=example_inputs[:2])
     else:
         spred.sparsify(model, lam, groups="out", exclude=(output_layer,))
 
 
-def _grad_wrt_weights(model: nn.Module, loss_fn, batch) -> list[tuple[Any, torch.Tensor, torch.Tensor]]:
-    """``[(SparsifiedTensor, v, dL/dv)]`` on ``batch`` (buffers restored afterwards)."""
+@dataclass(frozen=True)
+class _Units:
+    """The penalty units of one sparsified tensor or channel group: values, gradients and their L1 / group-L1 rule.
+
+    A channel group is its (channels, entries) matrix with ``groups="out"``; its lam is weighted per
+    channel (``scale``: ``effective_lam() / lam``, the group weights; 1 for a plain tensor), so ``push / scale`` is comparable to lam.
+    """
+
+    v: torch.Tensor
+    g: torch.Tensor
+    lam: float
+    groups: str | None
+    out_dim: int
+    scale: torch.Tensor | float = 1.0
+
+
+def _grad_units(model: nn.Module, loss_fn, batch) -> list[_Units]:
+    """Every penalty unit of ``model`` with ``v`` and ``dL/dv`` on ``batch`` (buffers restored afterwards)."""
+    from spred.nn import channel_groups
+
     tensors = list(spred.nn.sparsified_tensors(model))
+    groups = channel_groups(model)
+    members = list({m.name: m for grp in groups for m in grp.members}.values())
+    places = [(t.module, t.tensor_name) for t in tensors] + [(m.module, m.tensor_name) for m in members]
     inputs, targets = batch
     buffers = {n: b.clone() for n, b in model.named_buffers()}
     try:
         with torch.enable_grad(), parametrize.cached():
-            values = [getattr(t.module, t.tensor_name) for t in tensors]
+            values = [getattr(module, name) for module, name in places]
             grads = torch.autograd.grad(loss_fn(model(inputs), targets), values, allow_unused=True)
     finally:
         with torch.no_grad():
             for n, b in model.named_buffers():
                 b.copy_(buffers[n])
-    return [(t, v.detach(), torch.zeros_like(v) if g is None else g.detach()) for t, v, g in zip(tensors, values, grads)]
+    pairs = [(v.detach(), torch.zeros_like(v) if g is None else g.detach()) for v, g in zip(values, grads)]
+    units = [_Units(v, g, t.spred.lam, t.spred.groups, t.spred.out_dim) for t, (v, g) in zip(tensors, pairs)]
+    gated = dict(zip((m.name for m in members), pairs[len(tensors) :]))
+    for grp in groups:
+        gate = grp.spred
+        v, g = (gate.slices({name: vg[i] for name, vg in gated.items()}) for i in (0, 1))
+        units.append(_Units(v, g, gate.lam, "out", 0, gate.effective_lam() / gate.lam if gate.lam > 0 else 1.0))
+    return units
 
 
 def _unit_push(v: torch.Tensor, g: torch.Tensor, groups: str | None, out_dim: int) -> torch.Tensor:
@@ -94,8 +133,9 @@ def kkt_statistics(model: nn.Module, loss_fn: Callable, batch, *, threshold: flo
     """How close a sparsified model is to an L1 (group-L1) stationary point, on one batch.
 
     The model is evaluated in eval mode (restored afterwards). Units are single weights
-    (unstructured) or groups (``groups="out"/"in"``); a unit is zero when its norm is
-    ``<= threshold``. With ``g = dL/dv`` and ``d = v / |v|``:
+    (unstructured), groups (``groups="out"/"in"``) or the channels of channel groups (whose
+    lam is weighted per channel: pushes and residuals are divided by that weight); a unit is
+    zero when its norm is ``<= threshold``. With ``g = dL/dv`` and ``d = v / |v|``:
 
     * ``kkt_max``, ``kkt_relative``: :func:`spred.kkt_residual` at the model's lam
       (largest residual over all units; divided by lam);
@@ -114,22 +154,22 @@ def kkt_statistics(model: nn.Module, loss_fn: Callable, batch, *, threshold: flo
     model.eval()
     try:
         report = spred.kkt_residual(model, loss_fn, batch, threshold=threshold)
-        items = _grad_wrt_weights(model, loss_fn, batch)
+        items = _grad_units(model, loss_fn, batch)
     finally:
         model.train(was_training)
-    lams = {t.spred.lam for t, _, _ in items}
+    lams = {u.lam for u in items}
     lam = sum(lams) / len(lams)
-    units = [(t.spred, v, g, kkt_residuals(v, g, t.spred.lam, groups=t.spred.groups, out_dim=t.spred.out_dim, threshold=threshold)[0]) for t, v, g in items]
-    push = torch.cat([_unit_push(v, g, sp.groups, sp.out_dim)[~zero] for sp, v, g, zero in units])
-    n_zero = sum(int(zero.sum()) for *_, zero in units)
+    units = [(u, kkt_residuals(u.v, u.g, u.lam * u.scale, groups=u.groups, out_dim=u.out_dim, threshold=threshold)[0]) for u in items]
+    push = torch.cat([(_unit_push(u.v, u.g, u.groups, u.out_dim) / u.scale)[~zero] for u, zero in units])
+    n_zero = sum(int(zero.sum()) for _, zero in units)
     lam_fit = float(push.median()) if push.numel() else math.nan
     if push.numel() and lam_fit > 0:
         resid, violation = [], []
-        for sp, v, g, zero in units:  # the one KKT rule at strength lam_fit
-            _, resid_nz, resid_zero = kkt_residuals(v, g, lam_fit, groups=sp.groups, out_dim=sp.out_dim, threshold=threshold)
-            resid.append(resid_nz[~zero])
+        for u, zero in units:  # the one KKT rule at strength lam_fit
+            _, resid_nz, resid_zero = kkt_residuals(u.v, u.g, lam_fit * u.scale, groups=u.groups, out_dim=u.out_dim, threshold=threshold)
+            resid.append((resid_nz / (lam_fit * u.scale))[~zero])
             violation.append(resid_zero[zero] > 0)  # |g| > lam_fit
-        kkt_median = float((torch.cat(resid) / lam_fit).median())
+        kkt_median = float(torch.cat(resid).median())
         violations = float(torch.cat(violation).float().mean()) if n_zero else 0.0
     else:
         kkt_median, violations = math.nan, math.nan
@@ -141,7 +181,9 @@ def kkt_statistics(model: nn.Module, loss_fn: Callable, batch, *, threshold: flo
 
 
 def _channel_counts(report: spred.SparsityReport, output_layer: str) -> tuple[int, int]:
-    """(zero, total) output channels / neurons over every weight with ndim >= 2 except the output layer's."""
+    """(zero, total) channels: of the channel groups, or output channels / neurons over every weight with ndim >= 2 except the output layer's."""
+    if report.groups:
+        return sum(g.zero for g in report.groups), sum(g.n for g in report.groups)
     rows = [r for r in report.rows if r.n_groups and r.name != f"{output_layer}.weight" and r.groups != "in"]
     return sum(r.zero_groups for r in rows), sum(r.n_groups for r in rows)
 
@@ -189,6 +231,29 @@ class _Setup:
     model: str = ""
     finetune_epochs: int = 0
     finetune_lrs: Mapping[str, float] | None = None  # optimizer -> fine-tune lr (default: the run's lr)
+    structured_groups: str = "channels"  # "channels" (channel groups across layers) or "out" (per tensor)
+    lam_update_every: int = 10  # optimizer steps between two lam updates of the target-sparsity controller
+
+
+def _sparsify_for(setup: _Setup, model: nn.Module, sparsity_type: str, lam: float) -> str:
+    """Sparsify ``model`` in place as the study does (:func:`_sparsify` with the setup's groups); returns its output layer."""
+    output_layer = _last_layer(model)
+    inputs = setup.example_inputs if setup.example_inputs is not None else _first_inputs(setup.train_data)
+    _sparsify(model, sparsity_type, lam, output_layer, groups=setup.structured_groups, example_inputs=inputs)
+    return output_layer
+
+
+def _first_inputs(data) -> torch.Tensor:
+    """Two inputs of ``(X, y)`` tensors or of a DataLoader's first batch (to trace the model's graph)."""
+    x = data[0] if isinstance(data, (tuple, list)) else next(iter(data))[0]
+    return x[:2].cpu()
+
+
+def _controller(setup: _Setup, target: float):
+    """The study's target-sparsity controller for one run."""
+    from spred.train import TargetSparsity
+
+    return TargetSparsity(target, threshold=setup.threshold, update_every=setup.lam_update_every)
 
 
 def _fit_optimizer(name: str, model: nn.Module, lr: float):
@@ -265,14 +330,12 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
     ``dense_trained``: the dense model of the same optimizer and seed, for the magnitude floor.
     """
     from spred.compress import count_flops, count_parameters
-    from spred.train import TargetSparsity
 
     with _common.torch_seed(seed):
         model = setup.model_factory()
     dense = copy.deepcopy(model)
-    output_layer = _last_layer(model)
-    _sparsify(model, sparsity_type, initial_lam, output_layer)
-    result = _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=setup.threshold), setup.threshold)
+    output_layer = _sparsify_for(setup, model, sparsity_type, initial_lam)
+    result = _train(setup, model, optimizer, lr, seed, _controller(setup, target), setup.threshold)
     model.cpu()
     acc_before = _evaluate(setup, model, setup.test_data)
     report = spred.sparsity_report(model, threshold=setup.threshold)
@@ -320,20 +383,22 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
 def _finetune_and_floor(setup: _Setup, optimizer: str, lr: float, seed: int, collapsed: nn.Module, dense_trained: nn.Module | None, reached: float,
                         structured: bool, output_layer: str) -> dict:  # fmt: skip
     """The masked fine-tune of the collapsed model and the magnitude floor (the same fine-tune), as row fields."""
-    from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune
+    from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune, match_scale
 
     ft_lr = (setup.finetune_lrs or {}).get(optimizer, lr)
     kw = {"optimizer": optimizer, "lr": ft_lr, "epochs": setup.finetune_epochs, "seed": seed, "batch_size": setup.batch_size,
           "momentum": setup.momentum, "loss_fn": setup.loss_fn, "device": setup.device}  # fmt: skip
     out = {"model": setup.model, "finetune_epochs": setup.finetune_epochs, "finetune_lr": ft_lr, "test_acc_finetuned": math.nan,
            "magnitude_acc": math.nan, "magnitude_acc_finetuned": math.nan}  # fmt: skip
+    # both start the fine-tune with the dense model's weight norms in BatchNorm-normalised layers (see match_scale)
+    rescale = (lambda m: match_scale(m, dense_trained)) if dense_trained is not None else (lambda m: m)
     if setup.finetune_epochs:
-        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(collapsed, setup.train_data, **kw), setup.test_data)
+        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(collapsed), setup.train_data, **kw), setup.test_data)
     if dense_trained is not None:
         floor = magnitude_prune_to(dense_trained, reached, structured, output_layer)
         out["magnitude_acc"] = _evaluate(setup, floor, setup.test_data)
         if setup.finetune_epochs:
-            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(floor, setup.train_data, **kw), setup.test_data)
+            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(floor), setup.train_data, **kw), setup.test_data)
     return out
 
 

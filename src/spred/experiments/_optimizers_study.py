@@ -22,20 +22,21 @@ import spred
 from spred._validation import check_float, check_int, param_error
 from spred.experiments import _common
 from spred.experiments._data import seeded_split
-from spred.experiments._optimizers_cache import cache_key, load_cached, store_cached
+from spred.experiments._optimizers_cache import cache_key, library_fingerprint, load_cached, store_cached
 from spred.experiments._optimizers_runs import (
     DENSE_OF,
     KINDS,
     OPTIMIZERS,
     SPARSITY_TYPES,
+    STRUCTURED_GROUPS,
     _attach_dense,
     _dense_row,
     _diverged_row,
     _evaluate,
-    _last_layer,
+    _controller,
     _Setup,
     _sparse_row,
-    _sparsify,
+    _sparsify_for,
     _train,
 )
 
@@ -98,6 +99,26 @@ def _check_seeds(seeds, who: str) -> tuple[int, ...]:
     if not all(isinstance(s, Integral) and not isinstance(s, bool) and s >= 0 for s in seeds):
         raise param_error(ValueError, "seeds", who, expected, seeds)
     return tuple(int(s) for s in seeds)
+
+
+def _check_groups(groups, who: str) -> str:
+    if groups not in STRUCTURED_GROUPS:
+        raise param_error(ValueError, "structured_groups", who, f"one of {list(STRUCTURED_GROUPS)}", groups)
+    return groups
+
+
+#: Changes with the fine-tune's procedure, so that cached sparse runs fine-tuned the old way are trained again.
+FINETUNE_PROTOCOL = "finetune: dense weight norms under BatchNorm"
+
+
+def _run_settings(setup: _Setup, kind: str) -> tuple:
+    """What determines a run of ``kind`` besides its own arguments and the study's fingerprint: the groups, the controller, spred's code."""
+    if kind == "dense":
+        return (library_fingerprint("dense"),)
+    settings = (FINETUNE_PROTOCOL,)
+    if kind == "structured" and setup.structured_groups == "channels":
+        return *settings, "channels", setup.lam_update_every, library_fingerprint("channels")
+    return *settings, setup.structured_groups if kind == "structured" else None, setup.lam_update_every, library_fingerprint("sparse")
 
 
 def _check_lr_map(values, name: str, who: str, *, grid: bool = False) -> dict:
@@ -176,12 +197,10 @@ def _validation_split(train_data, fraction: float, seed: int = 0):
 
 def _tune_job(shared, job) -> dict:
     """One tuning run (module level, so that worker processes can run it)."""
-    from spred.train import TargetSparsity
-
     setup, val_data, sparsity_type, target, lams, seed, cache = shared
     optimizer, lr = job
     dense, threshold = sparsity_type == "dense", setup.threshold
-    key = cache_key(cache[1], "tune", sparsity_type, optimizer, lr, target, seed, lams[optimizer]) if cache else ""
+    key = cache_key(cache[1], "tune", sparsity_type, optimizer, lr, target, seed, lams[optimizer], *_run_settings(setup, sparsity_type)) if cache else ""
     cached, _ = load_cached(cache[0] if cache else None, key)
     if cached is not None:
         return cached
@@ -194,8 +213,8 @@ def _tune_job(shared, job) -> dict:
             model.cpu()
             sparsity, acc = 0.0, _evaluate(setup, model, val_data)
         else:
-            _sparsify(model, sparsity_type, lams[optimizer], _last_layer(model))
-            _train(setup, model, optimizer, lr, seed, TargetSparsity(target, threshold=threshold), threshold)
+            _sparsify_for(setup, model, sparsity_type, lams[optimizer])
+            _train(setup, model, optimizer, lr, seed, _controller(setup, target), threshold)
             model.cpu()
             sparsity = spred.sparsity_report(model, threshold=threshold).sparsified_sparsity
             acc = _evaluate(setup, spred.collapse(model, threshold=threshold), val_data)
@@ -232,6 +251,8 @@ def tune_learning_rates(
     progress: bool = True,
     n_jobs: int = 1,
     cache: tuple[str, str] | None = None,
+    structured_groups: str = "channels",
+    lam_update_every: int = 10,
 ) -> tuple[dict[str, float], list[dict]]:
     """Pick one learning rate per optimizer: the best validation accuracy at one sparsity level.
 
@@ -244,7 +265,8 @@ def tune_learning_rates(
     dense baselines: a learning rate tuned under spred need not suit the plain model, whose
     gradient steps are scaled differently; ``"adamw_decoupled"`` is then plain AdamW).
     ``n_jobs`` worker processes run the grid side by side, as in :func:`optimizer_study`.
-    ``cache``: ``(folder, fingerprint)`` of the per-run cache (see :func:`optimizer_study`).
+    ``cache``: ``(folder, fingerprint)`` of the per-run cache (see :func:`optimizer_study`);
+    ``structured_groups`` and ``lam_update_every`` as in :func:`optimizer_study`.
 
     Returns
     -------
@@ -261,7 +283,9 @@ def tune_learning_rates(
     grid = _check_lr_map(dict(DEFAULT_LR_GRID if lr_grid is None else lr_grid), "lr_grid", "tune_learning_rates", grid=True)
     lams = {**DEFAULT_INITIAL_LAMS, **dict(initial_lams or {})}
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
-    setup = _Setup(model_factory, train_data, val_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, tolerance, device, "tuning")
+    setup = _Setup(model_factory, train_data, val_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, tolerance, device, "tuning",
+                   structured_groups=_check_groups(structured_groups, "tune_learning_rates"),
+                   lam_update_every=check_int(lam_update_every, "lam_update_every", "tune_learning_rates", 1))  # fmt: skip
     rows, chosen = [], {}
     jobs = [(o, lr) for o in optimizers for lr in grid[o]]
     shared = (setup, val_data, sparsity_type, target, lams, seed, cache)
@@ -319,6 +343,8 @@ def optimizer_study(
     model_name: str = "",
     cache: str | None = None,
     fingerprint: str = "",
+    structured_groups: str = "channels",
+    lam_update_every: int = 10,
 ) -> list[dict]:
     """Compare optimizers under unstructured and structured spred on your own model.
 
@@ -339,8 +365,7 @@ def optimizer_study(
     optimizers : sequence of str, default=OPTIMIZERS
         Among ``"sgd"``, ``"adam"``, ``"adamw"``, ``"adamw_decoupled"``, ``"adagrad"``.
     sparsity_types : sequence of {"unstructured", "structured"}
-        ``structured`` puts one group per output channel / neuron on every Linear and
-        Conv layer except the last one (the output layer), which stays dense.
+        ``structured``: group sparsity, as ``structured_groups`` says.
     targets : sequence of float in (0, 1)
     seeds : sequence of int
     epochs : int, default=10
@@ -407,7 +432,20 @@ def optimizer_study(
         training them (see :mod:`spred.experiments._optimizers_cache`).
     fingerprint : str, default=""
         Everything about the study that is not in a run's own settings (dataset, epochs,
-        batch size, ...): part of every cache key.
+        batch size, ...): part of every cache key (with a hash of the spred code the run
+        executes, so that a run made by another version of that code is trained again).
+    structured_groups : {"channels", "out"}, default="channels"
+        The groups of structured runs: ``"channels"``, one gate per channel group of the
+        model's dependency graph (``spred.sparsify(model, lam, groups="channels",
+        example_inputs=...)``: a filter with its bias, its BatchNorm scale and shift and the
+        input slices that read it; the output layer's classes are never a group), or
+        ``"out"``, one group per output channel / neuron of every Linear and Conv layer
+        except the output layer (per tensor: a BatchNorm after a zero filter still emits its shift).
+    lam_update_every : int, default=10
+        Optimizer steps between two lam updates of the controller
+        (:class:`spred.train.TargetSparsity` ``update_every``). lam can change by at most a
+        factor ``exp(gain)`` per update, so short runs need frequent updates to reach high
+        targets (96 steps with updates every 10 moved lam by 40x at most).
 
     Returns
     -------
@@ -426,6 +464,8 @@ def optimizer_study(
         threshold=threshold, tolerance=tolerance,
     )  # fmt: skip
     lrs = _nested_lrs({} if lrs is None else lrs, who)
+    structured_groups = _check_groups(structured_groups, who)
+    check_int(lam_update_every, "lam_update_every", who, 1)
     tune_target = min(targets) if tune_target is None else check_float(tune_target, "tune_target", who, 0, 1, low_open=True, high_open=True, optional=True)
     lams = {**DEFAULT_INITIAL_LAMS, **_check_lr_map({} if initial_lams is None else initial_lams, "initial_lams", who)}
     loss_fn = F.cross_entropy if loss_fn is None else loss_fn
@@ -436,14 +476,16 @@ def optimizer_study(
         wanted["dense"] = list(dict.fromkeys(DENSE_OF[o] for o in optimizers))
     common = {"lr_grid": lr_grid, "seed": tune_seed, "epochs": epochs, "batch_size": batch_size, "threshold": threshold, "momentum": momentum,
               "initial_lams": lams, "tolerance": tolerance, "loss_fn": loss_fn, "device": device, "progress": progress,
-              "n_jobs": n_jobs, "cache": (cache, fingerprint) if cache is not None else None}  # fmt: skip
+              "n_jobs": n_jobs, "cache": (cache, fingerprint) if cache is not None else None, "structured_groups": structured_groups,
+              "lam_update_every": lam_update_every}  # fmt: skip
     check_int(finetune_epochs, "finetune_epochs", who, 0)
     sources = _tune_missing(model_factory, train_data, val_data, val_fraction, wanted, lrs, tune_target, common, tuning)
     kkt_x, kkt_y = _first_samples(train_data, kkt_samples)
     finetune_lrs = {o: lrs["dense"].get(DENSE_OF[o], lrs[kind][o]) for kind in sparsity_types for o in optimizers}
     setup = _Setup(
         model_factory, train_data, test_data, (kkt_x.cpu(), kkt_y.cpu()), example_inputs, epochs, batch_size, threshold, momentum, loss_fn,
-        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset, model_name, finetune_epochs, finetune_lrs,
+        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset, model_name, finetune_epochs, finetune_lrs, structured_groups,
+        lam_update_every,
     )  # fmt: skip
     dense_jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
     sparse_jobs = [(t, o, target, s) for t in sparsity_types for o in optimizers for target in targets for s in seeds]
@@ -537,7 +579,7 @@ def _study_job(shared, job) -> dict:
     lr, source = lrs[kind][optimizer], sources[kind][optimizer]
     dense_trained = dense_models.get((DENSE_OF[optimizer], seed)) if kind != "dense" else None
     key = cache_key(fingerprint, kind, optimizer, target, seed, lr, lams[optimizer], setup.finetune_epochs,
-                    (setup.finetune_lrs or {}).get(optimizer), dense_trained is not None)  # fmt: skip
+                    (setup.finetune_lrs or {}).get(optimizer), dense_trained is not None, *_run_settings(setup, kind))  # fmt: skip
     row, state = load_cached(cache, key, with_state=kind == "dense")
     if row is not None:
         row["lr_source"] = source

@@ -22,7 +22,7 @@ from torch import nn
 import spred
 from spred.experiments import _common
 from spred.experiments._optimizers_floor import masked_finetune
-from spred.experiments._optimizers_runs import _evaluate, _fit_optimizer, _last_layer, _quiet_logs, _Setup, _sparsify
+from spred.experiments._optimizers_runs import _evaluate, _fit_optimizer, _quiet_logs, _Setup, _sparsify_for
 
 __all__ = ["TRACE_COLUMNS", "plot_trace", "trace_run"]
 
@@ -61,7 +61,7 @@ def trace_run(model_factory: Callable[[], nn.Module], train_data, test_data, *, 
     setup = _Setup(model_factory, train_data, test_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, 0.02, None, "trace")
     with _common.torch_seed(seed):
         model = model_factory()
-    _sparsify(model, sparsity_type, initial_lam, _last_layer(model))
+    _sparsify_for(setup, model, sparsity_type, initial_lam)
     factors = {id(p) for name, p in model.named_parameters() if ".parametrizations." in name}  # the factors u, w
     rows: list[dict] = []
 

@@ -20,8 +20,9 @@ Optimizers (``OPTIMIZERS``):
   ``lr * lam``, not by ``lam``.
 
 Sparsity types: ``unstructured`` (one factor per weight, every Linear / Conv weight),
-``structured`` (``groups="out"``: one scalar per conv filter / hidden neuron; the last
-layer, whose outputs are the classes, stays dense).
+``structured`` (``structured_groups="channels"``, the default: one gate per channel group of
+the dependency graph, a filter with its BatchNorm and the slices that read it; ``"out"``: one
+scalar per conv filter / hidden neuron of each tensor; the classes of the output layer stay dense).
 
 Datasets: MNIST and Fashion-MNIST (``StudyCNN``), CIFAR-10 (JPEG) with ``CifarCNN`` and ResNet-20 (rows labelled
 ``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen and compared with magnitude
@@ -86,7 +87,7 @@ from spred.experiments._data import image_tensors
 from spred.experiments._optimizers_cifar import CIFAR_MODELS, cifar_factory, label, load_cifar
 from spred.experiments._optimizers_plots import plot_panel, summary_table
 from spred.experiments._outdir import RUNS_CACHE
-from spred.experiments._optimizers_runs import CSV_COLUMNS, DENSE_OF, KINDS, OPTIMIZERS, SPARSITY_TYPES, kkt_statistics
+from spred.experiments._optimizers_runs import CSV_COLUMNS, DENSE_OF, KINDS, OPTIMIZERS, SPARSITY_TYPES, STRUCTURED_GROUPS, kkt_statistics
 from spred.experiments._optimizers_study import (
     DEFAULT_INITIAL_LAMS,
     DEFAULT_LR_GRID,
@@ -201,6 +202,11 @@ class OptimizersConfig:
         A run reached its target when ``|weight_sparsity - target| <= tolerance``.
     dense_baseline : bool
         Also train every optimizer without spred (the reference for the relative change).
+    structured_groups : {"channels", "out"}
+        Groups of the structured runs: channel groups across layers (default) or per-tensor
+        output channels (see :func:`optimizer_study`).
+    lam_update_every : int
+        Optimizer steps between two lam updates of the target-sparsity controller.
     """
 
     datasets: tuple[str, ...] = ("mnist", "fashion_mnist")  # CIFAR-10 on request (--datasets cifar10): it takes days on a CPU
@@ -234,16 +240,21 @@ class OptimizersConfig:
     finetune_epochs: int = 2
     resume: bool = True
     device: str | None = None
+    structured_groups: str = "channels"
+    lam_update_every: int = 10
 
 
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
-# --quick with --datasets cifar10: one model, one type, two targets, fixed learning rates, 2,000 images, 3 epochs.
+# --quick with --datasets cifar10 (docs/optimizers.md): CifarCNN, SGD / Adam / Adagrad, both types, targets 20 and 60%,
+# one seed, fixed learning rates, the first 2,000 training and test images, 6 epochs at batch 32 (378 steps, lam
+# updated every 2), a 1-epoch fine-tune. Sized to finish in about 20 minutes on one shared core.
 QUICK_CIFAR = {
-    "datasets": ("cifar10",), "models": ("cifarcnn",), "sparsity_types": ("unstructured",), "targets": (0.2, 0.8), "seeds": (0,),
-    "cifar_epochs": 3, "cifar_n_train": 2000, "cifar_n_test": 2000, "augment": False, "finetune_epochs": 1, "latency_repeats": 5,
-    "lrs": {"unstructured": {"sgd": 0.1, "adam": 1e-3, "adamw": 1e-3, "adamw_decoupled": 1e-3, "adagrad": 0.01},
-            "dense": {"sgd": 0.05, "adam": 1e-3, "adamw": 1e-3, "adagrad": 0.03}},
-}  # fmt: skip
+    "datasets": ("cifar10",), "models": ("cifarcnn",), "optimizers": ("sgd", "adam", "adagrad"), "targets": (0.2, 0.6), "seeds": (0,),
+    "cifar_epochs": 6, "cifar_n_train": 2000, "cifar_n_test": 2000, "batch_size": 32, "augment": False, "finetune_epochs": 1,
+    "lam_update_every": 2, "latency_repeats": 5, "kkt_samples": 512,
+    "lrs": {"unstructured": {"sgd": 0.1, "adam": 1e-3, "adagrad": 0.01}, "structured": {"sgd": 0.05, "adam": 1e-3, "adagrad": 0.01},
+            "dense": {"sgd": 0.05, "adam": 1e-3, "adagrad": 0.01}},
+}
 
 def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     """Validate a config (``lr_grid`` lists become tuples); every message names the field and the value."""
@@ -252,7 +263,9 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     _check_names(cfg.sparsity_types, SPARSITY_TYPES, "sparsity_types", WHO)
     _check_targets(cfg.targets, WHO)
     _check_seeds(cfg.seeds, WHO)
-    for name in ("epochs", "fashion_epochs", "cifar_epochs", "batch_size", "kkt_samples", "latency_repeats"):
+    if cfg.structured_groups not in STRUCTURED_GROUPS:
+        raise param_error(ValueError, "structured_groups", WHO, f"one of {list(STRUCTURED_GROUPS)}", cfg.structured_groups)
+    for name in ("epochs", "fashion_epochs", "cifar_epochs", "batch_size", "kkt_samples", "latency_repeats", "lam_update_every"):
         check_int(getattr(cfg, name), name, WHO, 1)
     check_int(cfg.finetune_epochs, "finetune_epochs", WHO, 0)
     if cfg.device is not None and not isinstance(cfg.device, str):
@@ -446,7 +459,7 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
                     latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_target=cfg.tune_target,
                     tune_seed=cfg.tune_seed, dataset=tag, progress=progress is not False, tuning=tune_rows, n_jobs=n_jobs,
                     finetune_epochs=cfg.finetune_epochs, model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
-                    device=cfg.device,
+                    device=cfg.device, structured_groups=cfg.structured_groups, lam_update_every=cfg.lam_update_every,
                 )  # fmt: skip
                 for r in tune_rows:
                     r["dataset"] = tag
@@ -527,7 +540,8 @@ def report(results: OptimizersResults, cfg: OptimizersConfig) -> str:
 def add_arguments(parser) -> None:
     """Options of ``spred run optimizers``."""
     _common.add_common_arguments(parser, NAME, "MNIST only, 10,000 images, 8 epochs, one seed (about 10 minutes on 2 cores with --jobs 2); "
-                                 "with --datasets cifar10: the CNN, unstructured, targets 20 and 80%%, 2,000 images, 3 epochs, fixed learning rates")
+                                 "with --datasets cifar10: CifarCNN, SGD / Adam / Adagrad, both types, targets 20 and 60%%, 2,000 images, 6 epochs, "
+                                 "fixed learning rates (about 20 minutes on one shared core)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=None, help="datasets (default: mnist fashion_mnist)")
     parser.add_argument("--optimizers", nargs="+", choices=OPTIMIZERS, default=None, help="optimizers (default: all)")
     parser.add_argument("--types", dest="sparsity_types", nargs="+", choices=SPARSITY_TYPES, default=None, help="sparsity types (default: both)")
