@@ -59,7 +59,7 @@ def test_no_function_over_the_limit():
         ("zero_units", "nn/_rules.py"),
         ("kkt_residuals", "nn/_rules.py"),
         ("kkt_zero", "nn/_rules.py"),
-        ("decays_decoupled", "nn/_sparsify.py"),
+        ("decays_decoupled", "nn/_optim.py"),
         ("check_int", "_validation.py"),
         ("check_float", "_validation.py"),
         ("param_error", "_validation.py"),

@@ -15,17 +15,8 @@ from spred.nn._channels import ChannelGroup, channel_groups, skipped_channel_gro
 from spred.nn._collapse import collapse
 from spred.nn._parametrizations import SpredProduct, balanced_split, preserving_split
 from spred.nn._report import KKTReport, SparsityReport, TensorSparsity, kkt_residual, sparsity_report
-from spred.nn._sparsify import (
-    check_optimizer,
-    factors,
-    get_lam,
-    is_sparsified,
-    param_groups,
-    penalty,
-    set_lam,
-    sparsified_tensors,
-    sparsify,
-)
+from spred.nn._optim import check_optimizer, get_lam, param_groups, penalty, set_lam
+from spred.nn._sparsify import factors, is_sparsified, sparsified_tensors, sparsify
 
 __all__ = [
     "ChannelGroup",

@@ -16,7 +16,7 @@ from torch import nn
 
 from spred._validation import param_error
 from spred.nn import check_optimizer, is_sparsified, param_groups
-from spred.nn._sparsify import decays_decoupled
+from spred.nn._optim import decays_decoupled
 
 logger = logging.getLogger(__name__)
 
