@@ -1,13 +1,16 @@
-"""``spred run optimizers``: the markdown table and the 2x2 figure of one dataset and sparsity type."""
+"""``spred run optimizers``: the summary over seeds, the markdown table and the 2x2 figure of one dataset and sparsity type."""
 
 from __future__ import annotations
 
 import math
+import statistics
+from collections import defaultdict
 from collections.abc import Mapping, Sequence
+from numbers import Real
 from pathlib import Path
 
 from spred.experiments import _common
-from spred.experiments._optimizers_runs import DENSE_OF, OPTIMIZERS
+from spred.experiments._optimizers_runs import DENSE_OF, OPTIMIZERS, SPARSITY_TYPES
 
 LABELS = {
     "sgd": "SGD (momentum 0.9)", "adam": "Adam", "adamw": "AdamW + penalty in loss (L1)",
@@ -15,6 +18,71 @@ LABELS = {
 }  # fmt: skip
 _COLORS = {"sgd": "tab:blue", "adam": "tab:orange", "adamw": "tab:green", "adamw_decoupled": "tab:red", "adagrad": "tab:purple"}
 _MARKERS = {"sgd": "o", "adam": "s", "adamw": "^", "adamw_decoupled": "v", "adagrad": "D"}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and math.isfinite(a) and math.isfinite(b) else math.nan
+
+
+def _mean_std(values) -> tuple[float, float]:
+    vals = [float(v) for v in values if isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v)]
+    if not vals:
+        return math.nan, math.nan
+    return statistics.fmean(vals), (statistics.pstdev(vals) if len(vals) > 1 else 0.0)
+
+
+SUMMARY_METRICS = {
+    "weight_sparsity": lambda r: r["weight_sparsity"],
+    "channel_sparsity": lambda r: r["channel_sparsity"],
+    "test_acc": lambda r: r["test_acc"],
+    "acc_change": lambda r: r["test_acc"] - r["dense_test_acc"],
+    "test_acc_before_collapse": lambda r: r["test_acc_before_collapse"],
+    "test_acc_finetuned": lambda r: r.get("test_acc_finetuned", math.nan),
+    "acc_change_finetuned": lambda r: r.get("test_acc_finetuned", math.nan) - r["dense_test_acc"],
+    "magnitude_acc": lambda r: r.get("magnitude_acc", math.nan),
+    "magnitude_acc_finetuned": lambda r: r.get("magnitude_acc_finetuned", math.nan),
+    "latency_collapsed_b1": lambda r: r["latency_collapsed_b1"],
+    "latency_pruned_b1": lambda r: r["latency_pruned_b1"],
+    "latency_dense_b1": lambda r: r["latency_dense_b1"],
+    "train_seconds": lambda r: r["train_seconds"],
+    "latency_collapsed_bmax": lambda r: r["latency_collapsed_bmax"],
+    "latency_pruned_bmax": lambda r: r["latency_pruned_bmax"],
+    "latency_dense_bmax": lambda r: r["latency_dense_bmax"],
+    "speed_collapsed_b1": lambda r: _ratio(r["latency_dense_b1"], r["latency_collapsed_b1"]),
+    "speed_pruned_b1": lambda r: _ratio(r["latency_dense_b1"], r["latency_pruned_b1"]),
+    "speed_collapsed_bmax": lambda r: _ratio(r["latency_dense_bmax"], r["latency_collapsed_bmax"]),
+    "speed_pruned_bmax": lambda r: _ratio(r["latency_dense_bmax"], r["latency_pruned_bmax"]),
+    "flop_ratio": lambda r: _ratio(r["macs_dense"], r["macs_pruned"]),
+    "lam_final": lambda r: r["lam_final"],
+    "kkt_relative": lambda r: r["kkt_relative"],
+    "lam_fit_ratio": lambda r: r["lam_fit_ratio"],
+    "kkt_median": lambda r: r["kkt_median"],
+    "zero_violations": lambda r: r["zero_violations"],
+}
+
+
+def summarise(rows: Sequence[Mapping]) -> list[dict]:
+    """Mean and std over seeds per (dataset, sparsity type, optimizer, target), dense baselines included.
+
+    ``acc_change`` is the test accuracy minus that of the dense run of the same
+    optimizer and seed; ``speed_*`` are dense latency / collapsed (pruned) latency of
+    the same run (the models were timed in turns); ``n_reached`` counts the seeds whose
+    sparsity is within the tolerance of the target.
+    """
+    groups: dict[tuple, list] = defaultdict(list)
+    for r in rows:
+        groups[(r["dataset"], r["sparsity_type"], r["optimizer"], float(r["target"]))].append(r)
+    out = []
+    for (dataset, kind, optimizer, target), rs in groups.items():
+        row = {"dataset": dataset, "sparsity_type": kind, "optimizer": optimizer, "target": target, "lr": rs[0]["lr"], "n_seeds": len(rs),
+               "n_reached": sum(bool(r["reached_target"]) for r in rs), "n_diverged": sum(bool(r["diverged"]) for r in rs)}  # fmt: skip
+        for name, get in SUMMARY_METRICS.items():
+            row[f"{name}_mean"], row[f"{name}_std"] = _mean_std(get(r) for r in rs)
+        out.append(row)
+    order = {k: i for i, k in enumerate(("dense", *SPARSITY_TYPES))}
+    out.sort(key=lambda r: (r["dataset"], order.get(r["sparsity_type"], 9), OPTIMIZERS.index(r["optimizer"]), r["target"]))
+    return out
+
 
 
 def _pm(mean: float, std: float, fmt: str = ".3f", scale: float = 1.0) -> str:
