@@ -158,10 +158,14 @@ def test_the_spred_arm_end_to_end(tiny, tmp_path):
 
 
 def test_units_keep_a_baselines_targets_together_and_split_spreds():
+    import dataclasses
+
     cfg = cc.CifarCompressionConfig(flop_targets=(2.0, 4.0), epochs=2, finetune_epochs=1)
     units = cc._units(cfg, ("spred_d2", "slimming"))
     assert [("slimming", 2.0), ("slimming", 4.0)] == units[0]  # the longest first
     assert sorted(units[1:]) == [[("dense", 1.0)], [("spred_d2", 2.0)], [("spred_d2", 4.0)]]
+    fixed = cc._units(dataclasses.replace(cfg, spred_controller=False), ("spred_d2",))  # fixed lam: one training, every target
+    assert sorted(fixed) == [[("dense", 1.0)], [("spred_d2", 2.0), ("spred_d2", 4.0)]]
 
 
 def test_summary_and_within_one_point():

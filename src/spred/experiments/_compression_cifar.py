@@ -40,7 +40,7 @@ interrupted run resumes where it stopped. A cached job is reused only if the set
 depends on and the library code behind it are unchanged (:func:`_key`: spred's rows are
 recomputed after a change of ``spred.nn``, the baselines' after a change of their module).
 ``workers > 1`` runs the jobs of a seed in that many processes (one thread each) after its
-dense model is trained (with ``workers`` threads).
+dense model is trained.
 """
 
 from __future__ import annotations
@@ -82,6 +82,9 @@ class CifarCompressionConfig:
     row trains ``epochs + finetune_epochs`` more from the cached dense model.
     ``flop_targets``: FLOPs reduction factors r (the dense model's FLOPs / r at most).
     ``train_size`` / ``test_size``: random training subset / first test images (None: all).
+    ``lam``: spred's starting lam (the controller adapts it) or, with ``spred_controller=False``, its
+    fixed lam: spred then trains once per seed and depth and is cut to every target like the baselines.
+    ``group_weight``: spred's weight of a channel's penalty (``"flops"``: its multiply-adds; ``"size"``).
     """
 
     model: str = "resnet20"
@@ -98,6 +101,7 @@ class CifarCompressionConfig:
     lam: float = 1e-5
     threshold: float = 1e-3
     group_weight: str = "flops"
+    spred_controller: bool = True
     slimming_lam: float = 1e-4
     group_reg: float = 1e-4
     latency_repeats: int = 10
@@ -107,10 +111,12 @@ class CifarCompressionConfig:
 
 
 #: ``--quick`` with ``--dataset cifar10``: 3,000 training images, 2,000 test images, one seed, targets 2x and 4x,
-#: 12 dense epochs (cosine; shared) + 5 sparse-training + 1 fine-tuning epochs per method, batch 32. About 15 minutes on two idle
-#: cores with ``--workers 2`` (the dense phase uses both threads; see docs/compression.md for measured times).
+#: 12 dense epochs (cosine; shared) + 5 sparse-training + 1 fine-tuning epochs per method, batch 32. spred at a fixed
+#: lam = 1e-3 (one training per depth, cut to both targets like the baselines): in 470 Adam steps the controller has
+#: no time to find lam (it overshoots and the network dies). About 15-20 minutes on two idle cores with
+#: ``--workers 2`` (estimate); docs/compression.md has the times measured on a loaded machine.
 CIFAR_QUICK = {"train_size": 3000, "test_size": 2000, "dense_epochs": 12, "epochs": 5, "finetune_epochs": 1, "batch_size": 32,
-               "flop_targets": (2.0, 4.0), "latency_repeats": 5, "seeds": (0,)}  # fmt: skip
+               "lam": 1e-3, "spred_controller": False, "flop_targets": (2.0, 4.0), "latency_repeats": 5, "seeds": (0,)}  # fmt: skip
 
 RULES = {
     "model": _common.one_of(CIFAR_MODELS),
@@ -121,7 +127,7 @@ RULES = {
     "batch_size": _common.an_int(1),
     "lr": _common.a_float(0.0, low_open=True), "finetune_lr": _common.a_float(0.0, low_open=True),
     "lam": _common.a_float(0.0, low_open=True), "threshold": _common.a_float(0.0, low_open=True),
-    "group_weight": _common.one_of(("size", "flops")),
+    "group_weight": _common.one_of(("size", "flops")), "spred_controller": _common.a_bool(),
     "slimming_lam": _common.a_float(0.0, low_open=True), "group_reg": _common.a_float(0.0, low_open=True),
     "latency_repeats": _common.an_int(1), "seeds": _common.tuple_of(_common.an_int(0), "ints >= 0", distinct=True),
     "workers": _common.an_int(1), "device": _common.a_str(),
@@ -203,7 +209,8 @@ def _sparse_train(job: _Job, method: str, dense: nn.Module, target: float) -> tu
     if method.startswith("spred_d"):
         spred.sparsify(model, cfg.lam, groups="channels", example_inputs=job.example, depth=int(method[-1]),
                        group_weight=cfg.group_weight)  # fmt: skip
-        job.fit(model, cfg.epochs, target_sparsity=TargetSparsity(1.0 - target**-0.5), threshold=cfg.threshold)
+        control = TargetSparsity(1.0 - target**-0.5) if cfg.spred_controller else None  # None: lam fixed, one run for all targets
+        job.fit(model, cfg.epochs, target_sparsity=control, threshold=cfg.threshold)
         return spred.collapse(model, threshold=cfg.threshold), "group_l2"
     if method == "slimming":
         job.fit(model, cfg.epochs, optimizer=_adam_with(model, cfg.lr, bs.BNScaleL1(model, cfg.slimming_lam)))
@@ -216,6 +223,11 @@ def _sparse_train(job: _Job, method: str, dense: nn.Module, target: float) -> tu
         job.fit(model, cfg.epochs)
         return model, "filter_l1"
     raise ValueError(f"Unknown method {method!r}; expected one of {CIFAR_METHODS}.")
+
+
+def _per_target(cfg: CifarCompressionConfig, method: str) -> bool:
+    """Whether ``method`` trains once per FLOPs target (spred with its controller) rather than once per seed."""
+    return method.startswith("spred") and cfg.spred_controller
 
 
 def run_method(job: _Job, method: str, dense: nn.Module, target: float) -> tuple[dict, nn.Module]:
@@ -232,7 +244,7 @@ def run_method(job: _Job, method: str, dense: nn.Module, target: float) -> tuple
         model, start = copy.deepcopy(model), start - seconds
     else:
         model, kind = _sparse_train(job, method, dense, target)
-        if not method.startswith("spred"):
+        if not _per_target(cfg, method):
             job.trained[method] = (copy.deepcopy(model), kind, time.perf_counter() - start)
     model = model.to(cfg.device)
     dense_flops = bs.live_macs(dense, job.example)
@@ -307,7 +319,7 @@ def _code_fingerprint(method: str) -> str:
 
 _SHARED = ("model", "dense_epochs", "train_size", "test_size", "batch_size", "lr", "device")  # the dense pre-training
 _FIELDS = {"pretrain": (), "dense": (), "slimming": ("slimming_lam",), "group_reg": ("group_reg",),
-           "l1_filter": (), "spred": ("lam", "threshold", "group_weight")}  # fmt: skip
+           "l1_filter": (), "spred": ("lam", "threshold", "group_weight", "spred_controller")}  # fmt: skip
 
 
 def _key(cfg: CifarCompressionConfig, method: str = "pretrain") -> str:
@@ -404,7 +416,7 @@ def _units(cfg: CifarCompressionConfig, methods: Sequence[str]) -> list[list[tup
     units = [[("dense", 1.0)]]
     for m in methods:
         targets = [(m, t) for t in cfg.flop_targets]
-        units += [[j] for j in targets] if m.startswith("spred") else [targets]
+        units += [[j] for j in targets] if _per_target(cfg, m) else [targets]
     cost = lambda u: cfg.epochs + cfg.finetune_epochs * len(u)  # noqa: E731
     return sorted(units, key=cost, reverse=True)
 
@@ -434,7 +446,7 @@ def _time_models(cfg: CifarCompressionConfig, seed: int, cache: Path, rows: list
 def run_cifar(cfg: CifarCompressionConfig, cache: Path) -> list[dict]:
     """Every seed's dense reference and (method, target) rows; jobs already in ``cache`` are read back.
 
-    Per seed: the dense pre-training (``workers`` threads on a CPU: nothing else runs yet),
+    Per seed: the dense pre-training (in this process, with its threads: ``--threads``),
     the jobs (in ``workers`` processes of one thread each when ``workers > 1``), then the
     latencies of all its models, timed in turns in this process.
     """
@@ -446,9 +458,7 @@ def run_cifar(cfg: CifarCompressionConfig, cache: Path) -> list[dict]:
         logger.warning("this spred has no channel groups (spred.sparsify(groups='channels')): the spred rows are skipped")
     units = _units(cfg, methods)
     for seed in cfg.seeds:
-        threads = cfg.workers if cfg.workers > 1 and torch.device(cfg.device).type == "cpu" else None
-        with _common.num_threads(threads):
-            _seed_state(cfg, seed, cache)  # the dense model, before any worker needs it
+        _seed_state(cfg, seed, cache)  # the dense model, before any worker needs it
         if cfg.workers == 1:
             parts = [_unit_rows((cfg, seed, cache, u)) for u in units]
         else:
