@@ -337,18 +337,20 @@ def zero_group(DG, group) -> None:
 
 
 def channel_groups(model, example_inputs):
-    """Torch-Pruning's dependency graph of ``model`` and its prunable groups (root: Linear / conv / Conv1D)."""
+    """Torch-Pruning's dependency graph of ``model`` and its prunable groups ``(root name, channels, group)`` (root: Linear /
+    conv / Conv1D), named as ``sparsify(groups="channels")`` and ``prune_channels`` name them."""
     import torch_pruning as tp
 
     from spred._inputs import run, split_inputs
-    from spred.compress._layers import producer_types, torch_pruning_adapters
+    from spred.compress._layers import producer_types
+    from spred.nn._graph import customized_pruners, dependency_groups
 
     inputs = split_inputs(example_inputs, "tests")
-    adapters = torch_pruning_adapters(tp, model)
     DG = tp.DependencyGraph().build_dependency(
-        model, example_inputs=inputs, forward_fn=lambda m, _: run(m, inputs), verbose=False, customized_pruners=adapters
+        model, example_inputs=inputs, forward_fn=lambda m, _: run(m, inputs), verbose=False, customized_pruners=customized_pruners(tp, model)
     )
-    return DG, list(DG.get_all_groups(root_module_types=producer_types()))
+    types = producer_types()
+    return DG, [(name, channels, group) for name, _, channels, group in dependency_groups(model, DG, lambda m: isinstance(m, types))]
 
 
 def zero_some_groups(model, example_inputs, fraction=0.3, seed=0):
@@ -356,34 +358,25 @@ def zero_some_groups(model, example_inputs, fraction=0.3, seed=0):
     rng = random.Random(seed)
     DG, groups = channel_groups(model, example_inputs)
     zeroed = {}
-    for group in groups:
+    for name, channels, group in groups:
         root = group[0].dep.target.module
-        n = len(group[0].idxs)
+        n = len(channels)
         k = max(1, int(fraction * n)) if n > 1 else 0
         if k == 0:
             continue
-        picks = sorted(rng.sample(range(n), k))
+        picks = sorted(rng.sample(channels, k))
         sub = DG.get_pruning_group(root, group[0].dep.handler, picks)
         zero_group(DG, sub)
-        zeroed[DG._module2name.get(root, str(root))] = picks
+        zeroed[name] = picks
     return zeroed
 
 
 def zero_heads(model, heads: dict[str, list[int]]) -> None:
     """Zero the query, key and value rows (and biases) of ``heads`` ``{attention module name: [head, ...]}``."""
-    from spred.compress._heads import find_attention
-    from spred.compress._layers import out_rows
+    from spred.nn._graph import find_attention
 
-    found = find_attention(model)
+    found = {a.name: a for a in find_attention(model)}
     with torch.no_grad():
         for name, hs in heads.items():
-            spec = found[name]
-            if spec.kind == "mha":  # one in_proj_weight: rows (3, heads, head_dim)
-                e = spec.num_heads * spec.head_dim
-                rows = [s * e + h * spec.head_dim + i for s in range(3) for h in hs for i in range(spec.head_dim)]
-                spec.module.in_proj_weight[rows] = 0.0
-                spec.module.in_proj_bias[rows] = 0.0
-            for producer, start in spec.sections:
-                rows = [start + h * spec.head_dim + i for h in hs for i in range(spec.head_dim)]
-                out_rows(producer)[rows] = 0.0
-                producer.bias[rows] = 0.0
+            for module, pname, dim, rows in found[name].head_rows():
+                _zero_slice(getattr(module, pname), dim, [r for r, h in rows if h in hs])

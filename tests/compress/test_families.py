@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from spred.compress import PruningPlan, apply_plan, count_parameters, prune_channels
-from spred.compress._heads import find_attention
+from spred.compress._heads import keep_heads, removable_attention as find_attention
 from spred._inputs import flat_tensors, run, split_inputs
 
 pytest.importorskip("torch_pruning")
@@ -43,7 +43,7 @@ EXPECTED_KEPT = {
     "mobilenetv2": {"classifier": "outputs of the model"},
     "convnext": {"head": "outputs of the model"},
     "densenet": {"fc": "outputs of the model"},
-    "vit_mha": {"head": "outputs of the model", "blocks.1.fc2": "an nn.MultiheadAttention, whose input width is its embed_dim"},
+    "vit_mha": {"head": "outputs of the model", "patch_embed": "an nn.MultiheadAttention, whose input width is its embed_dim"},
     "vit_timm": {
         "head": "outputs of the model",
         "blocks.0.attn.qkv": "dimensions inside the attention heads of 'blocks.0.attn'",
@@ -51,8 +51,8 @@ EXPECTED_KEPT = {
     },
     "bert": {
         "classifier": "outputs of the model",
-        "bert.encoder.layer.0.attention.self.value": "dimensions inside the attention heads",
-        "bert.encoder.layer.1.attention.self.value": "dimensions inside the attention heads",
+        "bert.encoder.layer.0.attention.self.query": "dimensions inside the attention heads",
+        "bert.encoder.layer.1.attention.self.query": "dimensions inside the attention heads",
     },
     "gpt2": {
         "lm_head": "outputs of the model",
@@ -183,13 +183,11 @@ def test_a_model_torch_pruning_cannot_trace_gives_spreds_error(monkeypatch):
 
 
 def test_multihead_attention_heads_go_and_masks_follow_the_kept_heads():
-    from spred.compress._heads import find_attention as find
-
     torch.manual_seed(0)
     mha = nn.MultiheadAttention(16, 4).eval()
     archs.zero_heads(mha, {"": [1]})
     small = copy.deepcopy(mha)
-    find(small)[""].keep([0, 2, 3])
+    keep_heads(find_attention(small)[""], [0, 2, 3])
     assert type(small).__name__ == "HeadPrunedMultiheadAttention" and small.in_proj_weight.shape == (36, 16)
     q = torch.randn(5, 2, 16)
     padding = torch.tensor([[False] * 4 + [True], [False] * 5])
@@ -199,6 +197,26 @@ def test_multihead_attention_heads_go_and_masks_follow_the_kept_heads():
             _assert_close(small(q, q, q, need_weights=False, **kwargs)[:1], mha(q, q, q, need_weights=False, **kwargs)[:1])
     with torch.no_grad():  # unbatched
         _assert_close(small(q[:, 0], q[:, 0], q[:, 0])[:1], mha(q[:, 0], q[:, 0], q[:, 0])[:1])
+
+
+def test_zero_heads_of_an_attention_with_bias_kv_stay_with_a_reason():
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = nn.MultiheadAttention(16, 4, add_bias_kv=True, batch_first=True)
+            self.fc = nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.attn(x, x, x, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    model, x = Block().eval(), torch.randn(2, 5, 16)
+    archs.zero_heads(model, {"attn": [1]})
+    assert "attn" not in find_attention(model)  # its heads cannot be removed
+    pruned, plan = prune_channels(model, x)
+    assert plan.heads == {} and pruned.attn.in_proj_weight.shape == (48, 16)
+    assert any(s["layer"] == "attn" and "heads [1] are zero, but it has bias_k" in s["reason"] for s in plan.skipped)
+    _assert_close(_outputs(pruned, x), _outputs(model, x))
 
 
 def test_an_attention_with_every_head_zero_keeps_one():
@@ -243,3 +261,23 @@ def test_heavy_random_zeroing_never_crashes_and_keeps_the_outputs(name):
     apply_plan(fresh, plan.to_dict())
     fresh.load_state_dict(pruned.state_dict())
     _assert_close(_outputs(fresh, x), _outputs(pruned, x), atol=0.0)
+
+
+@pytest.mark.parametrize("name", ["vit_mha", "vit_timm", "bert", "gpt2"])
+def test_head_groups_and_the_plan_name_the_same_attention_layers(name):
+    """sparsify(heads=True) gates the heads prune_channels removes, found once (spred.nn._graph.find_attention)."""
+    import spred
+
+    model, x = archs.FAMILIES[name]()
+    n_attention = len(find_attention(model))
+    spred.sparsify(model, 0.1, groups="channels", example_inputs=x, heads=True)
+    heads = [g for g in spred.channel_groups(model) if g.name.endswith(":heads")]
+    assert len(heads) == n_attention == 2
+    with torch.no_grad():
+        for g in heads:
+            g.spred.gates[:, 1] = 0.0
+    collapsed = spred.collapse(model)
+    pruned, plan = prune_channels(collapsed, x)
+    assert {f"{a}:heads" for a in plan.heads} == {g.name for g in heads}
+    assert all(entry["kept"] == [0, 2, 3] for entry in plan.heads.values())
+    _assert_close(_outputs(pruned, x), _outputs(collapsed, x))

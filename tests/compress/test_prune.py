@@ -232,6 +232,22 @@ def test_threshold_counts_small_rows_as_zero(make):
     assert_same_function(pruned, reference, x)
 
 
+def test_a_sparsified_model_is_pruned_as_collapse_decides_its_zeros(make):
+    """prune_channels(sparsified, x, threshold=t) is prune_channels(collapse(sparsified, threshold=t), x): a channel
+    group whose filter is small but whose BatchNorm scale is not stays (no second zero rule on the rows)."""
+    model, x = make("vgg")
+    with torch.no_grad():
+        model.conv1.weight[2] *= 1e-5 / model.conv1.weight[2].abs().max()  # every entry <= threshold
+        model.bn1.running_var[2] = 1e-8  # BatchNorm amplifies the small filter: the channel matters
+    spred.sparsify(model, 0.1, groups="channels", example_inputs=x)
+    collapsed = spred.collapse(model, threshold=1e-4)
+    assert bool(collapsed.conv1.weight[2].any())  # the group's norm (with bn1's scale) is above the threshold
+    pruned, plan = prune_channels(model, x, threshold=1e-4)
+    assert pruned.conv1.out_channels == 8 and plan.threshold == 1e-4
+    assert_same_function(pruned, collapsed, x)
+    assert_same_function(pruned, prune_channels(collapsed, x)[0], x)
+
+
 def test_inplace_and_training_mode(make):
     model, x = make("mlp")
     zero(model.fc1, [0])

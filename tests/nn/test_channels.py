@@ -1,5 +1,7 @@
 """Channel groups across layers: sparsify(model, lam, groups="channels", example_inputs=x)."""
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
@@ -46,9 +48,12 @@ def test_penalty_at_balance_is_weighted_group_lasso():
     assert float(spred.penalty(m)) == pytest.approx(total, rel=1e-5)
 
 
-def test_closed_form_group_lasso_through_two_tensors():
+@pytest.mark.parametrize("group_weight", [None, "size"])
+@pytest.mark.parametrize("optimizer, lr, steps, threshold", [(torch.optim.SGD, 0.2, 4000, 1e-6), (torch.optim.Adam, 1e-2, 3000, 1e-4)])
+def test_closed_form_group_lasso_through_two_tensors(group_weight, optimizer, lr, steps, threshold):
     """Orthogonal design: X^T X / n = I, loss ||Xv + b - y||^2/(2n); group = (row of W, bias) of a Linear(p, k) with
-    channel k. Only hidden channels are gated, so use Linear -> Linear(identity-like readout): readout excluded."""
+    channel k. Only hidden channels are gated, so use Linear -> Linear(identity-like readout): readout excluded.
+    SGD and Adam land on the KKT conditions of the (weighted) group lasso; Adam's zeros hover near lr^2."""
     torch.manual_seed(0)
     n, p = 64, 4
     q, _ = torch.linalg.qr(torch.randn(n, p))
@@ -60,17 +65,106 @@ def test_closed_form_group_lasso_through_two_tensors():
     head.weight.requires_grad_(False)  # a fixed readout: the loss is linear in the gated group
     model = nn.Sequential(lin, head)
     lam = 0.05
-    spred.sparsify(model, lam, groups="channels", example_inputs=X[:4], exclude=("1",), group_weight=None)
+    spred.sparsify(model, lam, groups="channels", example_inputs=X[:4], exclude=("1",), group_weight=group_weight)
     assert [g.name for g in spred.channel_groups(model)] == ["0"]
-    opt = torch.optim.SGD(spred.param_groups(model), lr=0.2)
+    opt = optimizer(spred.param_groups(model), lr=lr)
     y = (X @ torch.tensor([1.0, -0.5, 0.0, 0.0], dtype=torch.float64)).unsqueeze(1)
-    for _ in range(4000):
+    for _ in range(steps):
         opt.zero_grad()
         loss = ((model(X) - y) ** 2).mean() / 2
         loss.backward()
         opt.step()
-    report = spred.kkt_residual(model, lambda o, t: ((o - t) ** 2).mean() / 2, (X, y), threshold=1e-6)
+    report = spred.kkt_residual(model, lambda o, t: ((o - t) ** 2).mean() / 2, (X, y), threshold=threshold)
     assert report.max < 1e-3
+
+
+def _concat():
+    """A gate whose channels have different sizes: conv ``c`` (first, so the root) is added to cat(conv a 3x3, conv b 1x1)."""
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(3, 6, 3, padding=1)
+            self.a = nn.Conv2d(3, 2, 3, padding=1)
+            self.b = nn.Conv2d(3, 4, 1)
+            self.bn = nn.BatchNorm2d(6)
+            self.head = nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.bn(self.c(x) + torch.cat([self.a(x), self.b(x)], 1))))
+
+    torch.manual_seed(0)
+    return Net()
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_balance_identity_with_unequal_group_weights(depth):
+    """At balance the penalty is (D*lam/2) sum_j (c_j ||v_j||)^(2/D) (lam sum_j c_j ||v_j|| for D = 2), whatever c_j,
+    and the gates are small: g = cbar^(-1/(D-1)) (c_j ||v_j||)^(1/D), with decay lam * cbar^(2/(D-1)) from param_groups."""
+    m, x, lam = _concat(), torch.randn(2, 3, 8, 8), 0.3
+    spred.sparsify(m, lam, groups="channels", example_inputs=x, depth=depth, init="balanced")
+    (g,) = spred.channel_groups(m)
+    c = g.spred.weights
+    assert g.n == 6 and len(set(c.tolist())) == 2  # the 3x3 and the 1x1 channels
+    with torch.no_grad():
+        v = g.value()
+        balance = (depth * lam / 2) * (c * v.norm(dim=1)).pow(2.0 / depth).sum()
+        torch.testing.assert_close(spred.penalty(m), balance)
+        torch.testing.assert_close(g.spred.penalty_at_balance(v), balance)
+        torch.testing.assert_close(g.spred.gates, (c * v.norm(dim=1)).pow(1.0 / depth).expand(depth - 1, -1) / c.max() ** (1.0 / (depth - 1)))
+    groups = spred.param_groups(m)
+    (gate_group,) = [pg for pg in groups if any(p is g.spred.gates for p in pg["params"])]
+    assert gate_group["params"] == [g.spred.gates] and gate_group["lam"] == lam
+    assert gate_group["weight_decay"] == pytest.approx(lam * float(c.max()) ** (2.0 / (depth - 1)))
+    assert all(pg["weight_decay"] == lam for pg in groups if pg["spred"] and pg is not gate_group)
+    m.eval()
+    torch.testing.assert_close(spred.collapse(m)(x), m(x))  # the balanced init kept the function
+
+
+def test_preserve_init_keeps_the_function_with_gates_of_the_size_of_w():
+    m, x = _concat(), torch.randn(2, 3, 8, 8)
+    m.eval()
+    before = m(x)
+    spred.sparsify(m, 0.1, groups="channels", example_inputs=x)
+    m.eval()
+    torch.testing.assert_close(m(x), before)
+    (g,) = spred.channel_groups(m)
+    s = g.spred.scale()
+    w = torch.cat([f.detach().flatten() for f in g.factors[1:]])
+    assert float(s.max() / s.min()) == pytest.approx(1.0)  # one scale for the whole group
+    assert float(g.spred.gates.detach().pow(2).mean().sqrt()) == pytest.approx(float(w.pow(2).mean().sqrt()), rel=0.5)
+
+
+def test_set_lam_changes_the_gates_decay_with_the_same_source_as_penalty():
+    m, x = _resnet(), torch.randn(2, 3, 32, 32)
+    spred.sparsify(m, 1e-3, groups="channels", example_inputs=x)
+    opt = torch.optim.SGD(spred.param_groups(m), lr=0.01)
+    gates = {id(g.spred.gates): g.spred for g in spred.channel_groups(m)}
+
+    def decayed(groups):  # sum over optimizer groups of (weight_decay/2) ||p||^2, what SGD's coupled decay adds
+        return sum(0.5 * pg["weight_decay"] * sum(float(p.detach().pow(2).sum()) for p in pg["params"]) for pg in groups if pg["spred"])
+
+    for lam in (1e-3, 4e-3):
+        spred.set_lam(m, lam, opt)
+        for pg in opt.param_groups:
+            if pg["spred"]:
+                expected = {lam * float(gates[id(p)].cbar()) ** 2 if id(p) in gates else lam for p in pg["params"]}
+                assert pg["lam"] == lam and len(expected) == 1 and pg["weight_decay"] == pytest.approx(expected.pop())
+        assert float(spred.penalty(m)) == pytest.approx(decayed(opt.param_groups), rel=1e-6)
+        assert [pg["weight_decay"] for pg in opt.param_groups] == [pg["weight_decay"] for pg in spred.param_groups(m)]
+    assert len({pg["weight_decay"] for pg in opt.param_groups if pg["spred"]}) > 2  # gates of different sizes, one group each
+
+
+def test_sgd_too_large_for_the_gates_decay_warns():
+    m, x = _resnet(), torch.randn(2, 3, 32, 32)
+    spred.sparsify(m, 1e-2, groups="channels", example_inputs=x)
+    worst = max(pg["weight_decay"] for pg in spred.param_groups(m))
+    with pytest.warns(UserWarning, match=r"lr \* weight_decay = .* is not below 3.8"):
+        assert not spred.check_optimizer(torch.optim.SGD(spred.param_groups(m), lr=4.0 / worst, momentum=0.9))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert spred.check_optimizer(torch.optim.SGD(spred.param_groups(m), lr=3.0 / worst, momentum=0.9))
+        assert spred.check_optimizer(torch.optim.Adam(spred.param_groups(m), lr=10.0))
 
 
 def test_collapse_and_prune_remove_zero_groups_exactly():
@@ -103,6 +197,18 @@ def test_checkpoint_round_trip_and_set_lam():
     assert set(spred.get_lam(fresh).values()) == {0.25}
     m.eval(), fresh.eval()
     torch.testing.assert_close(fresh(x), m(x))
+
+
+def test_checkpoint_of_the_old_parametrisation_is_refused():
+    """Gates saved when they divided by the group weight would load silently wrong: the missing version refuses them."""
+    m, x = _mlp(), torch.randn(16, 6)
+    spred.sparsify(m, 0.1, groups="channels", example_inputs=x)
+    state = m.state_dict()
+    key = next(k for k in state if k.endswith("_extra_state") and "version" in state[k])
+    state[key] = {k: v for k, v in state[key].items() if k != "version"}
+    fresh = spred.sparsify(_mlp(), 0.1, groups="channels", example_inputs=x)
+    with pytest.raises(ValueError, match=r"saved by an older spred, whose gates divided each channel by its group weight"):
+        fresh.load_state_dict(state)
 
 
 def test_fit_counts_channel_groups():

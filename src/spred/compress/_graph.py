@@ -7,9 +7,8 @@ import math
 from torch import nn
 
 from spred.compress import _fold
-from spred.compress._heads import find_attention
 from spred._inputs import flat_tensors
-from spred.nn._graph import import_torch_pruning, trace  # noqa: F401  (one place for the optional import and the tracing)
+from spred.nn._graph import find_attention, import_torch_pruning, trace  # noqa: F401  (one place for the optional import and the tracing)
 
 
 
@@ -29,10 +28,11 @@ def max_abs_diff(a, b) -> float:
 def attention_layers(model: nn.Module) -> dict[nn.Module, tuple[str, str]]:
     """``{layer: (attention name, "qkv" or "out")}`` for the q/k/v producers and output projections of the heads."""
     found = {}
-    for name, spec in find_attention(model).items():
-        for producer, _ in spec.sections:
-            found[producer] = (name, "qkv")
-        found[spec.out] = (name, "out")
+    for att in find_attention(model):
+        for producer, _ in att.sections:
+            found[producer] = (att.name, "qkv")
+        if att.out is not None:
+            found[att.out] = (att.name, "out")
     return found
 
 

@@ -3,8 +3,8 @@
 * Hugging Face ``transformers``' ``Conv1D`` (GPT-2) is a Linear layer stored
   transposed: ``weight`` is ``(in, out)``. :func:`is_conv1d` recognises it without
   importing ``transformers``; :func:`out_rows` gives any producer's weight as an
-  ``(out, in, ...)`` view (writes go through); :func:`torch_pruning_adapters` gives
-  Torch-Pruning a pruner for it (Torch-Pruning 1.6 has none).
+  ``(out, in, ...)`` view (writes go through); Torch-Pruning's pruner for it (Torch-Pruning
+  1.6 has none) is :func:`spred.nn._graph.customized_pruners`.
 * :class:`ZeroChannelLayerNorm` is a LayerNorm over the channels that remain after
   channels that were exactly 0 at its input were removed. Its mean and variance
   still count the removed zeros (``full_size`` channels in all), so the outputs of
@@ -18,7 +18,6 @@ import sys
 import torch
 from torch import nn
 
-from spred.nn._graph import customized_pruners
 from torch.nn import functional as F
 
 
@@ -207,7 +206,3 @@ def retie(model: nn.Module, ties: list[tuple[str, str, str, str]]) -> None:
         if getattr(mb, attr_b) is not pa and getattr(mb, attr_b).shape == pa.shape:
             setattr(mb, attr_b, pa)
 
-
-def torch_pruning_adapters(tp, model: nn.Module) -> dict:
-    """Torch-Pruning pruners for the layer types of ``model`` that it lacks (``customized_pruners``): one place, spred.nn._graph."""
-    return customized_pruners(tp, model)

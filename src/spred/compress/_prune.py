@@ -21,7 +21,10 @@ one-group-at-a-time fallback that keeps a group Torch-Pruning cannot slice, is
 :mod:`spred.compress._apply`.
 
 Which rows are zero is the zero rule of :func:`spred.nn._rules.zero_units` (every
-entry ``|w| <= threshold``); reading and folding the constants is
+entry ``|w| <= threshold``). A model still sparsified is collapsed first, and
+:func:`spred.collapse` applies that rule with the model's own groups (a channel group
+is zero when its whole norm is small, whatever its rows hold); the rows are then zero
+when exactly 0, so that no second decision changes what collapse kept. Reading and folding the constants is
 :mod:`spred.compress._fold`, shared with the compression experiment.
 """
 
@@ -46,6 +49,7 @@ from spred._inputs import check_module, flat_tensors, split_inputs
 from spred.compress._layers import out_rows, producer_types
 from spred.compress._plan import PruningPlan, slicer_for
 from spred.nn import collapse, is_sparsified
+from spred.nn._graph import dependency_groups
 from spred.nn._rules import zero_units
 
 logger = logging.getLogger(__name__)
@@ -66,35 +70,41 @@ class _Graph:
 
 
 def _group_problem(g: _Graph, group) -> str | None:
-    """Why a whole group cannot be pruned (outputs of the model, unsupported layers), or ``None``."""
-    tp, DG, out_fns = g.tp, g.DG, g.out_fns
+    """Why a whole group cannot be pruned (outputs of the model, unsupported layers), or ``None``.
+
+    Of several reasons the most basic is given (outputs first), whichever layer Torch-Pruning lists first."""
+    problems = [p for p in (_item_problem(g, item) for item in group) if p is not None]
+    return min(problems, key=lambda p: p[0])[1] if problems else None
+
+
+def _item_problem(g: _Graph, item) -> tuple[int, str] | None:
+    """``(rank, reason)`` if this item of a group keeps the group from being pruned; lower ranks are more basic."""
+    tp, DG = g.tp, g.DG
     passthrough = {tp.ops.OPTYPE.ELEMENTWISE, tp.ops.OPTYPE.RESHAPE, tp.ops.OPTYPE.CONCAT, tp.ops.OPTYPE.SPLIT, tp.ops.OPTYPE.SLICE,
                    tp.ops.OPTYPE.EXPAND}
-    unwrapped = {id(p) for p, _ in DG.unwrapped_parameters}
-    for item in group:
-        node = item.dep.target
-        if node.type == tp.ops.OPTYPE.OUTPUT or (DG.is_out_channel_pruning_fn(item.dep.handler) and node.grad_fn in out_fns):
-            return "its channels are outputs of the model (the output shape must not change)"
-        if node.type in passthrough or id(node.module) in unwrapped:
-            continue
-        module = node.module
-        within = g.attention.get(module)
-        if within is not None and (DG.is_out_channel_pruning_fn(item.dep.handler) != (within[1] == "out")):
-            return (f"its channels are dimensions inside the attention heads of '{within[0]}'; prune_channels removes "
-                    "whole zero heads only (their value rows all 0)")
-        if type(module).__name__ in _HEAD_OPS:
-            return (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
-                    "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
-        if isinstance(module, nn.MultiheadAttention):
-            return (f"it is read by '{DG._module2name.get(module, '')}', an nn.MultiheadAttention, whose input width is its "
-                    "embed_dim (Torch-Pruning would cut its heads' dimensions with it); only its zero heads are removed")
-        slicer = slicer_for(module) if isinstance(module, nn.Module) else None
-        name = DG._module2name.get(module, type(module).__name__)
-        if slicer is None:
-            return f"it contains '{name}' ({type(module).__name__}), which prune_channels does not support"
-        why = slicer.unsupported(module)
-        if why is not None:
-            return f"it contains '{name}', a {why}, which prune_channels does not support"
+    node = item.dep.target
+    if node.type == tp.ops.OPTYPE.OUTPUT or (DG.is_out_channel_pruning_fn(item.dep.handler) and node.grad_fn in g.out_fns):
+        return 0, "its channels are outputs of the model (the output shape must not change)"
+    if node.type in passthrough or id(node.module) in {id(p) for p, _ in DG.unwrapped_parameters}:
+        return None
+    module = node.module
+    if isinstance(module, nn.MultiheadAttention):
+        return 1, (f"it is read by '{DG._module2name.get(module, '')}', an nn.MultiheadAttention, whose input width is its "
+                   "embed_dim (Torch-Pruning would cut its heads' dimensions with it); only its zero heads are removed")
+    within = g.attention.get(module)
+    if within is not None and (DG.is_out_channel_pruning_fn(item.dep.handler) != (within[1] == "out")):
+        return 2, (f"its channels are dimensions inside the attention heads of '{within[0]}'; prune_channels removes "
+                   "whole zero heads only (their value rows all 0)")
+    if type(module).__name__ in _HEAD_OPS:
+        return 3, (f"its channels pass through a {_HEAD_OPS[type(module).__name__]} that splits them into attention "
+                   "heads; prune_channels does not remove attention heads or head dims (the channels are kept)")
+    slicer = slicer_for(module) if isinstance(module, nn.Module) else None
+    name = DG._module2name.get(module, type(module).__name__)
+    if slicer is None:
+        return 4, f"it contains '{name}' ({type(module).__name__}), which prune_channels does not support"
+    why = slicer.unsupported(module)
+    if why is not None:
+        return 4, f"it contains '{name}', a {why}, which prune_channels does not support"
     return None
 
 
@@ -278,7 +288,8 @@ def prune_channels(
     model : nn.Module
         A plain model (e.g. the result of :func:`spred.collapse`). A model still
         sparsified by :func:`spred.sparsify` is collapsed first with the same
-        ``threshold`` (on a copy unless ``inplace``).
+        ``threshold`` (on a copy unless ``inplace``), which decides its zeros by its
+        own groups: the same model as ``prune_channels(collapse(model, threshold=t), x)``.
     example_inputs : Tensor, tuple of Tensor or dict
         Inputs for one forward pass (``model(x)``, ``model(*inputs)`` or
         ``model(**inputs)``), with the shape used in deployment and at least 2 samples:
@@ -286,6 +297,8 @@ def prune_channels(
         emits and to verify the result.
     threshold : float, default=0.0
         Rows with all ``|w| <= threshold`` count as zero (and are written as exact zeros).
+        For a sparsified model, the threshold of :func:`spred.collapse`: the entries,
+        rows or channel groups it zeroes are the zeros.
     round_to : int or None, default=None
         Keep a multiple of ``round_to`` channels in every pruned layer, by keeping some
         zero channels (exact, since they stay zero). Convolution kernels work on blocks of
@@ -321,9 +334,11 @@ def prune_channels(
     inputs = split_inputs(example_inputs, "prune_channels")
     tp = import_torch_pruning()
 
+    row_threshold = threshold
     if is_sparsified(model):
         logger.info("prune_channels: collapsing the spred parametrisation first (threshold %g)", threshold)
         model = collapse(model, threshold=threshold, inplace=inplace)
+        row_threshold = 0.0  # collapse decided the zeros with the model's groups; a row rule on top would zero more
     elif not inplace:
         model = copy.deepcopy(model)
     training = {name: m.training for name, m in model.named_modules()}
@@ -331,14 +346,14 @@ def prune_channels(
     plan = PruningPlan(threshold=threshold, round_to=round_to)
     try:
         model.eval()
-        zero_rows = _zero_small_rows(model, threshold)
+        zero_rows = _zero_small_rows(model, row_threshold)
         reference, ranges = first_pass(model, inputs)
         plan.heads, plan.skipped = prune_heads(model)
         if plan.heads:  # the widths changed: read the ranges again (the outputs are the same, the value rows were 0)
-            zero_rows = _zero_small_rows(model, threshold)
+            zero_rows = _zero_small_rows(model, row_threshold)
             _, ranges = first_pass(model, inputs)
         DG, out_fns = build_graph(tp, model, inputs)
-        decisions, silence = _decide_all(_Graph(tp, DG, ranges, out_fns, zero_rows, round_to, attention_layers(model)), plan)
+        decisions, silence = _decide_all(model, _Graph(tp, DG, ranges, out_fns, zero_rows, round_to, attention_layers(model)), plan)
         model = apply_checked(tp, DG, model, inputs, reference, decisions, silence, plan)
     finally:
         for name, m in model.named_modules():
@@ -359,10 +374,11 @@ def prune_channels(
     return model, plan
 
 
-def _decide_all(g: _Graph, plan: PruningPlan) -> tuple[list[Decision], list[Entry]]:
+def _decide_all(model: nn.Module, g: _Graph, plan: PruningPlan) -> tuple[list[Decision], list[Entry]]:
     """One decision per dependency group with zero channels; the groups to prune and the channels to silence."""
     decisions, silence = [], []
-    for group in g.DG.get_all_groups(root_module_types=producer_types()):
+    producers = producer_types()
+    for _, _, _, group in dependency_groups(model, g.DG, lambda m: isinstance(m, producers)):
         try:
             d = _decide(g, group, plan)
         except (IndexError, RuntimeError, ValueError) as exc:  # Torch-Pruning mapped indices that do not fit a layer

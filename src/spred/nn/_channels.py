@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,7 +28,7 @@ from torch.nn.utils import parametrize
 from spred._inputs import split_inputs
 from spred._validation import check_choice, param_error
 from spred.nn._gates import GROUP_WEIGHTS, ChannelGate, GateScale, Member
-from spred.nn._graph import Attention, build_graph, find_attention, producer_slices
+from spred.nn._graph import Attention, build_graph, dependency_groups, find_attention, producer_slices
 
 logger = logging.getLogger(__name__)
 WHO = "sparsify"
@@ -55,7 +54,7 @@ class ChannelGroup:
     """One channel group of a sparsified model, as :func:`channel_groups` lists it.
 
     ``spred`` is its :class:`ChannelGate` (``lam``, ``depth``, ``weights``), ``factors`` the
-    trainable tensors whose weight decay makes its penalty (the gate and the tensors it owns),
+    trainable tensors whose weight decay (``spred.weight_decays``) makes its penalty (the gate, then the tensors it owns),
     ``members`` the tensor slices it scales.
     """
 
@@ -168,28 +167,13 @@ def _spec_of(DG, group, name: str, n: int, names: dict) -> _Spec:
 def _dependency_groups(model, DG, tp, out_fns, included, exclude, projections) -> tuple[list[_Spec], list[dict]]:
     """One spec per dependency group rooted at a layer of an ``include`` type, and the skipped groups."""
     names = {m: n for n, m in model.named_modules()}
-    covered: set[tuple[int, int]] = set()
     specs, skipped = [], []
-    for name, module in model.named_modules():
-        if not included(module) or module not in DG.module2node or module in projections:
-            continue
-        pruner = DG.get_pruner_of_module(module)
-        n_out = pruner.get_out_channels(module) if pruner is not None else None
-        if not n_out:
-            continue
-        remaining = [i for i in range(n_out) if (id(module), i) not in covered]
-        if not remaining:
-            continue
-        group = DG.get_pruning_group(module, pruner.prune_out_channels, remaining)
-        for item in group:
-            if DG.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, nn.Module):
-                covered.update((id(item.dep.target.module), int(i)) for i in item.idxs)
+    for name, module, remaining, group in dependency_groups(model, DG, lambda m: included(m) and m not in projections):
         problem = _group_problem(DG, tp, group, out_fns, names, exclude, projections)
         if problem is not None:
             skipped.append({"group": name, "channels": len(remaining), "reason": problem})
             continue
-        spec = _spec_of(DG, group, name, n_out, names)
-        spec.n = len(remaining)  # channels are numbered in the order of `remaining`
+        spec = _spec_of(DG, group, name, len(remaining), names)  # channels are numbered in the order of `remaining`
         position = {r: j for j, r in enumerate(remaining)}
         for fqn, dim, pairs in spec.slices.values():
             pairs[:] = [(p, position[r]) for p, r in pairs if r in position]
@@ -202,8 +186,8 @@ def _head_specs(model: nn.Module, attention: list[Attention]) -> list[_Spec]:
     specs = []
     for att in attention:
         spec = _Spec(f"{att.name}:heads", att.num_heads)
-        for module, pname, dim, rows in att.parts:
-            for pos, head in enumerate(rows):
+        for module, pname, dim, rows in att.head_rows():
+            for pos, head in rows:
                 spec.add(module, names[module], pname, dim, pos, head)
         specs.append(spec)
     return specs
@@ -233,20 +217,6 @@ def _weights(spec: _Spec, rows: list[torch.Tensor], group_weight: str | None) ->
         return root
     macs = torch.tensor(spec.macs, dtype=torch.float64)
     return macs / macs.mean().clamp_min(1.0) * root.mean() if float(macs.sum()) > 0 else root
-
-
-def _initial_gates(rows: list[torch.Tensor], weights: torch.Tensor, depth: int, init: str) -> torch.Tensor:
-    """(D-1, n) gates: ``preserve`` makes every scale ``c^(D-1)`` (``c^D`` the RMS of the group), ``balanced`` the
-    balanced split of each channel (gates ``(c_j ||v_j||)^(1/D)``)."""
-    if init == "balanced":
-        norms = torch.stack([r.double().norm() if r.numel() else torch.zeros((), dtype=torch.float64) for r in rows])
-        t = (weights * norms).pow(1.0 / depth)
-        return t.expand(depth - 1, -1).clone()
-    flat = torch.cat([r.double() for r in rows]) if rows else torch.zeros(0, dtype=torch.float64)
-    rms = float(flat.pow(2).mean().sqrt()) if flat.numel() else 0.0
-    c = rms ** (1.0 / depth) if rms > 0 and math.isfinite(rms) else 1.0
-    g = (weights * c ** (depth - 1)).pow(1.0 / (depth - 1))  # prod of D-1 gates / weight = c^(D-1)
-    return g.expand(depth - 1, -1).clone()
 
 
 def _register(specs: list[_Spec], gates: list[ChannelGate]) -> None:
@@ -362,8 +332,8 @@ def sparsify_channels(model: nn.Module, lam_map: Mapping[str, float], *, depth: 
         weights = _weights(spec, rows, group_weight)
         first = getattr(*next(iter(spec.slices)))
         dtype, device = first.dtype, first.device
-        g = _initial_gates(rows, weights, depth, init)
-        gates.append(ChannelGate(spec.name, g.to(device=device, dtype=dtype), weights.to(device=device, dtype=dtype), lam))
+        ones = torch.ones(depth - 1, spec.n, device=device, dtype=dtype)
+        gates.append(ChannelGate(spec.name, ones, weights.to(device=device, dtype=dtype), lam).init_(rows, init))
     _register([s for s, _ in keep], gates)
     model._spred_skipped_groups = skipped
     for s in skipped:

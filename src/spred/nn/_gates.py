@@ -4,14 +4,35 @@ A channel group (found by :mod:`spred.nn._channels`) is a set of slices of sever
 e.g. filter ``j`` of a convolution with its bias, entry ``j`` of the following BatchNorm's
 scale and shift, and the same channel in every layer tied to it by a residual add. Its gate
 is ``D-1`` scalars per channel, ``g_1 ... g_{D-1}``, and every slice of channel ``j`` is
-``v = s_j * w`` with ``s_j = g_1j ... g_{D-1,j} / c_j``, where ``w`` is the tensor's own
-(trainable) value and ``c_j`` the group's weight. With weight decay ``lam`` on the gates and
-on every ``w``, the penalty at balance is, over the whole group::
+``v = s_j * w`` with::
+
+    s_j = r_j * g_1j * ... * g_{D-1,j},    r_j = cbar / c_j,    cbar = max_j c_j
+
+where ``w`` is the tensor's own (trainable) value, ``c_j`` the channel's group weight and
+``cbar`` one scalar per gate (``r_j = 1`` unless a gate mixes group weights, e.g. across a
+concatenation). The group weight sits in the gates' weight decay, not in a division:
+
+    weight decay ``a = lam * cbar^(2/(D-1))`` on the gates, ``lam`` on every ``w``.
+
+Penalty at balance. For one channel the D terms ``(a/2) g_k^2`` and ``(lam/2) ||w||^2``
+have the product ``(a/2)^(D-1) (lam/2) (||v|| / r)^2``, so by the AM-GM inequality their sum
+is at least ``(D/2) (a^(D-1) lam)^(1/D) (||v|| / r)^(2/D)``, with equality when all D terms
+are equal. With ``a^(D-1) = lam^(D-1) cbar^2`` and ``1/r = c / cbar`` this bound is, over the
+whole group::
 
     lam * sum_j c_j * ||v_j||_2                      D = 2 (group lasso)
     (D*lam/2) * sum_j (c_j * ||v_j||_2)^(2/D)        depth D
 
-so a zero gate makes the whole channel emit exactly 0 (DESIGN.md section 1).
+so a zero gate makes the whole channel emit exactly 0 (DESIGN.md section 1). At balance
+every gate is ``g_kj = cbar^(-1/(D-1)) (c_j ||v_j||)^(1/D)`` and ``||w_j|| = (c_j ||v_j||)^(1/D)``;
+for D = 2 and ``r_j = 1``, ``g_j = sqrt(||v_j|| / c_j)``: with ``c_j`` the square root of the
+channel's size, the square root of its RMS entry, the same size as the entries of ``w``.
+Adam, whose steps are about ``lr``, closes such a gate in about ``g / lr`` steps. (Dividing by
+``c_j`` with decay ``lam`` on the gates gives the same penalty, but gates ``c_j`` times larger.)
+
+Plain SGD sees the gates' curvature ``a``: gradient descent on ``(a/2) g^2`` alone is stable
+only for ``lr * a < 2`` (``2 (1 + momentum)`` with heavy-ball momentum); see
+:func:`spred.check_optimizer` and docs/channels.md.
 
 :class:`ChannelGate` holds the gate (a module, saved in the ``state_dict`` of the first tensor
 of the group that carries it); :class:`GateScale` is the parametrisation of each tensor, which
@@ -20,15 +41,17 @@ multiplies its slices by the scales of every gate that covers them.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from spred.nn._parametrizations import checkpoint_lam
+from spred.nn._parametrizations import checkpoint_lam, decay_penalty
 
 GROUP_WEIGHTS = ("size", "flops")
+GATE_VERSION = 2  # 2: the group weight in the gates' weight decay (1, unmarked: gates divided by it)
 
 
 @dataclass
@@ -70,9 +93,43 @@ class ChannelGate(nn.Module):
     def n(self) -> int:
         return self.gates.shape[1]
 
+    def cbar(self) -> torch.Tensor:
+        """``cbar``: the one group weight of the gate, in its weight decay (the largest ``c_j``: exact when all are equal)."""
+        return self.weights.max()
+
     def scale(self) -> torch.Tensor:
-        """``s_j = prod_k g_kj / c_j``, one per channel."""
-        return self.gates.prod(dim=0) / self.weights
+        """``s_j = (cbar / c_j) * prod_k g_kj``, one per channel: the single source of a channel's scale."""
+        return self.gates.prod(dim=0) * (self.cbar() / self.weights)
+
+    def weight_decays(self, n_factors: int, lam: float | None = None) -> tuple[torch.Tensor | float, ...]:
+        """Weight decay of the gate and of the ``n_factors - 1`` tensors it owns: ``(lam * cbar^(2/(D-1)), lam, ...)``.
+
+        The one source of the gates' decay (param groups, :meth:`penalty`, ``set_lam``); ``lam`` defaults to the gate's.
+        The gate's is a 0-d tensor on the gate's device (so :meth:`penalty` needs no device sync; ``float()`` it for an
+        optimizer).
+        """
+        lam = self.lam if lam is None else float(lam)
+        return (lam * self.cbar().pow(2.0 / (self.depth - 1)), *(lam,) * (n_factors - 1))
+
+    def init_(self, rows: list[torch.Tensor], init: str) -> ChannelGate:
+        """Set the gates for the dense values ``rows`` (per channel, its flat slices), keeping ``v``.
+
+        ``"balanced"``: each channel at balance (``g_kj = cbar^(-1/(D-1)) (c_j ||v_j||)^(1/D)``). ``"preserve"``: every
+        scale ``s_j = k^(D-1)`` with ``k^D`` the RMS of the group, so every ``w`` is ``v / k^(D-1)``, of the size of the gates.
+        """
+        depth, c = self.depth, self.weights.double()
+        cbar = c.max() if c.numel() else c.new_ones(())
+        if init == "balanced":
+            norms = torch.stack([r.double().norm() if r.numel() else c.new_zeros(()) for r in rows])
+            g = (c * norms).pow(1.0 / depth) * cbar.pow(-1.0 / (depth - 1))
+        else:
+            flat = torch.cat([r.double() for r in rows]) if rows else c.new_zeros(0)
+            rms = float(flat.pow(2).mean().sqrt()) if flat.numel() else 0.0
+            k = rms ** (1.0 / depth) if rms > 0 and math.isfinite(rms) else 1.0
+            g = (k ** (depth - 1) * c / cbar).pow(1.0 / (depth - 1))  # (cbar / c) * prod of D-1 gates = k^(D-1)
+        with torch.no_grad():
+            self.gates.copy_(g.expand(depth - 1, -1))
+        return self
 
     def slices(self, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The group as an (n, entries) matrix, from ``values[member.name]`` (one row per channel).
@@ -93,8 +150,8 @@ class ChannelGate(nn.Module):
         return self.lam * self.weights.pow(2.0 / self.depth).unsqueeze(1)
 
     def penalty(self, factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
-        """``(lam/2) * sum ||f||^2`` over the gate and the tensors it owns: what coupled weight decay adds."""
-        return 0.5 * self.lam * sum(f.pow(2).sum() for f in factors)
+        """``sum_k (a_k/2) ||f_k||^2`` over the gate and the tensors it owns (decays :meth:`weight_decays`): what coupled weight decay adds."""
+        return decay_penalty(self.weight_decays(len(factors)), factors)
 
     def penalty_at_balance(self, matrix: torch.Tensor) -> torch.Tensor:
         """The group penalty of the values ``matrix`` (from :meth:`slices`)."""
@@ -104,11 +161,19 @@ class ChannelGate(nn.Module):
         return 0.5 * self.depth * self.lam * norms.pow(2.0 / self.depth).sum()
 
     def get_extra_state(self) -> dict:
-        return {"lam": self.lam, "depth": self.depth, "n": self.n, "name": self.name}
+        return {"lam": self.lam, "depth": self.depth, "n": self.n, "name": self.name, "version": GATE_VERSION}
 
     def set_extra_state(self, state: dict) -> None:
         if not isinstance(state, Mapping) or "lam" not in state:
             raise ValueError(f"the spred state of channel group '{self.name}' in the checkpoint must be a dict with a 'lam' entry")
+        if state.get("version") != GATE_VERSION:
+            raise ValueError(
+                f"the checkpoint's channel group '{self.name}' was saved by an older spred, whose gates divided each channel by "
+                f"its group weight (v = prod(g) / c * w, decay lam on the gates); this version puts the group weight in the gates' "
+                f"weight decay (v = (cbar / c) * prod(g) * w, decay lam * cbar^(2/(D-1))), so those gate values would give another "
+                f"model. Sparsify the dense model again, or convert the checkpoint: divide every '...gates' tensor by "
+                f"max(weights)^(1/(D-1)) and add 'version': {GATE_VERSION} to its extra state."
+            )
         for key in ("depth", "n"):
             if key in state and state[key] != getattr(self, key):
                 raise ValueError(

@@ -130,6 +130,32 @@ def trace(tp, model: nn.Module, inputs: tuple[tuple, dict]):
     return DG, {t.grad_fn for t in flat_tensors(outputs[-1]) if t.grad_fn is not None}
 
 
+def dependency_groups(model: nn.Module, DG, include):
+    """Torch-Pruning's dependency groups of ``model``, each named after its first layer in the model's order.
+
+    Yields ``(name, module, channels, group)``: for every module that ``include(module)`` accepts, in
+    ``model.named_modules()`` order, whose output channels are not yet in an earlier group, the group of those
+    ``channels`` rooted at it. ``sparsify(groups="channels")`` names its gates and ``prune_channels`` its plan
+    by this one walk, so a channel group and the plan's entry for it carry the same name.
+    """
+    covered: set[tuple[int, int]] = set()
+    for name, module in model.named_modules():
+        if not include(module) or module not in DG.module2node:
+            continue
+        pruner = DG.get_pruner_of_module(module)
+        n_out = pruner.get_out_channels(module) if pruner is not None else None
+        if not n_out:
+            continue
+        channels = [i for i in range(n_out) if (id(module), i) not in covered]
+        if not channels:
+            continue
+        group = DG.get_pruning_group(module, pruner.prune_out_channels, channels)
+        for item in group:
+            if DG.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, nn.Module):
+                covered.update((id(item.dep.target.module), int(i)) for i in item.idxs)
+        yield name, module, channels, group
+
+
 def build_graph(model: nn.Module, inputs: tuple[tuple, dict], who: str):
     """``(tp, DG, out_fns)`` as :func:`trace` gives them; a model that does not run on ``inputs`` or that
     Torch-Pruning cannot trace raises ``ValueError`` naming ``who``."""
@@ -154,71 +180,123 @@ def build_graph(model: nn.Module, inputs: tuple[tuple, dict], who: str):
 
 @dataclass
 class Attention:
-    """One attention module: its name, head count and the (module, parameter, dim, rows) holding Q, K and V.
+    """One attention layer spred recognises: where the rows of its heads live, and its output projection.
 
-    ``rows[j]`` is the head of row ``j`` along ``dim`` of that parameter (-1 for rows outside Q, K, V).
+    ``kind`` is its layout: ``"mha"`` (``nn.MultiheadAttention``, one ``in_proj_weight``), ``"qkv"`` (timm's ViT: one
+    ``qkv`` Linear laid out as (3, heads, head_dim), a ``proj`` Linear), ``"gpt2"`` (Hugging Face GPT-2: a ``c_attn``
+    Conv1D laid out alike, a ``c_proj`` Conv1D) or ``"bert"`` (Hugging Face BERT: ``self.query`` / ``key`` /
+    ``value`` Linears, ``output.dense``). ``sections`` are the (producer, first row) of the query, key and value rows,
+    ``num_heads * head_dim`` rows each; ``out`` reads the heads' outputs as its input columns. ``num_heads`` is
+    ``None`` where spred cannot map rows to heads; ``fixed`` says why the heads cannot be removed (``None``: they can).
     """
 
+    kind: str
     name: str
     module: nn.Module
     num_heads: int | None
-    parts: list[tuple[nn.Module, str, int, list[int]]]
+    head_dim: int | None
+    sections: list[tuple[nn.Module, int]]
+    out: nn.Module | None
     projections: tuple[nn.Module, ...]  # the layers whose output channels are Q, K and V
+    fixed: str | None = None
+
+    def slices(self, producer: nn.Module) -> list[tuple[str, int]]:
+        """``[(parameter name, dim)]`` of ``producer`` whose rows along ``dim`` are its query / key / value rows."""
+        if isinstance(producer, nn.MultiheadAttention):
+            return [(n, 0) for n in ("in_proj_weight", "in_proj_bias") if getattr(producer, n, None) is not None]
+        return producer_slices(producer) or []
+
+    def head_rows(self) -> list[tuple[nn.Module, str, int, list[tuple[int, int]]]]:
+        """``(module, parameter, dim, [(row, head)])`` for every parameter holding query, key and value rows."""
+        rows: dict[nn.Module, list[tuple[int, int]]] = {}
+        for producer, start in self.sections:
+            width = self.num_heads * self.head_dim
+            rows.setdefault(producer, []).extend((start + r, r // self.head_dim) for r in range(width))
+        return [(m, name, dim, pairs) for m, pairs in rows.items() for name, dim in self.slices(m)]
 
 
-def _heads_of(rows: int, embed: int, num_heads: int, stacked: int) -> list[int]:
-    """Head of each of ``rows`` rows that stack ``stacked`` projections of width ``embed`` (Q, K, V)."""
-    head_dim = embed // num_heads
-    return [(r % embed) // head_dim for r in range(rows)] if rows == stacked * embed else []
-
-
-def _num_heads(module: nn.Module) -> int | None:
+def _num_heads(module: nn.Module, heads: bool | int) -> int | None:
     for attr in ("num_heads", "num_attention_heads", "n_head", "n_heads"):
         n = getattr(module, attr, None)
-        if isinstance(n, int) and n > 0:
+        if isinstance(n, int) and not isinstance(n, bool) and n > 0:
             return n
-    return None
+    return heads if isinstance(heads, int) and not isinstance(heads, bool) and heads > 0 else None
 
 
-def _attention_parts(module: nn.Module, n: int | None):
-    """``(parts, projections)`` of an attention module of a known layout, or ``None``."""
+def _is_linear(m) -> bool:
+    return isinstance(m, nn.Linear) or is_hf_conv1d(m)
+
+
+def _stacked(kind, name, module, qkv, out, n, head_dim=None) -> Attention:
+    """An attention whose ``qkv`` layer stacks Q, K and V (timm, GPT-2) and whose ``out`` reads the heads."""
+    width = qkv.weight.shape[out_dim_of(qkv)]
+    e = width // 3
+    head_dim = head_dim or (e // n if n else None)
+    fixed = None
+    if n is None or width != 3 * e or n * head_dim != e:
+        n, fixed = None, f"its {width} query / key / value rows do not split into {n} heads"
+    elif not _is_linear(out) or out.weight.shape[1 - out_dim_of(out)] != e:
+        fixed = "no output projection reading its heads was found"
+    elif kind == "gpt2" and getattr(module, "split_size", e) != e:
+        fixed = "its split_size is not the width of its heads"
+    return Attention(kind, name, module, n, head_dim, [(qkv, 0), (qkv, e), (qkv, 2 * e)], out if _is_linear(out) else None, (qkv,), fixed)
+
+
+def _attention_of(name: str, module: nn.Module, heads: bool | int, inner: set) -> Attention | None:
+    """The attention layer ``module`` is, or ``None``; ``inner`` collects BERT self-attentions found through their parent."""
+    n = _num_heads(module, heads)
     if isinstance(module, nn.MultiheadAttention):
         if not module._qkv_same_embed_dim:
             return None
-        parts = [(module, name, 0, _heads_of(module.in_proj_weight.shape[0], module.embed_dim, n, 3)) for name in ("in_proj_weight", "in_proj_bias") if getattr(module, name, None) is not None]
-        return parts, (module,)
-    qkv = getattr(module, "qkv", None) or getattr(module, "c_attn", None)  # timm ViT, GPT-2
-    if isinstance(qkv, nn.Linear) or (qkv is not None and is_hf_conv1d(qkv)):
-        dim = out_dim_of(qkv)
-        width = qkv.weight.shape[dim]
-        parts = [(qkv, "weight", dim, _heads_of(width, width // 3, n, 3))]
-        if qkv.bias is not None:
-            parts.append((qkv, "bias", 0, _heads_of(width, width // 3, n, 3)))
-        return parts, (qkv,)
-    qkv = [getattr(module, a, None) for a in ("query", "key", "value")]  # Hugging Face BERT and relatives
-    if all(isinstance(p, nn.Linear) for p in qkv):
-        parts = [(p, name, 0, _heads_of(p.out_features, p.out_features, n, 1)) for p in qkv for name in ("weight", "bias") if getattr(p, name, None) is not None]
-        return parts, tuple(qkv)
-    return None
+        d = module.head_dim
+        e = n * d
+        fixed = None if module.bias_k is None and not module.add_zero_attn else "it has bias_k / bias_v or add_zero_attn, which prune_channels does not slice"
+        if module.in_proj_weight.shape[0] != 3 * e:
+            return Attention("mha", name, module, None, None, [], module.out_proj, (module,), "its in_proj rows do not split into heads")
+        return Attention("mha", name, module, n, d, [(module, 0), (module, e), (module, 2 * e)], module.out_proj, (module,), fixed)
+    if getattr(module, "is_cross_attention", False) and is_hf_conv1d(getattr(module, "c_attn", None)):
+        return Attention("gpt2", name, module, None, None, [], None, (module.c_attn, getattr(module, "q_attn", module.c_attn)), "a cross attention")
+    if _is_linear(getattr(module, "c_attn", None)):  # GPT-2
+        return _stacked("gpt2", name, module, module.c_attn, getattr(module, "c_proj", None), n, getattr(module, "head_dim", None))
+    if isinstance(getattr(module, "qkv", None), nn.Linear):  # timm
+        return _stacked("qkv", name, module, module.qkv, getattr(module, "proj", None), n)
+    own, out = module, None
+    inner_self, output = getattr(module, "self", None), getattr(getattr(module, "output", None), "dense", None)
+    if isinstance(inner_self, nn.Module) and isinstance(output, nn.Linear) and _qkv_linears(inner_self):
+        inner.add(inner_self)  # the parent holds the output projection: the attention is found there
+        own, out, n = inner_self, output, _num_heads(inner_self, heads)
+    elif not _qkv_linears(module):
+        return None
+    q, k, v = _qkv_linears(own)
+    head_dim = getattr(own, "attention_head_size", None) or (q.out_features // n if n else None)
+    fixed = None if out is not None else "no output projection reading its heads was found"
+    if n is None or not q.out_features == k.out_features == v.out_features == n * head_dim:
+        n, fixed = None, "its query / key / value rows do not split into heads"
+    elif out is not None and out.in_features != n * head_dim:
+        fixed = "its output projection does not read its heads"
+    return Attention("bert", name, module, n, head_dim, [(q, 0), (k, 0), (v, 0)], out, (q, k, v), fixed)
 
 
-def find_attention(model: nn.Module, heads: bool | int) -> list[Attention]:
-    """Every attention module of ``model`` spred recognises, with its Q, K, V rows mapped to heads.
+def _qkv_linears(module: nn.Module) -> tuple[nn.Linear, nn.Linear, nn.Linear] | None:
+    qkv = tuple(getattr(module, a, None) for a in ("query", "key", "value"))
+    return qkv if all(isinstance(p, nn.Linear) for p in qkv) else None
+
+
+def find_attention(model: nn.Module, heads: bool | int = False) -> list[Attention]:
+    """Every attention layer of ``model`` spred recognises, with its query, key and value rows mapped to heads.
 
     Recognised: ``nn.MultiheadAttention`` (one ``in_proj_weight``), a module with one ``qkv`` Linear (timm's ViT) or
-    ``c_attn`` Conv1D (GPT-2), and a module with ``query``, ``key`` and ``value`` Linears (BERT). The head count is the
-    module's ``num_heads`` / ``num_attention_heads`` / ``n_head`` attribute, or ``heads`` when it is an int.
+    ``c_attn`` Conv1D (GPT-2), and a module with ``query``, ``key`` and ``value`` Linears (BERT; found through the
+    parent that holds ``output.dense`` where there is one). The head count is the module's ``num_heads`` /
+    ``num_attention_heads`` / ``n_head`` attribute, or ``heads`` when it is an int and the module stores none.
+    ``sparsify(heads=True)`` gates the heads found here and :func:`spred.compress.prune_channels` removes the zero
+    ones, both by this one list, so a head group and the plan's entry for it carry the same name.
     """
-    found = []
+    found, inner = [], set()
     for name, module in model.named_modules():
-        n = _num_heads(module)
-        if isinstance(heads, int) and not isinstance(heads, bool):
-            n = heads
-        parts = _attention_parts(module, n or 1)
-        if parts is None:
+        if module in inner:
             continue
-        if n is None or any(not rows for *_, rows in parts[0]):
-            found.append(Attention(name, module, None, [], parts[1]))  # an attention whose heads spred cannot map
-            continue
-        found.append(Attention(name, module, n, parts[0], parts[1]))
+        att = _attention_of(name, module, heads, inner)
+        if att is not None:
+            found.append(att)
     return found

@@ -67,6 +67,11 @@ def preserving_split(v: torch.Tensor, groups: str | None = None, depth: int = 2,
     return (*scalars, v / c ** (depth - 1))
 
 
+def decay_penalty(decays: tuple[torch.Tensor | float, ...], factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """``sum_k (a_k/2) * ||f_k||^2``: what coupled weight decay ``a_k`` on each factor ``f_k`` adds to the loss."""
+    return 0.5 * sum(a * f.pow(2).sum() for a, f in zip(decays, factors, strict=True))
+
+
 def checkpoint_lam(lam) -> float:
     """``lam`` as read from a checkpoint's spred state, checked (a corrupt file is a ValueError, whatever its type)."""
     if isinstance(lam, torch.Tensor) and lam.numel() == 1:
@@ -100,9 +105,13 @@ class SpredProduct(nn.Module):
         split = preserving_split if self.init == "preserve" else balanced_split
         return tuple(f.contiguous() for f in split(v, self.groups, self.depth, self.out_dim))
 
+    def weight_decays(self, n_factors: int, lam: float | None = None) -> tuple[float, ...]:
+        """Weight decay of each factor: ``lam`` (the model's, by default) on all of them."""
+        return (self.lam if lam is None else float(lam),) * n_factors
+
     def penalty(self, factors: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """``(lam/2) * sum_k ||u_k||^2``: what coupled weight decay ``lam`` adds to the loss."""
-        return 0.5 * self.lam * sum(f.pow(2).sum() for f in factors)
+        return decay_penalty(self.weight_decays(len(factors)), factors)
 
     def penalty_at_balance(self, v: torch.Tensor) -> torch.Tensor:
         """The sparsity penalty of ``v`` itself (L1, group L1 or L_{2/D})."""

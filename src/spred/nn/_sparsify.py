@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -388,8 +389,9 @@ def decays_decoupled(optimizer, group: Mapping | None = None) -> bool:
 def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None, penalty_in_loss: bool = False) -> list[dict]:
     """Optimizer parameter groups that turn weight decay into the spred penalty.
 
-    Every spred factor gets its tensor's ``lam`` as weight decay; every other
-    parameter gets ``weight_decay``. With an optimizer whose weight decay is
+    Every spred factor gets its tensor's ``lam`` as weight decay (the gates of
+    ``groups="channels"`` get ``lam * cbar^(2/(D-1))``, their group weight: one group
+    per distinct decay; see docs/channels.md); every other parameter gets ``weight_decay``. With an optimizer whose weight decay is
     *coupled* (added to the gradient: ``SGD`` with or without momentum, ``Adam``,
     ``Adagrad``, ``RMSprop``) training then solves exactly::
 
@@ -406,7 +408,8 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
 
     Each group carries the extra keys ``"spred"`` (bool) and, for spred groups,
     ``"lam"``, ``"names"`` and ``"penalty_in_loss"``, which :func:`set_lam` and the
-    training loop use.
+    training loop use. Every factor's decay comes from its unit
+    (``unit.spred.weight_decays``), the one source :func:`penalty` and :func:`set_lam` use too.
 
     Examples
     --------
@@ -425,33 +428,67 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
             UserWarning,
             stacklevel=2,
         )
-    by_lam: dict[float, dict] = {}
+    by_decay: dict[tuple[float, float], dict] = {}
     spred_ids = set()
     for t in _require(model, "param_groups"):
-        group = by_lam.setdefault(
-            t.spred.lam,
-            {"params": [], "weight_decay": 0.0 if penalty_in_loss else t.spred.lam, "lam": t.spred.lam, "names": [], "spred": True, "penalty_in_loss": bool(penalty_in_loss)},
-        )
-        group["params"].extend(t.factors)
-        group["names"].append(t.name)
-        spred_ids.update(id(f) for f in t.factors)
+        for factor, decay in zip(t.factors, map(float, t.spred.weight_decays(len(t.factors))), strict=True):
+            group = by_decay.setdefault(
+                (t.spred.lam, decay),
+                {"params": [], "weight_decay": 0.0 if penalty_in_loss else decay, "lam": t.spred.lam, "names": [], "spred": True, "penalty_in_loss": bool(penalty_in_loss)},
+            )
+            group["params"].append(factor)
+            if t.name not in group["names"]:
+                group["names"].append(t.name)
+            spred_ids.add(id(factor))
     others = [p for p in model.parameters() if id(p) not in spred_ids]
-    groups = list(by_lam.values())
+    groups = list(by_decay.values())
     if others:
         groups.append({"params": others, "weight_decay": weight_decay, "spred": False})
     return groups
 
 
+def _sgd_decay_bound(optimizer, group: Mapping) -> float | None:
+    """The largest ``lr * weight_decay`` for which SGD converges on the decay alone, ``None`` for other optimizers.
+
+    Gradient descent on ``(a/2) u^2`` shrinks ``u`` only while ``lr * a < 2``; heavy-ball momentum ``mu`` (with
+    dampening ``d``) moves the bound to ``2 (1 + mu) / (1 - d)``, Nesterov momentum to ``2 (1 + mu) / (1 + 2 mu)``.
+    The loss adds its own curvature, so this is necessary, not sufficient.
+    """
+    if not isinstance(optimizer, torch.optim.SGD):
+        return None
+    mu, damp = float(group.get("momentum", 0.0)), float(group.get("dampening", 0.0))
+    if mu == 0:
+        return 2.0
+    if group.get("nesterov"):
+        return 2.0 * (1.0 + mu) / (1.0 + 2.0 * mu)
+    return 2.0 * (1.0 + mu) / (1.0 - damp) if damp < 1 else math.inf
+
+
 def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
     """Warn (and return False) if ``optimizer`` does not solve the L1 problem for spred groups.
 
-    True when every group holding spred factors uses coupled weight decay equal to
-    its ``lam``; decoupled decay (AdamW, ``decoupled_weight_decay=True``) warns.
+    True when every group holding spred factors uses coupled weight decay (as
+    :func:`param_groups` sets it from lam); decoupled decay (AdamW,
+    ``decoupled_weight_decay=True``) warns, and so does SGD whose ``lr * weight_decay``
+    is past the stability bound of SGD, ``2 (1 + momentum)`` (the gates of channel groups carry
+    ``lam * cbar^(2/(D-1))``, see docs/channels.md).
     """
     ok = True
     for group in optimizer.param_groups:
         if not group.get("spred"):
             continue
+        bound = _sgd_decay_bound(optimizer, group)
+        step = float(group.get("lr", 0.0)) * float(group.get("weight_decay", 0.0))
+        if bound is not None and step >= bound:
+            warnings.warn(
+                f"{type(optimizer).__name__} with lr={group['lr']:g} and weight decay {group['weight_decay']:g} on spred group "
+                f"{group.get('names')}: lr * weight_decay = {step:.3g} is not below {bound:.3g}, so these factors oscillate with "
+                f"growing size. Use lr < {bound / group['weight_decay']:.3g} for them (a lower lr, or a lower lam) or Adam; the "
+                "gates of channel groups carry weight decay lam * cbar^(2/(D-1)) (docs/channels.md).",
+                UserWarning,
+                stacklevel=2,
+            )
+            ok = False
         decoupled = decays_decoupled(optimizer, group)
         if group.get("penalty_in_loss"):
             if group.get("weight_decay", 0.0) != 0:
@@ -477,6 +514,9 @@ def check_optimizer(optimizer: torch.optim.Optimizer) -> bool:
 
 def penalty(model: nn.Module) -> torch.Tensor:
     """The spred penalty ``sum_tensors (lam/2) * sum_k ||u_k||^2`` as a differentiable scalar.
+
+    Each factor's term uses the weight decay :func:`param_groups` gives it (``lam``, and
+    ``lam * cbar^(2/(D-1))`` for the gates of channel groups, docs/channels.md).
 
     Add it to the loss when the optimizer's own weight decay is not coupled (AdamW)
     or when you want the objective's value; at balance it equals ``lam * ||v||_1``
@@ -520,23 +560,24 @@ def _new_lams(tensors: list[SparsifiedTensor], lam) -> dict[str, float]:
     return new
 
 
-def _optimizer_lams(optimizer, tensors: list[SparsifiedTensor], new: dict[str, float]) -> list[tuple[dict, float]]:
-    """``[(spred group, its new lam)]``, refusing a group that would mix lam values or names another model."""
+def _optimizer_lams(optimizer, tensors: list[SparsifiedTensor], new: dict[str, float]) -> list[tuple[dict, float, float]]:
+    """``[(spred group, its new lam, its new weight decay)]``, refusing a group that would mix values or names another model."""
     if not isinstance(getattr(optimizer, "param_groups", None), list):
         raise param_error(TypeError, "optimizer", "set_lam", "a torch.optim.Optimizer or None", optimizer)
     by_name = {n: new[t.name] for t in tensors for n in t.names}
+    decays = {id(f): float(a) for t in tensors for f, a in zip(t.factors, t.spred.weight_decays(len(t.factors), new[t.name]), strict=True)}
     plan = []
     for group in optimizer.param_groups:
         if not group.get("spred"):
             continue
         names = list(group.get("names", ()))
         missing = [n for n in names if n not in by_name]
-        if missing or not names:
-            raise ValueError(f"an optimizer group holds {missing or 'no names'}, not sparsified tensors of this model; build the optimizer from spred.param_groups(model).")
-        values = {by_name[n] for n in names}
-        if len(values) != 1:
-            raise ValueError(f"optimizer group with {names} now mixes lam values {sorted(values)}; rebuild it with spred.param_groups.")
-        plan.append((group, values.pop()))
+        if missing or not names or any(id(p) not in decays for p in group["params"]):
+            raise ValueError(f"an optimizer group holds {missing or names or 'no names'}, not sparsified tensors of this model; build the optimizer from spred.param_groups(model).")
+        values, group_decays = {by_name[n] for n in names}, {decays[id(p)] for p in group["params"]}
+        if len(values) != 1 or len(group_decays) != 1:
+            raise ValueError(f"optimizer group with {names} now mixes lam values {sorted(values)} (weight decays {sorted(group_decays)}); rebuild it with spred.param_groups.")
+        plan.append((group, values.pop(), group_decays.pop()))
     return plan
 
 
@@ -545,8 +586,9 @@ def set_lam(model: nn.Module, lam: float | Mapping[str, float], optimizer: torch
 
     A float sets every tensor; a mapping sets tensors by name or glob (the first
     matching key wins; a tensor matched by no key keeps its lam). The optimizer's
-    spred groups (from :func:`param_groups`) get the new value as weight decay (or
-    keep weight decay 0 when built with ``penalty_in_loss=True``).
+    spred groups (from :func:`param_groups`) get the new value as weight decay (the
+    gates of channel groups ``lam * cbar^(2/(D-1))``, as :func:`param_groups` gives), or
+    keep weight decay 0 when built with ``penalty_in_loss=True``.
 
     The update is all or nothing: every value, every key and every optimizer group is
     checked before anything changes. A key that matches no sparsified tensor (a typo)
@@ -560,7 +602,7 @@ def set_lam(model: nn.Module, lam: float | Mapping[str, float], optimizer: torch
     plan = [] if optimizer is None else _optimizer_lams(optimizer, tensors, new)
     for t in tensors:
         t.spred.lam = new[t.name]
-    for group, value in plan:
+    for group, value, decay in plan:
         group["lam"] = value
         if not group.get("penalty_in_loss"):
-            group["weight_decay"] = value
+            group["weight_decay"] = decay

@@ -95,7 +95,10 @@ def build_optimizer(
     else:
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay, "spred": False}]
     kwargs = {"lr": lr, "momentum": momentum} if issubclass(cls, torch.optim.SGD) else {"lr": lr}
-    return cls(groups, **kwargs), add
+    built = cls(groups, **kwargs)
+    if sparsified:
+        check_optimizer(built)  # e.g. SGD whose lr is too large for the decay of channel gates
+    return built, add
 
 
 def build_scheduler(scheduler, optimizer: torch.optim.Optimizer, total_steps: int):
@@ -146,8 +149,8 @@ def apply_hyperparameters(optimizer: torch.optim.Optimizer, fresh: list[dict], s
 
     A changed lr scales the group's (scheduled) lr, its ``initial_lr`` and the
     scheduler's ``base_lrs`` by ``new / old``, so a schedule continues at the new
-    scale. The weight decay of spred groups is lam: with ``keep_lam`` (the
-    controller owns lam) the checkpoint's value stays.
+    scale. The weight decay of spred groups comes from lam (:func:`spred.param_groups`):
+    with ``keep_lam`` (the controller owns lam) the checkpoint's value stays.
     """
     changes = []
     for i, (group, new) in enumerate(zip(optimizer.param_groups, fresh)):
