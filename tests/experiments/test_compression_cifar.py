@@ -66,8 +66,8 @@ def test_quick_preset_is_valid_and_small():
     import dataclasses
 
     cfg = cc.check_cifar_config(dataclasses.replace(cc.CifarCompressionConfig(), **cc.CIFAR_QUICK))
-    assert cfg.seeds == (0,) and cfg.train_size == 5000 and cfg.flop_targets == (2.0, 4.0)
-    assert cfg.dense_epochs + cfg.epochs + cfg.finetune_epochs <= 6
+    assert cfg.seeds == (0,) and cfg.train_size <= 5000 and cfg.flop_targets == (2.0, 4.0)
+    assert cfg.epochs + cfg.finetune_epochs <= 6 and cfg.dense_epochs <= 15
 
 
 def test_zero_to_flops_reaches_the_target_and_prunes_coupled_channels():
@@ -114,6 +114,8 @@ def test_every_baseline_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     assert "group_reg" in text and (tmp_path / "out" / "compression_cifar.csv").exists()
     cached = sorted(p.name for p in (tmp_path / "out" / ".spred-runs").iterdir())
     assert "dense_resnet20_seed0.pt" in cached and len([c for c in cached if c.endswith(".json")]) == 4
+    assert len([c for c in cached if c.endswith(".model.pt")]) == 4  # the models timed at the end
+    assert all(r["speedup_b256"] > 0 for r in rows) and next(r for r in rows if r["method"] == "dense")["speedup_b1"] == 1.0
 
     def no_training(*args, **kwargs):
         raise AssertionError("a cached job was recomputed")
@@ -124,19 +126,51 @@ def test_every_baseline_end_to_end_and_resume(tiny, tmp_path, monkeypatch):
     assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]
 
 
-def test_a_changed_setting_invalidates_the_cache(tmp_path):
+def test_a_changed_setting_or_library_code_invalidates_the_cache(tmp_path, monkeypatch):
     import dataclasses
 
-    cfg = cc.CifarCompressionConfig()
-    (tmp_path / "job.json").write_text(json.dumps({"key": cc._key(cfg), "row": {"test_acc": 0.5}}))
-    assert cc._cached_row(tmp_path, "job", cfg, lambda: {"test_acc": 0.9}) == {"test_acc": 0.5}
+    cfg, model = cc.CifarCompressionConfig(), nn.Linear(2, 2)
+    (tmp_path / "job.json").write_text(json.dumps({"key": cc._key(cfg, "spred_d2"), "row": {"test_acc": 0.5}}))
+    torch.save(model, tmp_path / "job.model.pt")
+    assert cc._cached_row(tmp_path, "job", cfg, lambda: ({"test_acc": 0.9}, model), "spred_d2") == {"test_acc": 0.5}
     other = dataclasses.replace(cfg, epochs=cfg.epochs + 1)
-    assert cc._cached_row(tmp_path, "job", other, lambda: {"test_acc": 0.9}) == {"test_acc": 0.9}
+    assert cc._cached_row(tmp_path, "job", other, lambda: ({"test_acc": 0.8}, model), "spred_d2") == {"test_acc": 0.8}
+    # a change in spred's parametrisation recomputes the spred rows, not the baselines'
+    before = {m: cc._key(cfg, m) for m in ("dense", "spred_d2", "slimming")}
+    real = cc._code_fingerprint
+    monkeypatch.setattr(cc, "_code_fingerprint", lambda m: real(m) + ("changed" if m.startswith("spred") else ""))
+    assert cc._key(cfg, "spred_d2") != before["spred_d2"]
+    assert cc._key(cfg, "slimming") == before["slimming"] and cc._key(cfg, "dense") == before["dense"]
+
+
+def test_the_spred_arm_end_to_end(tiny, tmp_path):
+    """spred channel groups (D=2): trained, collapsed, cut to the target, fine-tuned; its zero channels are removed."""
+    import dataclasses
+
+    cfg = dataclasses.replace(tiny, methods=("spred_d2",), epochs=2, lam=1e-2)
+    rows, _ = cc.run_cifar_experiment(cfg, tmp_path / "out", plot_figure=False)
+    spred_row = next(r for r in rows if r["method"] == "spred_d2")
+    assert cc.is_finite_row(spred_row) and spred_row["flop_ratio"] >= 2.0 and spred_row["zero_channels_kept"] == 0
+    assert spred_row["flop_ratio_before_cut"] >= 1.0
+    pruned = torch.load(tmp_path / "out" / ".spred-runs" / "resnet20_spred_d2_x2_seed0.model.pt", weights_only=False)
+    assert not any("spred" in type(m).__module__ for m in pruned.modules())  # plain modules after collapse
+    assert spred_row["params"] == sum(p.numel() for p in pruned.parameters())
+
+
+def test_units_keep_a_baselines_targets_together_and_split_spreds():
+    import dataclasses
+
+    cfg = cc.CifarCompressionConfig(flop_targets=(2.0, 4.0), epochs=2, finetune_epochs=1)
+    units = cc._units(cfg, ("spred_d2", "slimming"))
+    assert [("slimming", 2.0), ("slimming", 4.0)] == units[0]  # the longest first
+    assert sorted(units[1:]) == [[("dense", 1.0)], [("spred_d2", 2.0)], [("spred_d2", 4.0)]]
+    fixed = cc._units(dataclasses.replace(cfg, spred_controller=False), ("spred_d2",))  # fixed lam: one training, every target
+    assert sorted(fixed) == [[("dense", 1.0)], [("spred_d2", 2.0), ("spred_d2", 4.0)]]
 
 
 def test_summary_and_within_one_point():
     rows = [{"method": "dense", "target_flop_ratio": 1.0, "test_acc": 0.90, "flop_ratio": 1.0, "params": 10, "speedup_b1": 1,
-             "speedup_b256": 1, "speedup_b256_cl": 1, "epochs": 3, "wall_s": 1.0}]  # fmt: skip
+             "speedup_b256": 1, "speedup_b256_cl": 1, "flop_ratio_before_cut": 1.0, "epochs": 3, "wall_s": 1.0}]  # fmt: skip
     for t, acc in ((2.0, 0.895), (4.0, 0.85)):
         rows.append({**rows[0], "method": "slimming", "target_flop_ratio": t, "test_acc": acc, "flop_ratio": t + 0.1})
     summary = cc.summarise_cifar(rows)
@@ -149,9 +183,11 @@ def test_spred_rows_need_channel_groups(tiny, monkeypatch, tmp_path):
     import dataclasses
 
     cfg = dataclasses.replace(tiny, methods=("spred_d2",))
-    monkeypatch.setattr(cc, "_job_rows", lambda args: [{"jobs": args[3]}])
+    monkeypatch.setattr(cc, "_seed_state", lambda *args: None)
+    monkeypatch.setattr(cc, "_time_models", lambda *args: None)
+    monkeypatch.setattr(cc, "_unit_rows", lambda args: [{"method": m, "target_flop_ratio": t} for m, t in args[3]])
     rows = cc.run_cifar(cfg, tmp_path / "cache")  # no job but the dense one
-    assert all(r["jobs"] == [] for r in rows)
+    assert rows == [{"method": "dense", "target_flop_ratio": 1.0}]
 
 
 def test_the_command_line_runs_the_cifar_experiment(spred_cli, monkeypatch, tmp_path):
@@ -167,6 +203,14 @@ def test_the_command_line_runs_the_cifar_experiment(spred_cli, monkeypatch, tmp_
     assert code == 0, err
     cfg = seen["cfg"]
     assert cfg.model == "resnet56" and cfg.workers == 2 and cfg.train_size == cc.CIFAR_QUICK["train_size"]
+    # a config file may name the CIFAR methods (checked against them, not against the MNIST experiment's)
+    (tmp_path / "c.json").write_text(json.dumps({"methods": ["slimming", "spred_d3"], "lam": 1e-4}))
+    code, err = spred_cli("run", "compression", "--dataset", "cifar10", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "p"))
+    assert code == 0, err
+    assert seen["cfg"].methods == ("slimming", "spred_d3") and seen["cfg"].lam == 1e-4
+    (tmp_path / "bad.json").write_text(json.dumps({"methods": ["magnitude"]}))
+    code, err = spred_cli("run", "compression", "--dataset", "cifar10", "--config", str(tmp_path / "bad.json"), "--out", str(tmp_path / "q"))
+    assert code == 2 and "CifarCompressionConfig" in err and "methods" in err
 
 
 def test_cifar10_is_a_short_name_of_the_training_set():

@@ -383,8 +383,10 @@ def add_arguments(parser) -> None:
                         help="structured runs: keep a multiple of N channels in every pruned layer (8: the fastest widths on CPU)")
 
 
-def config_from_args(args) -> CompressionConfig:
+def config_from_args(args) -> CompressionConfig | _cifar.CifarCompressionConfig:
     """The resolved config: defaults, ``--quick``, ``--config FILE``, then the other options."""
+    if getattr(args, "dataset", "mnist") == "cifar10":
+        return _cifar_config(args)
     cli = {
         "seeds": args.seeds, "models": args.models, "methods": args.methods, "epochs": args.epochs,
         "finetune_epochs": args.finetune_epochs, "train_size": args.train_size, "device": args.device, "cifar10": args.cifar10,
@@ -404,12 +406,18 @@ def config_from_args(args) -> CompressionConfig:
     return check_config(cfg)
 
 
-def _run_cifar(args) -> int:
-    """``spred run compression --dataset cifar10``: the structured CIFAR-10 experiment (:mod:`._compression_cifar`)."""
+def _cifar_config(args) -> _cifar.CifarCompressionConfig:
+    """``--dataset cifar10``: defaults, ``--quick`` (:data:`._compression_cifar.CIFAR_QUICK`), ``--config FILE``, options."""
     cli = {"seeds": args.seeds, "model": args.model, "epochs": args.epochs, "finetune_epochs": args.finetune_epochs,
            "train_size": args.train_size, "device": args.device, "workers": args.workers}  # fmt: skip
     cfg = _common.resolve_config(_cifar.CifarCompressionConfig, quick=args.quick, quick_values=_cifar.CIFAR_QUICK,
                                  config_file=args.config, cli_values=cli)  # fmt: skip
+    return _cifar.check_cifar_config(cfg)
+
+
+def _run_cifar(args) -> int:
+    """``spred run compression --dataset cifar10``: the structured CIFAR-10 experiment (:mod:`._compression_cifar`)."""
+    cfg = _cifar_config(args)
     with _common.num_threads(args.threads):
         _, text = _cifar.run_cifar_experiment(cfg, args.out, plot_figure=not args.no_plot)
     print(text)
