@@ -56,6 +56,7 @@ def tiny(monkeypatch):
     ("epochs", 0, ValueError, "epochs"),
     ("workers", 1.5, TypeError, "workers"),
     ("lr", -1.0, ValueError, "lr"),
+    ("sparse_lr", 0.0, ValueError, "sparse_lr"),
 ])  # fmt: skip
 def test_config_validation(field, value, error, match):
     with pytest.raises(error, match=match):
@@ -141,6 +142,32 @@ def test_a_changed_setting_or_library_code_invalidates_the_cache(tmp_path, monke
     monkeypatch.setattr(cc, "_code_fingerprint", lambda m: real(m) + ("changed" if m.startswith("spred") else ""))
     assert cc._key(cfg, "spred_d2") != before["spred_d2"]
     assert cc._key(cfg, "slimming") == before["slimming"] and cc._key(cfg, "dense") == before["dense"]
+
+
+@pytest.mark.parametrize("sparse_lr", [None, 1e-2])
+def test_sparse_lr_reaches_every_methods_training_and_only_their_keys(tiny, monkeypatch, sparse_lr):
+    """Every method's sparse phase trains at ``sparse_lr`` (None: ``lr``); the dense pre-training and row keep ``lr``."""
+    import dataclasses
+
+    if not cc.channel_groups_available():
+        pytest.skip("spred without channel groups")
+    cfg = dataclasses.replace(tiny, sparse_lr=sparse_lr)
+    job = cc._Job(cfg, 0, _data(cfg, 0))
+    seen = []
+
+    def record(self, model, epochs, **kwargs):
+        optimizer = kwargs.get("optimizer")
+        seen.append(optimizer.param_groups[0]["lr"] if isinstance(optimizer, torch.optim.Optimizer) else kwargs["lr"])
+
+    monkeypatch.setattr(cc._Job, "fit", record)
+    for method in cc.CIFAR_METHODS:
+        cc._sparse_train(job, method, _tiny("resnet20", 0), 2.0)
+    assert seen == [cfg.lr if sparse_lr is None else sparse_lr] * len(cc.CIFAR_METHODS)
+    base = dataclasses.replace(cfg, sparse_lr=None)
+    for method in ("pretrain", "dense") + cc.CIFAR_METHODS:  # None: the keys cached before the field, unchanged
+        same = method in ("pretrain", "dense") or sparse_lr is None
+        assert (cc._key(cfg, method) == cc._key(base, method)) == same
+        assert ("sparse_lr" in cc._key(cfg, method)) != same
 
 
 def test_the_spred_arm_end_to_end(tiny, tmp_path):

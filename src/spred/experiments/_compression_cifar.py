@@ -6,7 +6,8 @@ Protocol (per seed; every method gets the same epochs, batch size and optimizer,
    rate), cached in the output folder (``cache/dense_<model>_seed<s>.pt``) and reused by a
    later run with the same settings. The ``dense`` row trains ``epochs + finetune_epochs``
    more (cosine) from it: the unpruned network at equal epochs.
-2. **Sparse training**, ``epochs`` epochs from the dense weights:
+2. **Sparse training**, ``epochs`` epochs from the dense weights, at ``sparse_lr`` (default: ``lr``) for
+   every method alike:
 
    ``spred_d2`` / ``spred_d3``
        :func:`spred.sparsify` with ``groups="channels"`` (one gate of D-1 scalars per
@@ -85,6 +86,8 @@ class CifarCompressionConfig:
     ``lam``: spred's starting lam (the controller adapts it) or, with ``spred_controller=False``, its
     fixed lam: spred then trains once per seed and depth and is cut to every target like the baselines.
     ``group_weight``: spred's weight of a channel's penalty (``"flops"``: its multiply-adds; ``"size"``).
+    ``sparse_lr``: Adam's rate in the ``epochs`` of sparse training, the same for every method (None: ``lr``,
+    which the dense pre-training and the dense reference row always use).
     """
 
     model: str = "resnet20"
@@ -98,6 +101,7 @@ class CifarCompressionConfig:
     batch_size: int = 128
     lr: float = 1e-3
     finetune_lr: float = 5e-4
+    sparse_lr: float | None = None
     lam: float = 1e-5
     threshold: float = 1e-3
     group_weight: str = "flops"
@@ -126,6 +130,7 @@ RULES = {
     "train_size": _common.an_int(2, optional=True), "test_size": _common.an_int(2, optional=True),
     "batch_size": _common.an_int(1),
     "lr": _common.a_float(0.0, low_open=True), "finetune_lr": _common.a_float(0.0, low_open=True),
+    "sparse_lr": _common.a_float(0.0, low_open=True, optional=True),
     "lam": _common.a_float(0.0, low_open=True), "threshold": _common.a_float(0.0, low_open=True),
     "group_weight": _common.one_of(("size", "flops")), "spred_controller": _common.a_bool(),
     "slimming_lam": _common.a_float(0.0, low_open=True), "group_reg": _common.a_float(0.0, low_open=True),
@@ -206,21 +211,22 @@ def _sparse_train(job: _Job, method: str, dense: nn.Module, target: float) -> tu
     from spred.train import TargetSparsity
 
     cfg, model = job.cfg, copy.deepcopy(dense)
+    lr = cfg.lr if cfg.sparse_lr is None else cfg.sparse_lr
     if method.startswith("spred_d"):
         spred.sparsify(model, cfg.lam, groups="channels", example_inputs=job.example, depth=int(method[-1]),
                        group_weight=cfg.group_weight)  # fmt: skip
         control = TargetSparsity(1.0 - target**-0.5) if cfg.spred_controller else None  # None: lam fixed, one run for all targets
-        job.fit(model, cfg.epochs, target_sparsity=control, threshold=cfg.threshold)
+        job.fit(model, cfg.epochs, lr=lr, target_sparsity=control, threshold=cfg.threshold)
         return spred.collapse(model, threshold=cfg.threshold), "group_l2"
     if method == "slimming":
-        job.fit(model, cfg.epochs, optimizer=_adam_with(model, cfg.lr, bs.BNScaleL1(model, cfg.slimming_lam)))
+        job.fit(model, cfg.epochs, optimizer=_adam_with(model, lr, bs.BNScaleL1(model, cfg.slimming_lam)))
         return model, "bn_scale"
     if method == "group_reg":
         hook = bs.GroupRegulariser(model, job.example, cfg.group_reg)
-        job.fit(model, cfg.epochs, optimizer=_adam_with(model, cfg.lr, hook))
+        job.fit(model, cfg.epochs, optimizer=_adam_with(model, lr, hook))
         return model, "group_l2"
     if method == "l1_filter":
-        job.fit(model, cfg.epochs)
+        job.fit(model, cfg.epochs, lr=lr)
         return model, "filter_l1"
     raise ValueError(f"Unknown method {method!r}; expected one of {CIFAR_METHODS}.")
 
@@ -331,6 +337,8 @@ def _key(cfg: CifarCompressionConfig, method: str = "pretrain") -> str:
     own = _FIELDS["spred" if method.startswith("spred") else method]
     fields = _SHARED + (() if method == "pretrain" else ("epochs", "finetune_epochs", "finetune_lr")) + own
     keep = {k: getattr(cfg, k) for k in fields}
+    if method not in ("pretrain", "dense") and cfg.sparse_lr is not None:  # None (= lr) keeps the keys cached before it
+        keep["sparse_lr"] = cfg.sparse_lr
     keep.update(method=method, protocol=PROTOCOL, code=_code_fingerprint(method))
     return json.dumps(keep, sort_keys=True, default=str)
 
