@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from spred._inputs import run
-from spred.compress._layers import is_conv1d, out_rows, producer_types
+from spred.compress._layers import out_rows, producer_types
+from spred.nn._graph import is_hf_conv1d
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ Ranges = dict[nn.Module, tuple[torch.Tensor, torch.Tensor]]
 
 def channel_dim(module: nn.Module, x: torch.Tensor) -> int:
     """The channel dimension of the input ``x`` of ``module`` (features of a Linear / Conv1D / LayerNorm, channels of a convolution)."""
-    if isinstance(module, (nn.Linear, nn.LayerNorm)) or is_conv1d(module):
+    if isinstance(module, (nn.Linear, nn.LayerNorm)) or is_hf_conv1d(module):
         return x.dim() - 1
     if isinstance(module, nn.GroupNorm):
         return 1

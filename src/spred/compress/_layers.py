@@ -1,8 +1,8 @@
 """Layer types that ``spred.compress`` handles beyond plain torch: transformers' ``Conv1D`` and exact LayerNorms.
 
 * Hugging Face ``transformers``' ``Conv1D`` (GPT-2) is a Linear layer stored
-  transposed: ``weight`` is ``(in, out)``. :func:`is_conv1d` recognises it without
-  importing ``transformers``; :func:`out_rows` gives any producer's weight as an
+  transposed: ``weight`` is ``(in, out)``. :func:`spred.nn._graph.is_hf_conv1d` recognises it
+  without importing ``transformers``; :func:`out_rows` gives any producer's weight as an
   ``(out, in, ...)`` view (writes go through); Torch-Pruning's pruner for it (Torch-Pruning
   1.6 has none) is :func:`spred.nn._graph.customized_pruners`.
 * :class:`ZeroChannelLayerNorm` is a LayerNorm over the channels that remain after
@@ -13,35 +13,23 @@
 
 from __future__ import annotations
 
-import sys
-
 import torch
 from torch import nn
-
 from torch.nn import functional as F
 
-
-def conv1d_type() -> type | None:
-    """transformers' ``Conv1D`` class if ``transformers`` is already imported (a model using it imported it), else ``None``."""
-    utils = sys.modules.get("transformers.pytorch_utils")
-    return getattr(utils, "Conv1D", None)
-
-
-def is_conv1d(layer) -> bool:
-    cls = conv1d_type()
-    return cls is not None and isinstance(layer, cls)
+from spred.nn._graph import hf_conv1d_type, is_hf_conv1d
 
 
 def producer_types() -> tuple[type, ...]:
     """Layers whose output units can be dead and whose inputs can absorb a constant (Linear, convolutions, Conv1D)."""
     base = (nn.Linear, nn.modules.conv._ConvNd)
-    cls = conv1d_type()
+    cls = hf_conv1d_type()
     return base if cls is None else (*base, cls)
 
 
 def out_rows(layer: nn.Module) -> torch.Tensor:
     """``layer.weight`` as ``(out, in, ...)`` (a transposed view for ``Conv1D``)."""
-    return layer.weight.t() if is_conv1d(layer) else layer.weight
+    return layer.weight.t() if is_hf_conv1d(layer) else layer.weight
 
 
 def is_depthwise(conv: nn.Module) -> bool:

@@ -28,7 +28,8 @@ from spred._validation import Integral
 from spred.compress._fold import add_zero_bias
 from spred.compress._heads import apply_heads
 from spred._inputs import check_module
-from spred.compress._layers import is_conv1d, is_depthwise, make_zero_channel_groupnorm, make_zero_channel_layernorm, retie, tied_parameters
+from spred.compress._layers import is_depthwise, make_zero_channel_groupnorm, make_zero_channel_layernorm, retie, tied_parameters
+from spred.nn._graph import is_hf_conv1d
 
 PLAN_FORMAT = "spred.PruningPlan"
 PLAN_VERSION = 1
@@ -107,7 +108,7 @@ def slicer_for(layer: nn.Module) -> LayerSlicer | None:
     for cls in type(layer).__mro__:
         if cls in _SLICERS:
             return _SLICERS[cls]
-    if is_conv1d(layer):  # transformers' Conv1D, recognised without importing transformers
+    if is_hf_conv1d(layer):  # transformers' Conv1D, recognised without importing transformers
         return _CONV1D
     return None
 

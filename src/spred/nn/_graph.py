@@ -18,6 +18,7 @@ only when a graph is built.
 from __future__ import annotations
 
 import logging
+import sys
 import warnings
 from dataclasses import dataclass
 
@@ -31,9 +32,17 @@ logger = logging.getLogger(__name__)
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
-def is_hf_conv1d(module: nn.Module) -> bool:
-    """Hugging Face's ``Conv1D`` (GPT-2): a Linear whose weight is stored as (in, out)."""
-    return type(module).__name__ == "Conv1D" and hasattr(module, "nf") and getattr(module, "weight", None) is not None and module.weight.dim() == 2
+def hf_conv1d_type() -> type | None:
+    """transformers' ``Conv1D`` class if ``transformers`` is already imported (a model using it imported it), else ``None``."""
+    utils = sys.modules.get("transformers.pytorch_utils")
+    return getattr(utils, "Conv1D", None)
+
+
+def is_hf_conv1d(module) -> bool:
+    """Hugging Face's ``Conv1D`` (GPT-2): a Linear whose weight is stored as (in, out); recognised without importing
+    ``transformers`` (the one test of it, for sparsify, folding and pruning alike)."""
+    cls = hf_conv1d_type()
+    return cls is not None and isinstance(module, cls)
 
 
 def out_dim_of(module: nn.Module) -> int:
