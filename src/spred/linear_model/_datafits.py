@@ -47,7 +47,7 @@ class _QuadraticGramSub:
 
     def gram(self, rows, cols):
         """The Gram block ``G[rows, cols]`` (local indices)."""
-        return self.G[np.ix_(rows, cols)]
+        return self.G.take(rows, axis=0).take(cols, axis=1)
 
     def hess(self, A, v, b):
         return self.gram(A, A)
@@ -314,10 +314,10 @@ class QuadraticDatafit:
             self._gram_pos[new] = np.arange(k_old, k)
         pos = self._gram_pos[feats]
         if cols is not None:
-            return self._gram[np.ix_(pos, self._gram_pos[cols])]
+            return self._gram.take(pos, axis=0).take(self._gram_pos[cols], axis=1)
         if pos.size == self._gram_idx.size and np.array_equal(pos, np.arange(pos.size)):
             return self._gram.copy()
-        return self._gram[np.ix_(pos, pos)]
+        return self._gram.take(pos, axis=0).take(pos, axis=1)
 
     def subproblem(self, feats):
         k = feats.size
