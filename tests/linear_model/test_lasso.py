@@ -83,7 +83,7 @@ def test_warm_start_reuses_solution():
 def test_convergence_warning_reports_criterion_and_tol():
     X, y, _ = make_regression(5, 60, 300, k=30)
     alpha = alpha_max(X, y) / 100
-    with pytest.warns(ConvergenceWarning, match=r"SpredLasso did not converge after 1 L-BFGS iterations \(KKT criterion .* > tol 1\.0e-12\)\. Increase max_iter"):
+    with pytest.warns(ConvergenceWarning, match=r"SpredLasso did not converge after 1 iterations \(KKT criterion .* > tol 1\.0e-12\)\. Increase max_iter"):
         SpredLasso(alpha=alpha, max_iter=1, tol=1e-12).fit(X, y)
 
 

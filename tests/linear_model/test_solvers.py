@@ -211,7 +211,7 @@ def test_non_finite_coefficients_raise():
 
 
 def test_warm_start_from_the_solution_is_certified_by_the_polish_alone():
-    # a warm start at the solution: the polish before L-BFGS certifies it (0 L-BFGS iterations),
+    # a warm start at the solution: the polish before L-BFGS certifies it (0 L-BFGS iterations, 0 Newton solves),
     # and the result is the cold fit's (same support and signs, KKT to tol)
     from sklearn.datasets import load_diabetes
 

@@ -4,7 +4,9 @@ Every few L-BFGS iterations the working-set solver rounds the spred iterate to i
 support and sign pattern and solves the exact problem there: for L1 a
 sign-constrained Newton step (one linear solve for the squared loss, a few Newton
 steps for the logistic losses), stepping back to zero any coefficient whose sign
-flips and adding back zero coefficients that violate KKT (feature-sign search); for
+flips (at the first crossing, or, for the squared loss, the full step with every flipped
+coefficient at zero when that is lower) and adding back zero coefficients that violate
+KKT (feature-sign search); for
 groups, Newton steps on the active groups. The polish succeeds when the KKT
 conditions hold on the working set, and then zeros are exact.
 
