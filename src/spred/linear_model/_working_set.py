@@ -256,8 +256,6 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
     tol_abs = tol * scale
     n_iter, ws_size, crit, converged = 0, p0, np.inf, False
     small = is_small(datafit, penalty)
-    if small:
-        ws_size = penalty.n_units  # one working set: the whole problem
     outer = 0
     g_final = None
     for outer in range(1, 10 * max_iter + 2):
@@ -274,7 +272,10 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
             g_final = g
             break
         ws_size = min(penalty.n_units, max(ws_size, int(_WS_GROWTH * int(supp.sum())), p0))
-        units = _working_set(penalty, g, viol, supp, ws_size, p0, tol_abs)
+        if small:  # one working set: the whole problem
+            units = np.arange(penalty.n_units)
+        else:
+            units = _working_set(penalty, g, viol, supp, ws_size, p0, tol_abs)
         entries = penalty.unit_entries(units)
         sub = datafit.subproblem(penalty.unit_features(units))
         pen_sub = penalty.subproblem(units)
