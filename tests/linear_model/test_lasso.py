@@ -83,7 +83,7 @@ def test_warm_start_reuses_solution():
 def test_convergence_warning_reports_criterion_and_tol():
     X, y, _ = make_regression(5, 60, 300, k=30)
     alpha = alpha_max(X, y) / 100
-    with pytest.warns(ConvergenceWarning, match=r"SpredLasso did not converge after 1 L-BFGS iterations \(KKT criterion .* > tol 1\.0e-12\)\. Increase max_iter"):
+    with pytest.warns(ConvergenceWarning, match=r"SpredLasso did not converge after 1 iterations \(KKT criterion .* > tol 1\.0e-12\)\. Increase max_iter"):
         SpredLasso(alpha=alpha, max_iter=1, tol=1e-12).fit(X, y)
 
 
@@ -126,3 +126,56 @@ def test_verbose_logs_to_the_spred_logger(caplog):
     with caplog.at_level("INFO", logger="spred"):
         SpredLasso(alpha=0.1).fit(X, y)
     assert not caplog.records
+
+
+# small problems (at most SMALL_FEATURES features, no more than samples): the exact search alone,
+# from zero; correlated columns and alphas down to alpha_max/1000
+_SMALL = [(seed, n, p, div) for seed, (n, p) in enumerate([(40, 5), (442, 10), (150, 40), (300, 128)])
+          for div in (3.0, 30.0, 1000.0)]
+
+
+@pytest.mark.parametrize(("seed", "n", "p", "div"), _SMALL)
+def test_small_problems_are_solved_exactly_without_lbfgs(seed, n, p, div, monkeypatch):
+    import spred.linear_model._working_set as ws
+
+    def no_lbfgs(*args, **kwargs):
+        raise AssertionError("L-BFGS ran on a small problem")
+
+    monkeypatch.setattr(ws, "lbfgs", no_lbfgs)
+    X, y, _ = make_regression(seed, n, p, k=max(3, p // 4), rho=0.6)
+    alpha = alpha_max(X, y) / div
+    tol = 1e-8
+    ours = SpredLasso(alpha=alpha, tol=tol).fit(X, y)
+    ref = Lasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, y)
+    # the KKT conditions to tol (relative to alpha), recomputed here from the data
+    Xc, yc = X - X.mean(0), y - y.mean()
+    grad = -Xc.T @ (yc - Xc @ ours.coef_) / n
+    nz = ours.coef_ != 0
+    kkt = np.concatenate([np.abs(grad[nz] + alpha * np.sign(ours.coef_[nz])),
+                          np.maximum(np.abs(grad[~nz]) - alpha, 0.0)])
+    assert kkt.max() <= tol * alpha
+    np.testing.assert_array_equal(nz, ref.coef_ != 0)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, rtol=0, atol=1e-6 * np.abs(ref.coef_).max())
+    assert ours.n_iter_ >= 1  # the Newton solves of the exact search
+
+
+def test_small_problem_falls_back_to_lbfgs_when_the_exact_search_fails(monkeypatch):
+    import spred.linear_model._working_set as ws
+
+    real = ws.polish
+    calls = []
+
+    def failing_first(pen_sub, sub, v, b, tol_abs, warm=False, max_enter=None):
+        calls.append(max_enter)
+        out = real(pen_sub, sub, v, b, tol_abs, warm=warm, max_enter=max_enter)
+        return (out[0], out[1], False, out[3]) if len(calls) == 1 else out
+
+    monkeypatch.setattr(ws, "polish", failing_first)
+    X, y, _ = make_regression(3, 100, 20, rho=0.6)
+    alpha = alpha_max(X, y) / 30
+    ours = SpredLasso(alpha=alpha, tol=1e-8).fit(X, y)
+    ref = Lasso(alpha=alpha, tol=1e-12, max_iter=1_000_000).fit(X, y)
+    assert calls[0] == ws._SMALL_ENTER and len(calls) >= 2  # the exact search, then L-BFGS's polish
+    np.testing.assert_array_equal(ours.coef_ != 0, ref.coef_ != 0)
+    np.testing.assert_allclose(ours.coef_, ref.coef_, atol=1e-7)
+    assert ours.stop_crit_ <= 1e-8

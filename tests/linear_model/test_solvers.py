@@ -87,7 +87,7 @@ def test_polish_is_exact_from_a_rough_iterate():
     alpha = 0.1
     pen = L1Sub(alpha, 8)
     rough = np.array([1.9, -0.9, 1e-9, -2e-9, 0.02, 0.0, 0.0, 0.0])
-    v, _, ok = polish_l1(pen, sub, rough, None, tol_abs=1e-12)
+    v, _, ok, _ = polish_l1(pen, sub, rough, None, tol_abs=1e-12)
     assert ok
     g = G @ v - c
     nz = v != 0
@@ -158,12 +158,12 @@ def test_warm_polish_continues_an_exact_solution_on_a_smaller_set():
     G, c = X.T @ X / n, X.T @ y / n
     half = np.arange(p // 2)
     v = np.zeros(p)
-    v[half], _, ok = polish_l1(L1Sub(alpha, half.size), _QuadraticGramSub(G[np.ix_(half, half)], c[half], 0.0, n),
+    v[half], _, ok, _ = polish_l1(L1Sub(alpha, half.size), _QuadraticGramSub(G[np.ix_(half, half)], c[half], 0.0, n),
                                Lasso(alpha=alpha, fit_intercept=False, tol=1e-12, max_iter=100_000).fit(
                                    X[:, half], y).coef_, None, tol_abs=1e-10 * alpha)
     assert ok
     sub = QuadraticDatafit(X, y).subproblem(np.arange(p))
-    w, _, ok = polish_l1(L1Sub(alpha, p), sub, v, None, tol_abs=1e-9 * alpha, warm=True)
+    w, _, ok, _ = polish_l1(L1Sub(alpha, p), sub, v, None, tol_abs=1e-9 * alpha, warm=True)
     assert ok
     ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=1_000_000).fit(X, y).coef_
     np.testing.assert_allclose(w, ref, atol=1e-7)
@@ -211,7 +211,7 @@ def test_non_finite_coefficients_raise():
 
 
 def test_warm_start_from_the_solution_is_certified_by_the_polish_alone():
-    # a warm start at the solution: the polish before L-BFGS certifies it (0 L-BFGS iterations),
+    # a warm start at the solution: the polish before L-BFGS certifies it (0 L-BFGS iterations, 0 Newton solves),
     # and the result is the cold fit's (same support and signs, KKT to tol)
     from sklearn.datasets import load_diabetes
 
@@ -247,9 +247,32 @@ def test_polish_gives_an_entry_that_flipped_on_entering_a_second_chance():
     certified = 0
     for _ in range(5):  # rough iterates: the solution plus noise on every entry
         v0 = ref + 0.3 * np.abs(ref).max() * rng.standard_normal(ref.size)
-        v, _, ok = polish_l1(L1Sub(a, ref.size), sub, v0, None, 1e-8 * a)
+        v, _, ok, _ = polish_l1(L1Sub(a, ref.size), sub, v0, None, 1e-8 * a)
         certified += ok
         if ok:
             np.testing.assert_allclose(v, ref, rtol=1e-6, atol=1e-8)
             assert np.array_equal(v != 0, ref != 0)
     assert certified >= 4
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_feature_sign_search_one_entry_at_a_time_reaches_the_lasso_solution(seed):
+    # from zero, entering one at a time (max_enter=1), each entry starts moving with its sign, so
+    # every round lowers the objective: the search is certified without bans or L-BFGS
+    from sklearn.linear_model import Lasso
+
+    rng = np.random.default_rng(seed)
+    n, p = 60, 25
+    X = rng.standard_normal((n, p))
+    for j in range(1, p):  # AR(1) columns, correlation 0.9 between neighbours
+        X[:, j] = 0.9 * X[:, j - 1] + np.sqrt(1 - 0.81) * X[:, j]
+    y = X @ (rng.standard_normal(p) * (rng.random(p) < 0.5)) + rng.standard_normal(n)
+    alpha = np.abs(X.T @ y).max() / n / [3.0, 30.0, 300.0, 3000.0][seed % 4]
+    G, c = X.T @ X / n, X.T @ y / n
+    sub = _QuadraticGramSub(G, c, 0.5 * (y @ y) / n, n)
+    v, _, ok, solves = polish_l1(L1Sub(alpha, p), sub, np.zeros(p), None, 1e-10 * alpha, warm=True,
+                                 max_enter=1)
+    ref = Lasso(alpha=alpha, fit_intercept=False, tol=1e-14, max_iter=1_000_000).fit(X, y).coef_
+    assert ok and solves >= np.count_nonzero(ref)
+    np.testing.assert_array_equal(v != 0, ref != 0)
+    np.testing.assert_allclose(v, ref, atol=1e-7 * np.abs(ref).max())

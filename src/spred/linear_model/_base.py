@@ -124,7 +124,7 @@ def fit_full_batch(name, X, y, *, loss, alpha, fit_intercept, groups, group_weig
     _check_finite(name, res.coef)
     if not res.converged:
         warnings.warn(
-            f"{name} did not converge after {res.n_iter} L-BFGS iterations "
+            f"{name} did not converge after {res.n_iter} iterations "
             f"(KKT criterion {res.crit:.2e} > tol {tol:.1e}). Increase max_iter, "
             "scale the features (StandardScaler), or increase alpha.",
             ConvergenceWarning,

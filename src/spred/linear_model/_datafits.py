@@ -29,6 +29,14 @@ def _logsumexp_rows(Z):
     return m + np.log(np.exp(Z - m[:, None]).sum(axis=1))
 
 
+def _sym_block(G, rows, cols):
+    """``G[rows][:, cols]`` of a symmetric ``G``: the shorter index list picks whole rows first
+    (a contiguous copy), the other then picks within them (transposed when swapped)."""
+    if cols.size < rows.size:
+        return G.take(cols, axis=0).take(rows, axis=1).T
+    return G.take(rows, axis=0).take(cols, axis=1)
+
+
 # --------------------------------------------------------------------------------------
 # Datafits restricted to a working set (sub-problems); variables: v (entries), b
 # --------------------------------------------------------------------------------------
@@ -47,7 +55,7 @@ class _QuadraticGramSub:
 
     def gram(self, rows, cols):
         """The Gram block ``G[rows, cols]`` (local indices)."""
-        return self.G[np.ix_(rows, cols)]
+        return _sym_block(self.G, rows, cols)
 
     def hess(self, A, v, b):
         return self.gram(A, A)
@@ -238,6 +246,10 @@ class QuadraticDatafit:
         supp = np.flatnonzero(v)
         if supp.size == 0:
             return np.zeros(self.n)
+        if not sp.issparse(self.X):
+            pos = self._gram_pos[supp]
+            if pos.min() >= 0:  # every column is in the Gram cache, centred, one contiguous row each
+                return v[supp] @ self._gram_cols.take(pos, axis=0)
         z = self.X[:, supp] @ v[supp]
         if self.offset is not None:
             z = z - self.offset[supp] @ v[supp]
@@ -314,10 +326,10 @@ class QuadraticDatafit:
             self._gram_pos[new] = np.arange(k_old, k)
         pos = self._gram_pos[feats]
         if cols is not None:
-            return self._gram[np.ix_(pos, self._gram_pos[cols])]
+            return _sym_block(self._gram, pos, self._gram_pos[cols])
         if pos.size == self._gram_idx.size and np.array_equal(pos, np.arange(pos.size)):
             return self._gram.copy()
-        return self._gram[np.ix_(pos, pos)]
+        return self._gram.take(pos, axis=0).take(pos, axis=1)
 
     def subproblem(self, feats):
         k = feats.size

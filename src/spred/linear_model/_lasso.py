@@ -61,8 +61,8 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
         full data, so it finishes with the exact polish of the full-batch solver
         (warm-started from the minibatch solution, at most 200 L-BFGS iterations).
     max_iter : int, default=1000
-        ``"lbfgs"``: maximum total number of L-BFGS iterations. Minibatch solvers:
-        maximum number of epochs.
+        ``"lbfgs"``: maximum total number of iterations (L-BFGS iterations plus the
+        Newton solves counted in ``n_iter_``). Minibatch solvers: maximum number of epochs.
     tol : float, default=1e-4
         ``"lbfgs"``: tolerance on the KKT residual
         ``max_j dist(-grad_j, alpha * d|w_j|) / alpha``, i.e. the largest violation
@@ -95,7 +95,10 @@ class SpredLasso(SpredLinearMixin, RegressorMixin, LinearModel):
     intercept_ : float
         Intercept.
     n_iter_ : int
-        L-BFGS iterations (full batch) or epochs (minibatch).
+        Full batch: L-BFGS iterations on the spred factors plus the Newton solves of
+        the exact search where it solved a working set alone (warm starts; problems
+        with at most 128 features and no more than samples, which it solves from
+        zero). Minibatch: epochs.
     dual_gap_ : float
         Duality gap at the solution (full-batch solver; NaN otherwise).
     stop_crit_ : float

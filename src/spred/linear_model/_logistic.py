@@ -53,7 +53,8 @@ class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoe
         polish on the support (``"lbfgs"``), or a minibatch PyTorch optimizer with
         coupled weight decay ``alpha`` (see :class:`SpredLasso`).
     max_iter : int, default=1000
-        Maximum L-BFGS iterations (full batch) or epochs (minibatch).
+        Maximum iterations (full batch: L-BFGS iterations plus the Newton solves counted
+        in ``n_iter_``) or epochs (minibatch).
     tol : float, default=1e-4
         Full batch: tolerance on the KKT residual as a fraction of ``alpha`` (see
         :class:`SpredLasso`); minibatch: relative objective decrease per epoch.
@@ -80,7 +81,9 @@ class SpredLogisticRegression(SpredLinearMixin, LinearClassifierMixin, SparseCoe
     intercept_ : ndarray of shape (1,) or (n_classes,)
         Intercepts.
     n_iter_ : int
-        L-BFGS iterations (full batch) or epochs (minibatch).
+        Full batch: L-BFGS iterations on the spred factors plus the Newton solves of
+        the exact search where it solved a working set alone (warm starts). Minibatch:
+        epochs.
     stop_crit_ : float
         Final scaled KKT residual (full batch; NaN otherwise).
     alpha_max_ : float

@@ -135,7 +135,8 @@ def spred_path(X, y, *, loss="squared", alphas=100, eps=1e-3, fit_intercept=Fals
     tol : float, default=1e-4
         Stopping tolerance on the scaled KKT residual (see :class:`SpredLasso`).
     max_iter : int, default=1000
-        Maximum number of L-BFGS iterations per alpha.
+        Maximum number of iterations per alpha (L-BFGS iterations plus the Newton
+        solves of the exact search, see ``SpredLasso.n_iter_``).
     verbose : int, default=0
         Log progress at INFO level to the ``"spred.linear_model"`` loggers (children of ``"spred"``).
 
@@ -146,7 +147,7 @@ def spred_path(X, y, *, loss="squared", alphas=100, eps=1e-3, fit_intercept=Fals
     coefs : ndarray of shape (n_features, n_alphas) or (n_classes, n_features, n_alphas)
         Coefficients along the path (the second shape for multinomial models).
     n_iters : ndarray of shape (n_alphas,)
-        L-BFGS iterations used for each alpha.
+        Iterations used for each alpha (as ``SpredLasso.n_iter_``).
     """
     datafit, classes = _prepare(X, y, loss, fit_intercept)
     penalty, _ = make_penalty(1.0, datafit.p, datafit.n_outputs, groups, group_weights)

@@ -4,7 +4,9 @@ Every few L-BFGS iterations the working-set solver rounds the spred iterate to i
 support and sign pattern and solves the exact problem there: for L1 a
 sign-constrained Newton step (one linear solve for the squared loss, a few Newton
 steps for the logistic losses), stepping back to zero any coefficient whose sign
-flips and adding back zero coefficients that violate KKT (feature-sign search); for
+flips (at the first crossing, or, for the squared loss, the full step with every flipped
+coefficient at zero when that is lower) and adding back zero coefficients that violate
+KKT (feature-sign search); for
 groups, Newton steps on the active groups. The polish succeeds when the KKT
 conditions hold on the working set, and then zeros are exact.
 
@@ -19,6 +21,7 @@ import logging
 
 import numpy as np
 import scipy.linalg
+from scipy.linalg import lapack
 
 
 from ._penalties import L1Sub, flat_group_norms, l1_violation
@@ -44,22 +47,34 @@ def relative_zeros(norms, rel):
     return (norms <= thr) | (norms == 0)
 
 
+def _cholesky(H):
+    """Lower Cholesky factor of ``H`` through LAPACK (``potrf``: a few microseconds where
+    scipy's checked wrappers cost tens on the polish's small blocks), or None when ``H``
+    is not numerically positive definite."""
+    c, info = lapack.dpotrf(H, lower=1, clean=1)
+    return c if info == 0 else None
+
+
+def _cho_solve(c, rhs):
+    """``H^{-1} rhs`` from the lower Cholesky factor ``c`` of ``H`` (LAPACK ``potrs``)."""
+    return lapack.dpotrs(c, rhs, lower=1)[0]
+
+
 def _solve_psd(H, rhs):
     """Solve ``H d = rhs`` for a symmetric positive semi-definite ``H``."""
-    if not (np.all(np.isfinite(H)) and np.all(np.isfinite(rhs))):
+    if H.shape[0] == 0:
         return np.zeros_like(rhs)
-    mu = 1e-10 * max(np.trace(H) / max(H.shape[0], 1), 1e-300)
+    mu = 1e-10 * max(np.trace(H) / H.shape[0], 1e-300)
     for damping in (0.0, mu):
-        try:
-            # damping only if singular: a flat direction then gets a long step (and
-            # the coefficient that crosses zero first leaves the support)
-            Hd = H if damping == 0.0 else H + damping * np.eye(H.shape[0])
-            c = scipy.linalg.cho_factor(Hd, check_finite=False)
-            d = scipy.linalg.cho_solve(c, rhs, check_finite=False)
-            if np.all(np.isfinite(d)):
+        # damping only if singular: a flat direction then gets a long step (and
+        # the coefficient that crosses zero first leaves the support)
+        c = _cholesky(H if damping == 0.0 else H + damping * np.eye(H.shape[0]))
+        if c is not None:
+            d = _cho_solve(c, rhs)
+            if np.isfinite(d).all():
                 return d
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError, ValueError):
-            pass
+    if not (np.isfinite(H).all() and np.isfinite(rhs).all()):
+        return np.zeros_like(rhs)
     # singular (collinear features, more active features than samples): pseudo-inverse
     lam, U = scipy.linalg.eigh(H, check_finite=False)
     keep = lam > 1e-12 * max(lam.max(), 1e-300)
@@ -93,11 +108,13 @@ class _GramFactor:
         k, a = self.F.size, new.size
         Gnn = self.sub.gram(new, new)
         if k:
-            B = scipy.linalg.solve_triangular(self.L, self.sub.gram(self.F, new), lower=True,
-                                              check_finite=False)
+            B, info = lapack.dtrtrs(self.L, self.sub.gram(self.F, new), lower=1)
+            if info != 0:
+                raise np.linalg.LinAlgError("Cholesky factor singular")
             Gnn = Gnn - B.T @ B
-        Lnn = scipy.linalg.cholesky(Gnn, lower=True, check_finite=False)
-        if not (np.all(np.isfinite(Lnn)) and Lnn.diagonal().min() > 1e-7 * np.sqrt(Gnn.diagonal().max() + 1e-300)):
+        Lnn = _cholesky(Gnn)
+        if Lnn is None or not (np.isfinite(Lnn).all()
+                               and Lnn.diagonal().min() > 1e-7 * np.sqrt(Gnn.diagonal().max() + 1e-300)):
             raise np.linalg.LinAlgError("Gram block numerically singular")
         L = np.zeros((k + a, k + a), order="F")  # LAPACK order: no copy in each solve
         L[:k, :k] = self.L
@@ -128,10 +145,10 @@ class _GramFactor:
             return None
         pos = self.where[A]
         left = np.flatnonzero(~in_A)
-        E = np.zeros((self.F.size, 1 + left.size))
+        E = np.zeros((self.F.size, 1 + left.size), order="F")
         E[pos, 0] = rhs
         E[left, 1 + np.arange(left.size)] = 1.0
-        Z = scipy.linalg.cho_solve((self.L, True), E, check_finite=False)
+        Z = _cho_solve(self.L, E)
         x = Z[:, 0]
         if left.size:
             # the Lagrange multipliers mu of x_left = 0: (G^-1)_{left,left} mu = -x_left
@@ -179,6 +196,7 @@ class _L1Polish:
         self.fresh = np.zeros(self.v.size, bool)  # added from the KKT check, still at zero
         self.solves = 0
         self.amnesties = 2
+        self.max_enter = None  # entries that may enter at a time (None: max(10, |A| / 10))
         self.factor = _GramFactor(sub, self.v.size) if sub.quadratic else None
 
     def refresh(self):
@@ -198,23 +216,31 @@ class _L1Polish:
         return -_solve_psd(H, rhs)
 
     def _cross_zero(self, d, dA, vA, flipped):
-        """Sign-inconsistent step: go towards the Newton point up to the first sign change
-        (a descent step, as in feature-sign search) and drop the coefficients that cross
-        first (within a factor 10)."""
-        A = self.A
+        """Sign-inconsistent step, to the better of two points: towards the Newton point up to
+        the first sign change (a descent step, as in feature-sign search), dropping the
+        coefficients that cross first (within a factor 10); and, for the squared loss, the
+        projected Newton point (the full step with every flipped coefficient at zero), which
+        lets many coefficients leave with one solve where the first crossing drops one or two."""
+        A, alpha = self.A, self.alpha
         with np.errstate(divide="ignore", invalid="ignore"):
             t_cross = np.where(flipped, -vA / dA, np.inf)
         t_min = t_cross.min()
-        out_mask = t_cross <= 10.0 * t_min + 1e-15
+        drop = t_cross <= 10.0 * t_min + 1e-15
         step = t_min if t_min > 0 else 0.0
-        self.v[A] = vA + step * dA
-        if self.nb:
-            self.b = self.b + step * d[A.size:]
-        out = A[out_mask]
+        v = self.v.copy()
+        v[A] = np.where(drop, 0.0, vA + step * dA)
+        b = self.b + step * d[A.size:] if self.nb else self.b
+        f, gv, gb = self.sub.fg(v, b)
+        if self.sub.quadratic and not self.nb:
+            vp = self.v.copy()
+            vp[A] = np.where(flipped, 0.0, vA + dA)
+            fp, gp, _ = self.sub.fg(vp, None)
+            if fp + alpha * np.abs(vp[A]).sum() < f + alpha * np.abs(v[A]).sum():
+                v, f, gv, drop = vp, fp, gp, flipped
+        out = A[drop]
         self.banned[out[self.fresh[out]]] = True
-        self.v[out] = 0.0
-        self.A, self.theta = A[~out_mask], self.theta[~out_mask]
-        self.refresh()
+        self.v, self.b, self.f, self.gv, self.gb = v, b, f, gv, gb
+        self.A, self.theta = A[~drop], self.theta[~drop]
 
     def _step_length(self, rhs, d, dA, vA):
         """1 for the squared loss; Armijo backtracking on the sign-fixed objective otherwise."""
@@ -234,12 +260,19 @@ class _L1Polish:
         return t
 
     def newton(self, max_solves, n_flip_max):
-        """Newton steps on ``A`` with fixed signs: ``"converged"``, ``"stalled"`` or ``"abort"``."""
+        """Newton steps on ``A`` with fixed signs: ``"converged"``, ``"stalled"`` or ``"abort"``.
+
+        For the squared loss a full step solves the sign-fixed problem; when the next one does
+        not halve the residual, the residual is rounding error and the steps stop
+        (``"converged"``; :meth:`certified` then judges it against ``tol_abs``).
+        """
+        last = np.inf  # the residual before the last full step (squared loss)
         while self.solves < max_solves:
             rhs = self.gv[self.A] + self.alpha * self.theta
             if self.nb:
                 rhs = np.concatenate([rhs, self.gb])
-            if rhs.size == 0 or np.abs(rhs).max() <= self.tiny:
+            res = np.abs(rhs).max() if rhs.size else 0.0
+            if res <= self.tiny or res >= 0.5 * last:
                 return "converged"
             d = self._newton_direction(rhs)
             A = self.A
@@ -250,8 +283,11 @@ class _L1Polish:
                 return "abort"  # the sign pattern is not identified yet
             if flipped.any():
                 self._cross_zero(d, dA, vA, flipped)
+                last = np.inf
                 continue
             self.fresh[A] = False
+            if self.sub.quadratic:
+                last = res
             t = self._step_length(rhs, d, dA, vA)
             self.v[A] = vA + t * dA
             if self.nb:
@@ -275,7 +311,7 @@ class _L1Polish:
                 self.banned[:] = False
         if add.size == 0:
             return False
-        limit = max(10, self.A.size // 10)
+        limit = max(10, self.A.size // 10) if self.max_enter is None else self.max_enter
         if add.size > limit:
             # the worst violators first: a large batch would flip many signs at once
             add = add[np.argpartition(-viol[add], limit - 1)[:limit]]
@@ -293,7 +329,8 @@ class _L1Polish:
         return bool(worst <= self.tol_abs)
 
 
-def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=1e-6, warm=False):
+def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=1e-6, warm=False,
+              max_enter=None):
     """Exact solve on the support of the rounded spred iterate (active-set Newton).
 
     The spred iterate ``v`` is rounded to its support ``A`` (see
@@ -309,15 +346,22 @@ def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=
     ``warm=True``: ``v`` is an exact solution on a smaller set (the previous working
     set), not a spred iterate, so its signs are trusted: the search continues from it
     (feature-sign search) with more rounds and solves, and never gives up on the first
-    solve for flipping signs. Returns ``(v, b, ok)``.
+    solve for flipping signs. ``max_enter``: at most this many entries enter at a time
+    (and the warm search gets enough rounds for every entry to enter); with one at a time,
+    each entry starts moving with the sign it entered with, so every round lowers the
+    objective (feature-sign search). Returns ``(v, b, ok, n_solves)``, ``n_solves`` the
+    number of linear (Newton) solves.
     """
     st = _L1Polish(pen, sub, v, b, tol_abs, threshold)
+    st.max_enter = max_enter
     n_active = st.A.size
     if n_active > max(sub.n, 50):
-        return st.v, st.b, False  # more active entries than samples: not identified yet
+        return st.v, st.b, False, 0  # more active entries than samples: not identified yet
     st.refresh()
     if warm:
         max_rounds, max_solves, n_flip_max = _WARM_ROUNDS, _WARM_SOLVES, np.inf
+        if max_enter is not None:
+            max_rounds = max(max_rounds, -(-st.v.size // max_enter) + 10)
     else:
         n_flip_max = max(10, n_active // 10) if n_active > 200 else n_active + 1
     if max_solves is None:
@@ -327,10 +371,10 @@ def polish_l1(pen, sub, v, b, tol_abs, max_rounds=6, max_solves=None, threshold=
     for _ in range(max_rounds):
         status = st.newton(max_solves, n_flip_max)
         if status == "abort":
-            return st.v, st.b, False
+            return st.v, st.b, False, st.solves
         if status != "converged" or not st.grow():
             break
-    return st.v, st.b, st.certified()
+    return st.v, st.b, st.certified(), st.solves
 
 
 def _group_newton_direction(pen, sub, v, b, active, nv, tol_abs):
@@ -356,20 +400,22 @@ def _group_newton_direction(pen, sub, v, b, active, nv, tol_abs):
 
 
 def polish_group(pen, sub, v, b, tol_abs, max_newton=60):
-    """Newton on the active groups (where the group norm is smooth). Returns ``(v, b, ok)``."""
+    """Newton on the active groups (where the group norm is smooth). Returns ``(v, b, ok,
+    n_newton)``, ``n_newton`` the number of Newton steps."""
     nb = sub.nb
     v = v.copy()
     b = None if b is None else b.copy()
     nv = pen.norms(v)
     if nv.size == 0:
-        return v, b, True
+        return v, b, True, 0
     active = ~relative_zeros(nv, 1e-9)
     v[~active[pen.rep]] = 0.0
 
     def total(vv, bb):
         return sub.fg(vv, bb)[0] + pen.alpha_g @ pen.norms(vv)
 
-    for _ in range(max_newton):
+    it = 0
+    for it in range(max_newton):
         nv = pen.norms(v)
         step = _group_newton_direction(pen, sub, v, b, active, nv, tol_abs)
         if step is None:
@@ -390,16 +436,17 @@ def polish_group(pen, sub, v, b, tol_abs, max_newton=60):
             active &= ~dead
             v[dead[pen.rep]] = 0.0
     else:
-        return v, b, False
+        return v, b, False, max_newton
     _, gv, _ = sub.fg(v, b)
     gnorm = flat_group_norms(gv, pen.ptr[:-1])
     viol = np.where(active, 0.0, gnorm - pen.alpha_g)
-    return v, b, bool(viol.max() <= tol_abs)
+    return v, b, bool(viol.max() <= tol_abs), it
 
 
-def polish(pen_sub, sub, v, b, tol_abs, warm=False):
+def polish(pen_sub, sub, v, b, tol_abs, warm=False, max_enter=None):
     """The polish for the sub-penalty ``pen_sub`` (:class:`L1Sub` or :class:`GroupSub`);
-    ``warm``: ``v`` is an exact solution on a smaller set (see :func:`polish_l1`)."""
+    ``warm``: ``v`` is an exact solution on a smaller set, ``max_enter`` (L1): entries that
+    may enter at a time (see :func:`polish_l1`)."""
     if isinstance(pen_sub, L1Sub):
-        return polish_l1(pen_sub, sub, v, b, tol_abs, warm=warm)
+        return polish_l1(pen_sub, sub, v, b, tol_abs, warm=warm, max_enter=max_enter)
     return polish_group(pen_sub, sub, v, b, tol_abs)

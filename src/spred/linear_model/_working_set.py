@@ -1,7 +1,7 @@
 """The working-set spred solver (full batch, NumPy/SciPy): :func:`solve_ws`.
 
-Every solver here genuinely uses *sparsity by redundancy*: a sparse vector ``v`` is
-written ``v = u * w`` (or ``v_g = s_g * w_g`` for penalty groups) and the smooth
+Apart from small problems (below), the solver here uses *sparsity by redundancy*: a
+sparse vector ``v`` is written ``v = u * w`` (or ``v_g = s_g * w_g`` for penalty groups) and the smooth
 objective
 
     F(u, w) = L(u * w) + (alpha / 2) * (||u||^2 + ||w||^2)
@@ -29,10 +29,19 @@ is minimised; at a minimiser ``|u| = |w|`` and ``F = L(v) + alpha * ||v||_1``.
    nears ``n`` (where the factored problem is ill-conditioned and L-BFGS needs hundreds
    of iterations) the exact continuation does the rest.
 
+*Small problems* (squared loss, L1, at most ``SMALL_FEATURES = 128`` features and no more
+than samples; e.g. scikit-learn's diabetes data, 442 x 10): one working set, all features,
+and the exact search runs from the start point itself, three entries entering at a time;
+its Newton solves on blocks of at most 128 x 128 cost fewer Python calls than L-BFGS
+iterations on the factors (a fit of the diabetes data took 1.0-1.5 ms of CPU with L-BFGS
+first, 0.6-0.7 ms so). Its result is certified by the same KKT check; if it fails, L-BFGS
+on the factors runs as for any working set.
+
 Stopping criterion: ``crit = max_j dist(-grad_j L(v), alpha * weight_j * d||v_j||)
 / alpha`` (plus the intercept gradient), i.e. the largest KKT violation as a fraction
 of the penalty's slope ``alpha`` (``alpha_max`` when ``alpha = 0``); the solver stops
-when ``crit <= tol``.
+when ``crit <= tol``. Iterations (``n_iter``, bounded by ``max_iter``) count the L-BFGS
+iterations plus the Newton solves of an exact search tried before L-BFGS.
 """
 
 from __future__ import annotations
@@ -44,7 +53,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._lbfgs import lbfgs
-from ._penalties import L1Sub
+from ._datafits import QuadraticDatafit
+from ._penalties import L1Penalty, L1Sub
 from ._polish import polish
 
 logger = logging.getLogger(__name__)
@@ -52,6 +62,9 @@ logger = logging.getLogger(__name__)
 __all__ = ["SolverResult", "compute_alpha_max", "lasso_dual_gap", "solve_ws"]
 
 _WS_GROWTH = 2.0  # working set: at least this many times the support
+# small problems (squared loss, L1, at most this many features, no more than samples) try the
+# exact search from the start point first, this many entries entering at a time
+SMALL_FEATURES, _SMALL_ENTER = 128, 3
 
 
 @dataclass
@@ -65,7 +78,8 @@ class SolverResult:
         Intercept fitted by the solver (logistic losses); 0 for the squared loss,
         whose intercept is recovered by the caller from the centring offsets.
     n_iter : int
-        Total number of L-BFGS iterations on the spred objective.
+        Total number of L-BFGS iterations on the spred objective, plus the Newton solves
+        of the exact searches tried before L-BFGS (warm starts, small problems).
     crit : float
         Final stopping criterion (scaled KKT residual).
     converged : bool
@@ -111,20 +125,34 @@ def _try_warm_polish(pen_sub, v0):
     return isinstance(pen_sub, L1Sub) and bool(np.any(v0 != 0))
 
 
-def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
+def is_small(datafit, penalty):
+    """Whether the exact search alone is tried first on the whole problem (:func:`solve_ws`):
+    squared loss, L1, at most ``SMALL_FEATURES`` features and no more than samples."""
+    return (isinstance(penalty, L1Penalty) and isinstance(datafit, QuadraticDatafit)
+            and datafit.p <= min(SMALL_FEATURES, datafit.n))
+
+
+def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every, small=False):
     """Spred L-BFGS on a working set, with polishing.
 
     For L1 a polish is tried when the estimated support and signs have stayed the same for
     three iterations (and differ from the last failed try), and in any case at
     geometrically growing spacing (the first after ``check_every // 2`` iterations).
-    Returns ``(v, b, n_iter, ok, status)``.
+    ``small``: the exact search is tried first from ``v0`` (a small problem, see
+    :func:`is_small`); otherwise it is tried first from a nonzero ``v0`` (a warm start).
+    Returns ``(v, b, n_iter, ok, status)`` with ``n_iter`` the L-BFGS iterations plus the
+    Newton solves of an exact search tried first.
     """
-    if _try_warm_polish(pen_sub, v0):
-        # warm start (a previous working set's solution): the polish continues it, adding
-        # the new violators, and L-BFGS runs only if that fails
-        v2, b2, ok = polish(pen_sub, sub, v0, b0, tol_abs, warm=True)
+    spent = 0
+    if small or _try_warm_polish(pen_sub, v0):
+        # a warm start (a previous working set's solution): the exact search continues it,
+        # adding the new violators; a small problem: the exact search from v0, a few entries
+        # entering at a time, costs fewer Python calls than L-BFGS iterations. L-BFGS on the
+        # factors runs only if it fails.
+        v2, b2, ok, spent = polish(pen_sub, sub, v0, b0, tol_abs, warm=True,
+                                   max_enter=_SMALL_ENTER if small else None)
         if ok:
-            return v2, b2, 0, True, "polish"
+            return v2, b2, spent, True, "polish"
     x0 = pen_sub.to_factors(v0, b0, c0)
     fun, precond = pen_sub.objective(sub)
     nb = sub.nb
@@ -144,7 +172,7 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
             state["next"] = it + max(check_every, it // 2)
         state["tried"] = key
         v, b = pen_sub.to_v(x, nb)
-        v2, b2, ok = polish(pen_sub, sub, v, b, tol_abs)
+        v2, b2, ok, _ = polish(pen_sub, sub, v, b, tol_abs)
         if ok:
             found["vb"] = (v2, b2)
             return True
@@ -153,17 +181,17 @@ def _solve_subproblem(sub, pen_sub, v0, b0, tol_abs, max_iter, c0, check_every):
     x, f, g, it, status = lbfgs(fun, x0, max_iter, callback=callback, precond=precond)
     if "vb" in found:
         v, b = found["vb"]
-        return v, b, it, True, status
+        return v, b, it + spent, True, status
     v, b = pen_sub.to_v(x, nb)
-    v2, b2, ok = polish(pen_sub, sub, v, b, tol_abs)
+    v2, b2, ok, _ = polish(pen_sub, sub, v, b, tol_abs)
     if ok:
-        return v2, b2, it, True, status
+        return v2, b2, it + spent, True, status
     # keep whichever of the polished (exact zeros) and raw iterates is lower
     f_raw = sub.fg(v, b)[0] + pen_sub.value(v)
     f_pol = sub.fg(v2, b2)[0] + pen_sub.value(v2)
     if f_pol <= f_raw:
-        return v2, b2, it, False, status
-    return v, b, it, False, status
+        return v2, b2, it + spent, False, status
+    return v, b, it + spent, False, status
 
 
 def _working_set(penalty, g, viol, supp, ws_size, p0, tol_abs):
@@ -206,7 +234,7 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
     tol : float
         Stop when ``max KKT violation / alpha <= tol``.
     max_iter : int
-        Maximum total number of L-BFGS iterations.
+        Maximum total number of iterations (L-BFGS iterations plus the counted Newton solves).
     p0 : int
         Size of the first working set.
     check_every : int
@@ -227,6 +255,7 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
     scale = penalty.alpha if penalty.alpha > 0 else (alpha_max if alpha_max > 0 else 1.0)
     tol_abs = tol * scale
     n_iter, ws_size, crit, converged = 0, p0, np.inf, False
+    small = is_small(datafit, penalty)
     outer = 0
     g_final = None
     for outer in range(1, 10 * max_iter + 2):
@@ -243,13 +272,17 @@ def solve_ws(datafit, penalty, *, coef_init=None, intercept_init=None, alpha_max
             g_final = g
             break
         ws_size = min(penalty.n_units, max(ws_size, int(_WS_GROWTH * int(supp.sum())), p0))
-        units = _working_set(penalty, g, viol, supp, ws_size, p0, tol_abs)
+        if small:  # one working set: the whole problem
+            units = np.arange(penalty.n_units)
+        else:
+            units = _working_set(penalty, g, viol, supp, ws_size, p0, tol_abs)
         entries = penalty.unit_entries(units)
         sub = datafit.subproblem(penalty.unit_features(units))
         pen_sub = penalty.subproblem(units)
         c0 = _factor_scale(v[entries], g[entries], sub, penalty.alpha)
         v_new, b_new, it, ok, _ = _solve_subproblem(
-            sub, pen_sub, v[entries], b, tol_abs, max(max_iter - n_iter, 1), c0, check_every)
+            sub, pen_sub, v[entries], b, tol_abs, max(max_iter - n_iter, 1), c0, check_every,
+            small=small)
         n_iter += it
         v[entries] = v_new
         if b is not None:
