@@ -8,6 +8,14 @@ order rotating every round), so a change of load on the machine hits them alike,
 step is timed in CPU seconds of the process (``time.process_time``: on a shared machine
 the time the process waits for a core does not count); the table gives the median over
 rounds of each kind's step over dense's in the same round, with the spread.
+The CPU time includes the kernel's: a step whose tensors land on pages the allocator has just
+returned to the system (glibc trims the top of its heap once more than a threshold is free,
+and maps large blocks afresh) pays a page fault per 4 KiB page. Which of the models that share
+a process pays them is a matter of where their tensors fall on the heap, so per kind the
+table also gives the median system CPU milliseconds and minor page faults of a step;
+``--malloc steady`` (glibc only) sets ``mallopt`` in the timing process so that freed memory
+stays with the process (no trimming, no fresh maps below 32 MiB): the step times then hold
+the work of the step alone.
 Peak memory: each kind again, alone in a forked process, as the peak resident-set growth
 over two training steps, model and optimizer included (Linux's ``VmHWM`` reset through
 ``/proc/self/clear_refs``, else ``resource.getrusage``). The parent only imports, so
@@ -23,12 +31,13 @@ move on top of dense (forward: read u, w, write v; backward: read dv, u, w, writ
 dw; the optimizer over the second copy of the weights), divided by the memory
 bandwidth measured in the same run (a large tensor copy), as a ratio over dense.
 
-    python benchmarks/overhead.py [--quick] [--threads 1] [--steps 6]
+    python benchmarks/overhead.py [--quick] [--threads 1] [--steps 6] [--malloc steady]
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import multiprocessing
 import resource
 import statistics
@@ -189,22 +198,44 @@ def _kinds(groups: str) -> tuple[str, ...]:
     return ("dense", "spred") if groups == "channels" else ("dense", "spred", "plain")  # the fast path has no channel part
 
 
-def time_case(model_name, batch, opt_name, groups, steps, warmup, control=False) -> dict:
-    """Per kind the median step time, and the per-round ratios over dense: the kinds step in turns.
+def steady_malloc() -> bool:
+    """Keep freed memory in the process (glibc ``mallopt``: no heap trimming, no fresh maps below 32 MiB); False elsewhere."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-1, 2**31 - 1)) and bool(libc.mallopt(-3, 32 * 2**20))  # M_TRIM_THRESHOLD, M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+def time_case(model_name, batch, opt_name, groups, steps, warmup, control=False, malloc="default") -> dict:
+    """Per kind the median step time, system time and page faults, and the per-round ratios over dense: the kinds step
+    in turns.
 
     ``control`` adds a second dense model, the same as the first: its ratio is what the method reads when there
-    is no difference (the noise, and the bias of a model's placement in memory)."""
+    is no difference (the noise, and the bias of a model's placement in memory). ``malloc="steady"``: see
+    :func:`steady_malloc`."""
+    if malloc == "steady" and not steady_malloc():
+        raise RuntimeError("--malloc steady needs glibc's mallopt")
     kinds = _kinds(groups) + (("control",) if control else ())
     trainers = {k: _trainer(model_name, batch, opt_name, groups, k) for k in kinds}
-    times = {k: [] for k in kinds}
+    times, system, faults = ({k: [] for k in kinds} for _ in range(3))
     for r in range(warmup + steps):
         for k in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
-            t = time.process_time()
+            before, t = resource.getrusage(resource.RUSAGE_SELF), time.process_time()
             trainers[k]()
             if r >= warmup:
                 times[k].append(time.process_time() - t)
+                after = resource.getrusage(resource.RUSAGE_SELF)
+                system[k].append(after.ru_stime - before.ru_stime)
+                faults[k].append(after.ru_minflt - before.ru_minflt)
     ratios = {k: [a / d for a, d in zip(times[k], times["dense"])] for k in kinds}
-    return {"time": {k: statistics.median(v) for k, v in times.items()}, "ratios": ratios}
+    median = statistics.median
+    return {
+        "time": {k: median(v) for k, v in times.items()},
+        "ratios": ratios,
+        "system": {k: median(v) for k, v in system.items()},
+        "faults": {k: median(v) for k, v in faults.items()},
+    }
 
 
 def peak_case(model_name, batch, opt_name, groups, kind, steps) -> int:
@@ -284,6 +315,7 @@ def main(argv=None):
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, help="default: 8 and 64 (ResNet-20: 64 and 128)")
     parser.add_argument("--optimizers", nargs="+", default=list(OPTIMIZERS), choices=list(OPTIMIZERS))
+    parser.add_argument("--malloc", default="default", choices=("default", "steady"), help="steady: glibc keeps freed memory (no trimming) while timing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)  # the parent runs no tensor work: it only imports and forks
     if args.quick:
@@ -293,11 +325,12 @@ def main(argv=None):
     bw = _forked(bandwidth)
     print(f"torch {torch.__version__}, {args.threads} thread(s), fused optimizers, {args.steps} timed rounds after {args.warmup}; copy bandwidth {bw / 1e9:.1f} GB/s")
     print("step time (CPU seconds of the process): median over rounds of spred / dense in the same round (min-max); 'plain' = the fast path off")
+    print("allocator: " + ("glibc keeps freed memory while timing (--malloc steady)" if args.malloc == "steady" else "as it is (trimming on)"))
     print(f"memory: peak resident-set growth over build + {args.memory_steps} step(s), each kind in its own process, over dense\n")
     control = " control time |" if args.control else ""
     print(f"| model | batch | optimizer | groups | dense ms | dense MiB | spred time | plain time |{control} spred mem | plain mem |")
     print("|---|---:|---|---|---:|---:|---:|---:|" + "---:|" * (3 if args.control else 2))
-    floors = {}
+    floors, allocator = {}, []
     for model_name in args.models:
         _, _, model_groups, default_batches = MODELS[model_name]
         batches = default_batches[:1] if args.quick else (args.batches or default_batches)
@@ -305,7 +338,8 @@ def main(argv=None):
             for opt_name in args.optimizers:
                 for groups in model_groups:
                     case = (model_name, batch, opt_name, groups)
-                    t = _forked(time_case, *case, args.steps, args.warmup, args.control)
+                    t = _forked(time_case, *case, args.steps, args.warmup, args.control, args.malloc)
+                    allocator.append((case, t))
                     mem = {k: _forked(peak_case, *case, k, args.memory_steps) for k in _kinds(groups)}
                     dense_ms, plain_mem = 1e3 * t["time"]["dense"], f"{mem['plain'] / mem['dense']:.2f}" if "plain" in mem else "-"
                     times = " | ".join(_ratio(t["ratios"], k) for k in ("spred", "plain", "control")[: 3 if args.control else 2])
@@ -316,6 +350,12 @@ def main(argv=None):
                     )
                     if groups == "elementwise":
                         floors[(model_name, batch, opt_name)] = (t["time"]["dense"], statistics.median(t["ratios"]["spred"]))
+    print("\nper step, median: system CPU ms / minor page faults of each kind")
+    print("| model | batch | optimizer | groups | " + " | ".join(_kinds("out") + (("control",) if args.control else ())) + " |")
+    print("|---|---:|---|---|" + "---:|" * (4 if args.control else 3))
+    for (model_name, batch, opt_name, groups), t in allocator:
+        cells = [f"{1e3 * t['system'][k]:.1f} / {t['faults'][k]:.0f}" if k in t["system"] else "-" for k in _kinds("out") + (("control",) if args.control else ())]
+        print(f"| {model_name} | {batch} | {opt_name} | {groups} | " + " | ".join(cells) + " |")
     if not floors:
         return
     print("\nphysical floor (elementwise): extra bytes / bandwidth, as a step-time ratio over dense")

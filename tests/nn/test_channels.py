@@ -314,3 +314,27 @@ def test_one_scale_per_gate_and_pass_keeps_separate_passes_apart():
     for a, b in zip(m.parameters(), twin.parameters()):
         torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
     assert not spred.collapse(m)._forward_hooks and not spred.collapse(m)._forward_pre_hooks
+
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+def test_gate_scales_equal_the_product_formula(monkeypatch, depth):
+    """``ChannelGate.scale`` writes the product of the D-1 gate rows out (no ``torch.prod``); the model equals the
+    reference ``prod(g, 0) * cbar / c`` (float64, 1e-12) in outputs, every gradient, running statistics, penalty and
+    collapsed weights, with unequal group weights and some gates at zero."""
+    from spred.nn import _gates
+
+    m, x = _resnet().double(), torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    spred.sparsify(m, 0.05, groups="channels", example_inputs=x[:2], depth=depth, group_weight="flops")
+    with torch.no_grad():
+        for i, g in enumerate(spred.channel_groups(m)):
+            g.spred.gates.mul_(torch.rand_like(g.spred.gates) + 0.5)  # generic scales, not the initial constant
+            g.spred.gates[i % (depth - 1), :: 3 + i % 2] = 0.0  # zeros: the product's gradient must not need a division
+    reference = copy.deepcopy(m)
+    fast = _gated_step(m, x)
+    monkeypatch.setattr(_gates.ChannelGate, "scale", lambda self: self.gates.prod(dim=0) * (self.cbar() / self.weights))
+    slow = _gated_step(reference, x)
+    assert len(fast) == len(slow)
+    for a, b in zip(fast, slow):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
