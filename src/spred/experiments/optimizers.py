@@ -25,9 +25,10 @@ the dependency graph, a filter with its BatchNorm and the slices that read it; `
 scalar per conv filter / hidden neuron of each tensor; the classes of the output layer stay dense).
 
 Datasets: MNIST and Fashion-MNIST (``StudyCNN``), CIFAR-10 (JPEG) with ``CifarCNN`` and ResNet-20 (rows labelled
-``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen and compared with magnitude
-pruning of its optimizer's dense model to the same sparsity (:mod:`._optimizers_floor`); finished runs are kept in
-``--out/.spred-runs`` and reused by the same study run again (:mod:`._optimizers_cache`).
+``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen (one recipe for every
+run: Adam at 1e-4) and compared with magnitude pruning of its optimizer's dense model to the same sparsity, given the
+same fine-tune (:mod:`._optimizers_floor`); finished runs are kept in ``--out/.spred-runs`` and reused by the same
+study run again (:mod:`._optimizers_cache`).
 
 Zeros. A weight counts as zero when ``|v| <= threshold`` (a group when its norm is);
 the same threshold is used by the target-sparsity controller (which counts whole groups
@@ -241,7 +242,7 @@ class OptimizersConfig:
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
 # --quick with --datasets cifar10 (docs/optimizers.md): CifarCNN, SGD / Adam / Adagrad, both types, targets 20 and 60%,
 # one seed, fixed learning rates, the first 2,000 training and test images, 6 epochs at batch 32 (378 steps, lam
-# updated every 2), a 1-epoch fine-tune. Sized to finish in about 20 minutes on one shared core.
+# updated every 2), a 1-epoch fine-tune (Adam at 1e-4, as every run). Sized to finish in about 20 minutes on one shared core.
 QUICK_CIFAR = {
     "datasets": ("cifar10",), "models": ("cifarcnn",), "optimizers": ("sgd", "adam", "adagrad"), "targets": (0.2, 0.6), "seeds": (0,),
     "cifar_epochs": 6, "cifar_n_train": 2000, "cifar_n_test": 2000, "batch_size": 32, "augment": False, "finetune_epochs": 1,
@@ -388,7 +389,8 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
                     tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
                     latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_target=cfg.tune_target,
                     tune_seed=cfg.tune_seed, dataset=tag, progress=progress is not False, tuning=tune_rows, n_jobs=n_jobs,
-                    finetune_epochs=cfg.finetune_epochs, finetune_optimizer=cfg.finetune_optimizer, finetune_lr=cfg.finetune_lr, model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
+                    finetune_epochs=cfg.finetune_epochs, finetune_optimizer=cfg.finetune_optimizer, finetune_lr=cfg.finetune_lr,
+                    model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
                     device=cfg.device, structured_groups=cfg.structured_groups, lam_update_every=cfg.lam_update_every,
                 )  # fmt: skip
                 for r in tune_rows:
