@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 import spred
 from spred.experiments import _common
+from spred.experiments._optimizers_floor import FINETUNE_LR, FINETUNE_OPTIMIZER
 from spred.nn._rules import group_norms, kkt_residuals, reduce_dims, unit_dim
 
 logger = logging.getLogger(__name__)
@@ -230,8 +231,8 @@ class _Setup:
     dataset: str
     model: str = ""
     finetune_epochs: int = 0
-    finetune_optimizer: str = "adam"  # the fine-tune of every sparse run and its floor (see _optimizers_floor)
-    finetune_lr: float = 1e-4
+    finetune_optimizer: str = FINETUNE_OPTIMIZER  # the fine-tune of every sparse run and its floor (see _optimizers_floor)
+    finetune_lr: float = FINETUNE_LR
     structured_groups: str = "channels"  # "channels" (channel groups across layers) or "out" (per tensor)
     lam_update_every: int = 10  # optimizer steps between two lam updates of the target-sparsity controller
 

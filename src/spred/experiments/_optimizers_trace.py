@@ -88,8 +88,8 @@ def trace_run(model_factory: Callable[[], nn.Module], train_data, test_data, *, 
             loss_fn=loss_fn, target_sparsity=TargetSparsity(target, threshold=threshold), threshold=threshold, seed=seed, progress=False,
             val_data=test_data, callbacks=[record])  # fmt: skip
     collapsed = spred.collapse(model.cpu(), threshold=threshold)
-    tuned = masked_finetune(collapsed, train_data, optimizer=finetune_optimizer or ("adamw" if optimizer == "adamw_decoupled" else optimizer), lr=finetune_lr or lr,
-                            epochs=finetune_epochs, seed=seed,
+    own = "adamw" if optimizer == "adamw_decoupled" else optimizer
+    tuned = masked_finetune(collapsed, train_data, optimizer=finetune_optimizer or own, lr=finetune_lr or lr, epochs=finetune_epochs, seed=seed,
                             batch_size=batch_size, momentum=momentum, loss_fn=loss_fn)  # fmt: skip
     rows[-1]["acc_finetuned"] = _evaluate(setup, tuned, test_data)
     return rows
