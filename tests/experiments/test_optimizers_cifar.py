@@ -83,7 +83,7 @@ def test_masked_finetune_keeps_the_zeros_and_trains_the_rest():
     with _common.torch_seed(0):
         model = _factory()
     pruned = magnitude_prune_to(model, 0.5, False, "2")
-    tuned = masked_finetune(pruned, _data(256, 0), optimizer="adamw_decoupled", lr=1e-2, epochs=2, seed=0, batch_size=32, momentum=0.9,
+    tuned = masked_finetune(pruned, _data(256, 0), optimizer="adamw", lr=1e-2, epochs=2, seed=0, batch_size=32, momentum=0.9,
                             loss_fn=nn.functional.cross_entropy)  # fmt: skip
     for before, after in ((pruned[0].weight, tuned[0].weight), (pruned[2].weight, tuned[2].weight)):
         assert torch.equal(before == 0, after == 0)
@@ -142,7 +142,7 @@ def test_study_fine_tunes_compares_with_the_magnitude_floor_and_resumes_from_its
     for r in sparse:
         for key in ("test_acc_finetuned", "magnitude_acc", "magnitude_acc_finetuned"):
             assert 0 <= r[key] <= 1, key
-        assert r["finetune_epochs"] == 1 and r["finetune_lr"] == {"sgd": 0.05, "adam": 3e-3}[r["optimizer"]]
+        assert r["finetune_epochs"] == 1 and r["finetune_optimizer"] == "adam" and r["finetune_lr"] == 1e-4  # one recipe for every optimizer
     assert len(list(tmp_path.glob("*.json"))) == 4 and len(list(tmp_path.glob("*.pt"))) == 2  # the dense runs keep their weights
 
     def boom(*args, **kwargs):
@@ -155,6 +155,28 @@ def test_study_fine_tunes_compares_with_the_magnitude_floor_and_resumes_from_its
     assert strip(again) == strip(rows)
     with pytest.raises(AssertionError, match="a cached run was trained again"):
         _small_study(tmp_path, initial_lams={"sgd": 2e-5})  # another setting: another key
+    with pytest.raises(AssertionError, match="a cached run was trained again"):
+        _small_study(tmp_path, finetune_lr=3e-4)  # another fine-tune: another key
+
+
+def test_every_sparse_run_and_its_floor_get_the_same_fine_tune(monkeypatch):
+    """One recipe (optimizer, lr, epochs) for spred and the floor, whatever optimizer trained the model."""
+    from spred.experiments import _optimizers_floor as floor_mod
+
+    calls = []
+    real = floor_mod.masked_finetune
+    monkeypatch.setattr(floor_mod, "masked_finetune", lambda model, data, **kw: calls.append(kw) or real(model, data, **kw))
+    rows = _small_study(None, finetune_optimizer="sgd", finetune_lr=0.01)
+    assert len(calls) == 4  # two sparse runs, each fine-tuned and with a fine-tuned floor
+    assert {(kw["optimizer"], kw["lr"], kw["epochs"]) for kw in calls} == {("sgd", 0.01, 1)}
+    assert {(r["finetune_optimizer"], r["finetune_lr"]) for r in rows if r["sparsity_type"] != "dense"} == {("sgd", 0.01)}
+
+
+def test_the_fine_tune_code_is_part_of_a_sparse_runs_key():
+    from spred.experiments._optimizers_cache import _CODE
+
+    assert "spred.experiments._optimizers_floor" in _CODE["sparse"] and "spred.experiments._optimizers_floor" in _CODE["channels"]
+    assert "spred.experiments._optimizers_floor" not in _CODE["dense"]  # the dense runs do not fine-tune: they stay cached
 
 
 def test_a_change_of_the_spred_code_a_run_executes_retrains_it(tmp_path, monkeypatch):
@@ -234,6 +256,9 @@ def test_quick_with_cifar10_is_the_cifar_preset():
     full = opt_exp.config_from_args(parser.parse_args(["--datasets", "cifar10", "--no-resume", "--finetune-epochs", "3"]))
     assert full.models == ("cifarcnn", "resnet20") and full.cifar_epochs == 30 and full.cifar_n_train is None and not full.resume
     assert full.finetune_epochs == 3 and full.lrs == {}  # tuned
+    assert (cfg.finetune_optimizer, cfg.finetune_lr) == ("adam", 1e-4)
+    other = opt_exp.config_from_args(parser.parse_args(["--quick", "--datasets", "cifar10", "--finetune-optimizer", "sgd", "--finetune-lr", "0.01"]))
+    assert (other.finetune_optimizer, other.finetune_lr) == ("sgd", 0.01)
     assert opt_exp.config_from_args(parser.parse_args(["--quick"])).datasets == ("mnist",)
 
 

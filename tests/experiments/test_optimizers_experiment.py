@@ -320,6 +320,8 @@ def test_two_runs_into_one_folder_the_second_is_refused(tmp_path, small_run, mon
         ({"lrs": {"dense": {"sgd": 0}}}, ValueError, r"The 'lrs\['dense'\]' entry for 'sgd' of optimizer_study must be a float > 0"),
         ({"tune_target": 1.5}, ValueError, r"The 'tune_target' parameter of optimizer_study must be a float in the range \(0, 1\) or None. Got 1.5"),
         ({"example_inputs": torch.zeros(1, 16)}, ValueError, r"The 'example_inputs' parameter of optimizer_study must be a tensor with at least 2 samples"),
+        ({"finetune_optimizer": "lion"}, ValueError, r"The 'finetune_optimizer' parameter of optimizer_study must be one of \['sgd', 'adam', 'adamw', 'adagrad'\]. Got 'lion'"),
+        ({"finetune_lr": 0.0}, ValueError, r"The 'finetune_lr' parameter of optimizer_study must be a float in the range \(0, inf\). Got 0.0"),
     ],
 )
 def test_study_rejects_bad_parameters(kwargs, error, match):
@@ -393,6 +395,8 @@ def test_config_validation_messages():
         ({"datasets": ("cifar100",)}, r"The 'datasets' parameter of OptimizersConfig must be a non-empty subset of \['mnist', 'fashion_mnist', 'cifar10'\]"),
         ({"models": ("vgg99",)}, r"The 'models' parameter of OptimizersConfig must be a non-empty subset of \['mlp', "),
         ({"finetune_epochs": -1}, r"The 'finetune_epochs' parameter of OptimizersConfig must be an int >= 0. Got -1"),
+        ({"finetune_optimizer": "adamw_decoupled"}, r"The 'finetune_optimizer' parameter of OptimizersConfig must be one of \['sgd', 'adam', 'adamw', 'adagrad'\]"),
+        ({"finetune_lr": -1e-4}, r"The 'finetune_lr' parameter of OptimizersConfig must be a float in the range \(0, inf\). Got -0.0001"),
         ({"cifar_n_test": 1}, r"The 'cifar_n_test' parameter of OptimizersConfig must be an int >= 2 or None. Got 1"),
         ({"epochs": 0}, r"The 'epochs' parameter of OptimizersConfig must be an int >= 1. Got 0"),
         ({"lam_update_every": 0}, r"The 'lam_update_every' parameter of OptimizersConfig must be an int >= 1. Got 0"),

@@ -4,7 +4,8 @@ Every finished run (tuning, dense or sparse) is written at once as a small JSON 
 (and, for a dense run, the trained weights as a ``.pt`` file) in the cache folder,
 named by the sha256 of everything that determines it: the study's settings
 (``fingerprint``), the run's own (type, optimizer, target, seed, learning rate, ...) and
-the spred code it runs (:func:`library_fingerprint`).
+the spred code it runs (:func:`library_fingerprint`; for a sparse run also the study's
+fine-tune and floor, ``_optimizers_floor``).
 Running the same study again reads the finished runs back instead of training them;
 change a setting and the names change, so no stale run is ever reused. Files are
 written to a temporary name and renamed, so an interrupted write leaves no half file.
@@ -27,7 +28,8 @@ __all__ = ["cache_key", "library_fingerprint", "load_cached", "store_cached"]
 
 #: The code each kind of run executes (packages: every module in them): part of its cache key.
 _DENSE_CODE = ("spred.train",)
-_SPARSE_CODE = (*_DENSE_CODE, "spred.nn._parametrizations", "spred.nn._sparsify", "spred.nn._rules", "spred.nn._collapse", "spred.nn._report")
+_SPARSE_CODE = (*_DENSE_CODE, "spred.nn._parametrizations", "spred.nn._sparsify", "spred.nn._rules", "spred.nn._collapse", "spred.nn._report",
+                "spred.experiments._optimizers_floor")  # the fine-tune and the magnitude floor of every sparse run
 _CODE = {"dense": _DENSE_CODE, "sparse": _SPARSE_CODE, "channels": (*_SPARSE_CODE, "spred.nn._gates", "spred.nn._channels", "spred.nn._graph")}
 
 

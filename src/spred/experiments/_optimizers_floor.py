@@ -12,6 +12,18 @@ Both use the same fine-tune, so that spred and the floor are compared on equal t
   ``|w|`` over the weights spred sparsified (every Linear / Conv weight); structured,
   in every layer that spred grouped (all but the output layer) the same fraction of
   output channels with the smallest L2 norms (filter-norm pruning).
+* :func:`finetune_and_floor`: both, for one sparse run of the study.
+
+The fine-tune is one recipe for every run, whatever optimizer trained the model:
+``FINETUNE_OPTIMIZER`` at ``FINETUNE_LR`` (Adam at 1e-4) from the dense model's weight
+norms under BatchNorm (:func:`match_scale`). The study's optimizers leave no optimizer
+state that a fine-tune of the collapsed weights could continue (theirs is on the spred
+factors), and restarting each run's own optimizer at its training rate is not a
+fine-tune: a fresh Adagrad (empty accumulator) or Adam moves *every* weight by about
+``lr`` in its first steps, whatever its size (see docs/optimizers.md, "The fine-tune").
+
+This module is part of the cache key of every sparse run (see ``_optimizers_cache``):
+a change here retrains the sparse runs and keeps the dense ones.
 """
 
 from __future__ import annotations
@@ -25,12 +37,12 @@ from torch import nn
 
 from spred.experiments._prune_budget import prunable_weights
 
-__all__ = ["finetune_optimizer", "magnitude_prune_to", "masked_finetune", "match_scale"]
+__all__ = ["FINETUNE_LR", "FINETUNE_OPTIMIZER", "FINETUNE_OPTIMIZERS", "finetune_and_floor", "magnitude_prune_to", "masked_finetune", "match_scale"]
 
-
-def finetune_optimizer(optimizer: str) -> str:
-    """The optimizer of the fine-tune: the study's own, with plain AdamW for the decoupled variant."""
-    return "adamw" if optimizer == "adamw_decoupled" else optimizer
+#: The fine-tune of every sparse run and of its floor (``spred.train.fit`` optimizer names), unless the study is given another.
+FINETUNE_OPTIMIZER = "adam"
+FINETUNE_LR = 1e-4
+FINETUNE_OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 
 
 def masked_finetune(model: nn.Module, train_data, *, optimizer: str, lr: float, epochs: int, seed: int, batch_size: int, momentum: float,
@@ -44,7 +56,7 @@ def masked_finetune(model: nn.Module, train_data, *, optimizer: str, lr: float, 
         return tuned
     with warnings.catch_warnings(), _quiet_logs():
         warnings.simplefilter("ignore", UserWarning)
-        fit(tuned, train_data, epochs=epochs, optimizer=finetune_optimizer(optimizer), lr=lr, momentum=momentum, batch_size=batch_size,
+        fit(tuned, train_data, epochs=epochs, optimizer=optimizer, lr=lr, momentum=momentum, batch_size=batch_size,
             loss_fn=loss_fn, freeze_zeros=True, seed=seed, device=device, progress=False)  # fmt: skip
     return tuned.cpu()
 
@@ -124,3 +136,28 @@ def magnitude_prune_to(dense: nn.Module, sparsity: float, structured: bool, outp
     else:
         _global_magnitude([m.weight for m in prunable_weights(pruned).values()], sparsity)
     return pruned
+
+
+def finetune_and_floor(setup, seed: int, collapsed: nn.Module, dense_trained: nn.Module | None, reached: float, structured: bool,
+                       output_layer: str) -> dict:  # fmt: skip
+    """The masked fine-tune of the collapsed model and the magnitude floor (the same fine-tune), as row fields of the study.
+
+    ``setup`` is the study's ``_Setup``; ``dense_trained`` the dense model of the run's optimizer
+    and seed (None: no floor, and no rescale before the fine-tune).
+    """
+    from spred.experiments._optimizers_runs import _evaluate
+
+    kw = {"optimizer": setup.finetune_optimizer, "lr": setup.finetune_lr, "epochs": setup.finetune_epochs, "seed": seed,
+          "batch_size": setup.batch_size, "momentum": setup.momentum, "loss_fn": setup.loss_fn, "device": setup.device}  # fmt: skip
+    out = {"model": setup.model, "finetune_epochs": setup.finetune_epochs, "finetune_optimizer": setup.finetune_optimizer,
+           "finetune_lr": setup.finetune_lr, "test_acc_finetuned": math.nan, "magnitude_acc": math.nan, "magnitude_acc_finetuned": math.nan}  # fmt: skip
+    # both start the fine-tune with the dense model's weight norms in BatchNorm-normalised layers (see match_scale)
+    rescale = (lambda m: match_scale(m, dense_trained)) if dense_trained is not None else (lambda m: m)
+    if setup.finetune_epochs:
+        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(collapsed), setup.train_data, **kw), setup.test_data)
+    if dense_trained is not None:
+        floor = magnitude_prune_to(dense_trained, reached, structured, output_layer)
+        out["magnitude_acc"] = _evaluate(setup, floor, setup.test_data)
+        if setup.finetune_epochs:
+            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(floor), setup.train_data, **kw), setup.test_data)
+    return out

@@ -24,6 +24,7 @@ from torch.nn.utils import parametrize
 
 import spred
 from spred.experiments import _common
+from spred.experiments._optimizers_floor import FINETUNE_LR, FINETUNE_OPTIMIZER
 from spred.nn._rules import group_norms, kkt_residuals, reduce_dims, unit_dim
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ CSV_COLUMNS = (
     "macs_dense", "macs_pruned", "latency_dense_b1", "latency_collapsed_b1", "latency_pruned_b1", "latency_dense_bmax",
     "latency_collapsed_bmax", "latency_pruned_bmax", "latency_batch", "pruned_max_abs_diff", "kkt_max", "kkt_relative",
     "lam_fit", "lam_fit_ratio", "kkt_median", "zero_violations", "n_zero_units", "n_nonzero_units", "cpu_seconds",
-    "model", "finetune_epochs", "finetune_lr", "test_acc_finetuned", "magnitude_acc", "magnitude_acc_finetuned",
+    "model", "finetune_epochs", "finetune_optimizer", "finetune_lr", "test_acc_finetuned", "magnitude_acc", "magnitude_acc_finetuned",
 )  # fmt: skip
 #: Loggers whose INFO lines (one per epoch, one per pruning call) the study silences: it logs one line per run.
 QUIET_LOGGERS = ("spred.train", "spred.compress")
@@ -230,7 +231,8 @@ class _Setup:
     dataset: str
     model: str = ""
     finetune_epochs: int = 0
-    finetune_lrs: Mapping[str, float] | None = None  # optimizer -> fine-tune lr (default: the run's lr)
+    finetune_optimizer: str = FINETUNE_OPTIMIZER  # the fine-tune of every sparse run and its floor (see _optimizers_floor)
+    finetune_lr: float = FINETUNE_LR
     structured_groups: str = "channels"  # "channels" (channel groups across layers) or "out" (per tensor)
     lam_update_every: int = 10  # optimizer steps between two lam updates of the target-sparsity controller
 
@@ -330,6 +332,7 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
     ``dense_trained``: the dense model of the same optimizer and seed, for the magnitude floor.
     """
     from spred.compress import count_flops, count_parameters
+    from spred.experiments._optimizers_floor import finetune_and_floor
 
     with _common.torch_seed(seed):
         model = setup.model_factory()
@@ -370,7 +373,7 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
         "latency_dense_bmax": lat["dense"][b_hi], "latency_collapsed_bmax": lat["collapsed"][b_hi],
         "latency_pruned_bmax": lat["pruned"][b_hi] if pruned is not None else math.nan, "latency_batch": b_hi,
         "pruned_max_abs_diff": plan.max_abs_diff if plan is not None else math.nan, **kkt,
-        **_finetune_and_floor(setup, optimizer, lr, seed, collapsed, dense_trained, reached, sparsity_type == "structured", output_layer),
+        **finetune_and_floor(setup, seed, collapsed, dense_trained, reached, sparsity_type == "structured", output_layer),
     }  # fmt: skip
     if not row["reached_target"]:
         logger.warning(
@@ -378,28 +381,6 @@ def _sparse_row(setup: _Setup, optimizer: str, sparsity_type: str, target: float
             setup.dataset, optimizer, sparsity_type, 100 * target, seed, 100 * reached, 100 * setup.tolerance,
         )
     return row
-
-
-def _finetune_and_floor(setup: _Setup, optimizer: str, lr: float, seed: int, collapsed: nn.Module, dense_trained: nn.Module | None, reached: float,
-                        structured: bool, output_layer: str) -> dict:  # fmt: skip
-    """The masked fine-tune of the collapsed model and the magnitude floor (the same fine-tune), as row fields."""
-    from spred.experiments._optimizers_floor import magnitude_prune_to, masked_finetune, match_scale
-
-    ft_lr = (setup.finetune_lrs or {}).get(optimizer, lr)
-    kw = {"optimizer": optimizer, "lr": ft_lr, "epochs": setup.finetune_epochs, "seed": seed, "batch_size": setup.batch_size,
-          "momentum": setup.momentum, "loss_fn": setup.loss_fn, "device": setup.device}  # fmt: skip
-    out = {"model": setup.model, "finetune_epochs": setup.finetune_epochs, "finetune_lr": ft_lr, "test_acc_finetuned": math.nan,
-           "magnitude_acc": math.nan, "magnitude_acc_finetuned": math.nan}  # fmt: skip
-    # both start the fine-tune with the dense model's weight norms in BatchNorm-normalised layers (see match_scale)
-    rescale = (lambda m: match_scale(m, dense_trained)) if dense_trained is not None else (lambda m: m)
-    if setup.finetune_epochs:
-        out["test_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(collapsed), setup.train_data, **kw), setup.test_data)
-    if dense_trained is not None:
-        floor = magnitude_prune_to(dense_trained, reached, structured, output_layer)
-        out["magnitude_acc"] = _evaluate(setup, floor, setup.test_data)
-        if setup.finetune_epochs:
-            out["magnitude_acc_finetuned"] = _evaluate(setup, masked_finetune(rescale(floor), setup.train_data, **kw), setup.test_data)
-    return out
 
 
 def _diverged_row(setup: _Setup, optimizer: str, kind: str, target, lr: float, source: str, seed: int, initial_lam: float) -> dict:

@@ -21,6 +21,7 @@ import spred
 from spred._validation import check_float, check_int, param_error
 from spred.experiments import _common
 from spred.experiments._optimizers_cache import cache_key, library_fingerprint, load_cached, store_cached
+from spred.experiments._optimizers_floor import FINETUNE_LR, FINETUNE_OPTIMIZER, FINETUNE_OPTIMIZERS
 from spred.experiments._optimizers_checks import (
     _check_groups,
     _check_lr_map,
@@ -71,15 +72,15 @@ DEFAULT_INITIAL_LAMS = {"sgd": 1e-5, "adam": 1e-5, "adamw": 1e-5, "adamw_decoupl
 TUNING_COLUMNS = ("optimizer", "lr", "val_acc", "weight_sparsity", "reached_target", "chosen", "sparsity_type", "target", "seed", "epochs", "cpu_seconds")
 
 
-#: Changes with the fine-tune's procedure, so that cached sparse runs fine-tuned the old way are trained again.
-FINETUNE_PROTOCOL = "finetune: dense weight norms under BatchNorm"
-
-
 def _run_settings(setup: _Setup, kind: str) -> tuple:
-    """What determines a run of ``kind`` besides its own arguments and the study's fingerprint: the groups, the controller, spred's code."""
+    """What determines a run of ``kind`` besides its own arguments and the study's fingerprint.
+
+    The groups, the controller, the fine-tune and the code the run executes (spred's, and for a
+    sparse run the study's fine-tune and floor, ``_optimizers_floor``).
+    """
     if kind == "dense":
         return (library_fingerprint("dense"),)
-    settings = (FINETUNE_PROTOCOL,)
+    settings = (setup.finetune_epochs, setup.finetune_optimizer, setup.finetune_lr)
     if kind == "structured" and setup.structured_groups == "channels":
         return *settings, "channels", setup.lam_update_every, library_fingerprint("channels")
     return *settings, setup.structured_groups if kind == "structured" else None, setup.lam_update_every, library_fingerprint("sparse")
@@ -233,6 +234,8 @@ def optimizer_study(
     n_jobs: int = 1,
     tuning: list | None = None,
     finetune_epochs: int = 0,
+    finetune_optimizer: str = FINETUNE_OPTIMIZER,
+    finetune_lr: float = FINETUNE_LR,
     model_name: str = "",
     cache: str | None = None,
     fingerprint: str = "",
@@ -311,12 +314,17 @@ def optimizer_study(
     tuning : list, optional
         If given, the tuning rows (see :func:`tune_learning_rates`) are appended to it.
     finetune_epochs : int, default=0
-        Epochs of masked fine-tuning (zeros frozen, no penalty) after collapse, the same
-        for every optimizer, at the dense baseline's learning rate of the optimizer
-        (``test_acc_finetuned``). With ``dense_baseline`` each sparse run also prunes the
+        Epochs of masked fine-tuning (zeros frozen, no penalty) after collapse
+        (``test_acc_finetuned``), by one recipe for every run: ``finetune_optimizer`` at
+        ``finetune_lr``, from the dense model's weight norms in BatchNorm-normalised layers
+        (see :mod:`spred.experiments._optimizers_floor`). With ``dense_baseline`` each sparse run also prunes the
         dense model of its optimizer and seed by magnitude to the sparsity it reached,
         and scores it without and with the same fine-tune (``magnitude_acc``,
         ``magnitude_acc_finetuned``): the floor spred has to beat.
+    finetune_optimizer : {"adam", "adamw", "sgd", "adagrad"}, default="adam"
+        The fine-tune's optimizer (a fresh one; SGD with ``momentum``), whatever trained the model.
+    finetune_lr : float, default=1e-4
+        The fine-tune's learning rate.
     model_name : str, default=""
         Written into every row (``model``).
     cache : path, optional
@@ -372,12 +380,14 @@ def optimizer_study(
               "n_jobs": n_jobs, "cache": (cache, fingerprint) if cache is not None else None, "structured_groups": structured_groups,
               "lam_update_every": lam_update_every}  # fmt: skip
     check_int(finetune_epochs, "finetune_epochs", who, 0)
+    if finetune_optimizer not in FINETUNE_OPTIMIZERS:
+        raise param_error(ValueError, "finetune_optimizer", who, f"one of {list(FINETUNE_OPTIMIZERS)}", finetune_optimizer)
+    finetune_lr = check_float(finetune_lr, "finetune_lr", who, 0, low_open=True)
     sources = _tune_missing(model_factory, train_data, val_data, val_fraction, wanted, lrs, tune_target, common, tuning)
     kkt_x, kkt_y = _first_samples(train_data, kkt_samples)
-    finetune_lrs = {o: lrs["dense"].get(DENSE_OF[o], lrs[kind][o]) for kind in sparsity_types for o in optimizers}
     setup = _Setup(
         model_factory, train_data, test_data, (kkt_x.cpu(), kkt_y.cpu()), example_inputs, epochs, batch_size, threshold, momentum, loss_fn,
-        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset, model_name, finetune_epochs, finetune_lrs, structured_groups,
+        tuple(latency_batch_sizes), latency_repeats, tolerance, device, dataset, model_name, finetune_epochs, finetune_optimizer, finetune_lr, structured_groups,
         lam_update_every,
     )  # fmt: skip
     dense_jobs = [("dense", o, None, s) for o in wanted.get("dense", []) for s in seeds]
@@ -435,8 +445,7 @@ def _study_job(shared, job) -> dict:
     kind, optimizer, target, seed = job
     lr, source = lrs[kind][optimizer], sources[kind][optimizer]
     dense_trained = dense_models.get((DENSE_OF[optimizer], seed)) if kind != "dense" else None
-    key = cache_key(fingerprint, kind, optimizer, target, seed, lr, lams[optimizer], setup.finetune_epochs,
-                    (setup.finetune_lrs or {}).get(optimizer), dense_trained is not None, *_run_settings(setup, kind))  # fmt: skip
+    key = cache_key(fingerprint, kind, optimizer, target, seed, lr, lams[optimizer], dense_trained is not None, *_run_settings(setup, kind))
     row, state = load_cached(cache, key, with_state=kind == "dense")
     if row is not None:
         row["lr_source"] = source

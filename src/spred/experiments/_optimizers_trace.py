@@ -51,11 +51,15 @@ def _mean_abs_nonzero(model: nn.Module, threshold: float) -> float:
 
 def trace_run(model_factory: Callable[[], nn.Module], train_data, test_data, *, optimizer: str, lr: float, target: float, seed: int = 0,
               epochs: int = 8, sparsity_type: str = "unstructured", initial_lam: float = 1e-5, threshold: float = 1e-3, batch_size: int = 64,
-              momentum: float = 0.9, finetune_epochs: int = 2, finetune_lr: float | None = None) -> list[dict]:  # fmt: skip
+              momentum: float = 0.9, finetune_epochs: int = 2, finetune_optimizer: str | None = None,
+              finetune_lr: float | None = None) -> list[dict]:  # fmt: skip
     """Train one sparsified model as :func:`optimizer_study` does and return one row per epoch (``TRACE_COLUMNS``).
 
     The last row also has ``acc_finetuned``: the collapsed model after ``finetune_epochs``
-    of masked fine-tuning at ``finetune_lr`` (default ``lr``).
+    of masked fine-tuning by ``finetune_optimizer`` (default: the run's own, plain AdamW for
+    decoupled AdamW) at ``finetune_lr`` (default ``lr``), without the study's rescale to a
+    dense model's norms (no dense model is trained here). The study itself fine-tunes every
+    run with one recipe (``_optimizers_floor.FINETUNE_OPTIMIZER`` at ``FINETUNE_LR``).
     """
     loss_fn = torch.nn.functional.cross_entropy
     setup = _Setup(model_factory, train_data, test_data, None, None, epochs, batch_size, threshold, momentum, loss_fn, (1,), 1, 0.02, None, "trace")
@@ -84,7 +88,8 @@ def trace_run(model_factory: Callable[[], nn.Module], train_data, test_data, *, 
             loss_fn=loss_fn, target_sparsity=TargetSparsity(target, threshold=threshold), threshold=threshold, seed=seed, progress=False,
             val_data=test_data, callbacks=[record])  # fmt: skip
     collapsed = spred.collapse(model.cpu(), threshold=threshold)
-    tuned = masked_finetune(collapsed, train_data, optimizer=optimizer, lr=finetune_lr or lr, epochs=finetune_epochs, seed=seed,
+    own = "adamw" if optimizer == "adamw_decoupled" else optimizer
+    tuned = masked_finetune(collapsed, train_data, optimizer=finetune_optimizer or own, lr=finetune_lr or lr, epochs=finetune_epochs, seed=seed,
                             batch_size=batch_size, momentum=momentum, loss_fn=loss_fn)  # fmt: skip
     rows[-1]["acc_finetuned"] = _evaluate(setup, tuned, test_data)
     return rows

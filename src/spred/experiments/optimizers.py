@@ -25,9 +25,10 @@ the dependency graph, a filter with its BatchNorm and the slices that read it; `
 scalar per conv filter / hidden neuron of each tensor; the classes of the output layer stay dense).
 
 Datasets: MNIST and Fashion-MNIST (``StudyCNN``), CIFAR-10 (JPEG) with ``CifarCNN`` and ResNet-20 (rows labelled
-``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen and compared with magnitude
-pruning of its optimizer's dense model to the same sparsity (:mod:`._optimizers_floor`); finished runs are kept in
-``--out/.spred-runs`` and reused by the same study run again (:mod:`._optimizers_cache`).
+``cifar10-<model>``). Every sparse run is fine-tuned after collapse with its zeros frozen (one recipe for every
+run: Adam at 1e-4) and compared with magnitude pruning of its optimizer's dense model to the same sparsity, given the
+same fine-tune (:mod:`._optimizers_floor`); finished runs are kept in ``--out/.spred-runs`` and reused by the same
+study run again (:mod:`._optimizers_cache`).
 
 Zeros. A weight counts as zero when ``|v| <= threshold`` (a group when its norm is);
 the same threshold is used by the target-sparsity controller (which counts whole groups
@@ -83,6 +84,7 @@ from spred._validation import check_bool, check_float, check_int, param_error
 from spred.experiments import _common
 from spred.experiments._data import image_tensors
 from spred.experiments._optimizers_cifar import CIFAR_MODELS, cifar_factory, label, load_cifar
+from spred.experiments._optimizers_floor import FINETUNE_LR, FINETUNE_OPTIMIZER, FINETUNE_OPTIMIZERS
 from spred.experiments._optimizers_plots import plot_panel, summarise, summary_table
 from spred.experiments._outdir import RUNS_CACHE
 from spred.experiments._optimizers_runs import CSV_COLUMNS, DENSE_OF, KINDS, OPTIMIZERS, SPARSITY_TYPES, STRUCTURED_GROUPS, kkt_statistics
@@ -148,6 +150,9 @@ class OptimizersConfig:
     finetune_epochs : int
         Epochs of masked fine-tuning after collapse (and of the magnitude floor), the same
         for every optimizer; 0 skips the fine-tune.
+    finetune_optimizer, finetune_lr : str, float
+        The fine-tune's recipe, one for every run and its floor (default Adam at 1e-4; see
+        :mod:`spred.experiments._optimizers_floor`).
     device : str, optional
         Where to train (e.g. ``"cuda"``); evaluation, pruning and timing stay on the CPU.
     resume : bool
@@ -226,6 +231,8 @@ class OptimizersConfig:
     cifar_n_test: int | None = None
     augment: bool = True
     finetune_epochs: int = 2
+    finetune_optimizer: str = FINETUNE_OPTIMIZER
+    finetune_lr: float = FINETUNE_LR
     resume: bool = True
     device: str | None = None
     structured_groups: str = "channels"
@@ -235,7 +242,7 @@ class OptimizersConfig:
 QUICK = {"datasets": ("mnist",), "seeds": (0,), "epochs": 8, "n_train": 10_000, "fashion_epochs": 30, "latency_repeats": 20}
 # --quick with --datasets cifar10 (docs/optimizers.md): CifarCNN, SGD / Adam / Adagrad, both types, targets 20 and 60%,
 # one seed, fixed learning rates, the first 2,000 training and test images, 6 epochs at batch 32 (378 steps, lam
-# updated every 2), a 1-epoch fine-tune. Sized to finish in about 20 minutes on one shared core.
+# updated every 2), a 1-epoch fine-tune (Adam at 1e-4, as every run). Sized to finish in about 20 minutes on one shared core.
 QUICK_CIFAR = {
     "datasets": ("cifar10",), "models": ("cifarcnn",), "optimizers": ("sgd", "adam", "adagrad"), "targets": (0.2, 0.6), "seeds": (0,),
     "cifar_epochs": 6, "cifar_n_train": 2000, "cifar_n_test": 2000, "batch_size": 32, "augment": False, "finetune_epochs": 1,
@@ -256,6 +263,9 @@ def check_config(cfg: OptimizersConfig) -> OptimizersConfig:
     for name in ("epochs", "fashion_epochs", "cifar_epochs", "batch_size", "kkt_samples", "latency_repeats", "lam_update_every"):
         check_int(getattr(cfg, name), name, WHO, 1)
     check_int(cfg.finetune_epochs, "finetune_epochs", WHO, 0)
+    if cfg.finetune_optimizer not in FINETUNE_OPTIMIZERS:
+        raise param_error(ValueError, "finetune_optimizer", WHO, f"one of {list(FINETUNE_OPTIMIZERS)}", cfg.finetune_optimizer)
+    check_float(cfg.finetune_lr, "finetune_lr", WHO, 0, low_open=True)
     if cfg.device is not None and not isinstance(cfg.device, str):
         raise param_error(TypeError, "device", WHO, "a device name such as 'cuda', or None", cfg.device)
     for name in ("augment", "resume", "dense_baseline"):
@@ -379,7 +389,8 @@ def run_experiment(cfg: OptimizersConfig, out: str | Path | None = None, *, plot
                     tolerance=cfg.tolerance, kkt_samples=cfg.kkt_samples, latency_batch_sizes=cfg.latency_batch_sizes,
                     latency_repeats=cfg.latency_repeats, dense_baseline=cfg.dense_baseline, tune_target=cfg.tune_target,
                     tune_seed=cfg.tune_seed, dataset=tag, progress=progress is not False, tuning=tune_rows, n_jobs=n_jobs,
-                    finetune_epochs=cfg.finetune_epochs, model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
+                    finetune_epochs=cfg.finetune_epochs, finetune_optimizer=cfg.finetune_optimizer, finetune_lr=cfg.finetune_lr,
+                    model_name=model_name, cache=cache, fingerprint=_fingerprint(cfg, dataset, model_name),
                     device=cfg.device, structured_groups=cfg.structured_groups, lam_update_every=cfg.lam_update_every,
                 )  # fmt: skip
                 for r in tune_rows:
@@ -473,6 +484,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cifar-epochs", dest="cifar_epochs", type=int, default=None, help="epochs per CIFAR-10 run (default 30; --quick: 3)")
     parser.add_argument("--cifar-n-train", dest="cifar_n_train", type=int, default=None, help="CIFAR-10 training images (default: all 50000)")
     parser.add_argument("--finetune-epochs", dest="finetune_epochs", type=int, default=None, help="masked fine-tune after collapse (default 2)")
+    parser.add_argument("--finetune-optimizer", dest="finetune_optimizer", choices=FINETUNE_OPTIMIZERS, default=None,
+                        help="the fine-tune's optimizer, the same for every run and its floor (default adam)")
+    parser.add_argument("--finetune-lr", dest="finetune_lr", type=float, default=None, help="the fine-tune's learning rate (default 1e-4)")
     parser.add_argument("--device", default=None, help="train on this device, e.g. cuda (evaluation and timing stay on the CPU)")
     parser.add_argument("--no-resume", dest="resume", action="store_const", const=False, default=None,
                         help="retrain every run (default: reuse the finished runs of the same study kept in --out)")
@@ -512,6 +526,7 @@ def config_from_args(args) -> OptimizersConfig:
         "targets": args.targets, "epochs": args.epochs, "fashion_epochs": args.fashion_epochs, "n_train": args.n_train,
         "lrs": _parse_lrs(args.lrs), "threshold": args.threshold, "models": args.models, "cifar_epochs": args.cifar_epochs,
         "cifar_n_train": args.cifar_n_train, "finetune_epochs": args.finetune_epochs, "resume": args.resume,
+        "finetune_optimizer": args.finetune_optimizer, "finetune_lr": args.finetune_lr,
         "device": args.device,
     }  # fmt: skip
     quick = QUICK_CIFAR if args.datasets == ["cifar10"] else QUICK
