@@ -15,7 +15,8 @@ Protocol (per seed; every method gets the same epochs, batch size and optimizer,
        multiply-adds by default, so that lam prices FLOPs), trained with
        :class:`spred.train.TargetSparsity` aiming at ``1 - r**-0.5`` zeros (removing a
        fraction ``s`` of the channels of every layer leaves about ``(1 - s)**2`` of the
-       FLOPs), then :func:`spred.collapse`; one run per FLOPs target ``r``;
+       FLOPs), then :func:`spred.collapse`; one run per FLOPs target ``r``; the gates
+       alone may train at ``spred_gate_lr`` (the weights at the rate of every method);
    ``slimming``
        Network Slimming: L1 (``slimming_lam``) on the BatchNorm scales; one run per seed;
    ``group_reg``
