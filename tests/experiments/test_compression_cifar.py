@@ -57,6 +57,7 @@ def tiny(monkeypatch):
     ("workers", 1.5, TypeError, "workers"),
     ("lr", -1.0, ValueError, "lr"),
     ("sparse_lr", 0.0, ValueError, "sparse_lr"),
+    ("spred_gate_lr", -1e-2, ValueError, "spred_gate_lr"),
 ])  # fmt: skip
 def test_config_validation(field, value, error, match):
     with pytest.raises(error, match=match):
@@ -168,6 +169,33 @@ def test_sparse_lr_reaches_every_methods_training_and_only_their_keys(tiny, monk
         same = method in ("pretrain", "dense") or sparse_lr is None
         assert (cc._key(cfg, method) == cc._key(base, method)) == same
         assert ("sparse_lr" in cc._key(cfg, method)) != same
+
+
+@pytest.mark.parametrize("gate_lr", [None, 5e-2])
+def test_spred_gate_lr_reaches_spred_gates_only_and_only_spred_keys(tiny, monkeypatch, gate_lr):
+    """``spred_gate_lr`` is the rate of spred's gates alone: spred's weights and every baseline keep the sparse rate."""
+    import dataclasses
+
+    if not cc.channel_groups_available():
+        pytest.skip("spred without channel groups")
+    cfg = dataclasses.replace(tiny, spred_gate_lr=gate_lr, sparse_lr=1e-2)
+    job = cc._Job(cfg, 0, _data(cfg, 0))
+    seen = {}
+    real_fit = cc._Job.fit
+
+    def record(self, model, epochs, **kwargs):
+        seen[len(seen)] = (kwargs.get("lr"), kwargs.get("gate_lr"))
+        return real_fit(self, model, 1, **kwargs)
+
+    monkeypatch.setattr(cc._Job, "fit", record)
+    for method in cc.CIFAR_METHODS:
+        cc._sparse_train(job, method, _tiny("resnet20", 0), 2.0)
+    assert [seen[i] for i in range(2)] == [(1e-2, gate_lr)] * 2  # spred_d2, spred_d3
+    assert all(g is None for _, g in (seen[i] for i in range(2, len(seen))))
+    base = dataclasses.replace(cfg, spred_gate_lr=None)
+    for method in ("pretrain", "dense") + cc.CIFAR_METHODS:  # None: the keys cached before the field, unchanged
+        same = not method.startswith("spred") or gate_lr is None
+        assert (cc._key(cfg, method) == cc._key(base, method)) == same
 
 
 def test_the_spred_arm_end_to_end(tiny, tmp_path):

@@ -338,3 +338,69 @@ def test_gate_scales_equal_the_product_formula(monkeypatch, depth):
     for a, b in zip(fast, slow):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
+
+def test_gate_lr_goes_to_the_gate_groups_only_and_survives_set_lam():
+    m, x = _resnet(), torch.randn(2, 3, 32, 32)
+    spred.sparsify(m, 1e-3, groups="channels", example_inputs=x)
+    gates = {id(g.spred.gates) for g in spred.channel_groups(m)}
+    opt = torch.optim.Adam(spred.param_groups(m, gate_lr=0.05), lr=1e-3)
+    for pg in opt.param_groups:
+        is_gate = {id(p) in gates for p in pg["params"]}
+        assert len(is_gate) == 1  # gates are never mixed with other parameters
+        assert pg.get("gate", False) is is_gate.pop()
+        assert pg["lr"] == (0.05 if pg.get("gate") else 1e-3)
+    assert sum(len(pg["params"]) for pg in opt.param_groups if pg.get("gate")) == len(gates)
+    spred.set_lam(m, 4e-3, opt)  # changes lam and weight decay, not the rates
+    assert {pg["lr"] for pg in opt.param_groups if pg.get("gate")} == {0.05}
+    assert {pg["lr"] for pg in opt.param_groups if not pg.get("gate")} == {1e-3}
+    assert all(pg["lam"] == 4e-3 for pg in opt.param_groups if pg["spred"])
+    # without gate_lr the groups are the same, with no lr of their own
+    plain = spred.param_groups(m)
+    assert [len(pg["params"]) for pg in plain] == [len(pg["params"]) for pg in opt.param_groups] and all("lr" not in pg for pg in plain)
+
+
+def test_gate_lr_is_refused_without_channel_gates_and_checked():
+    m = spred.sparsify(nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 1)), 1e-3, groups="out")
+    with pytest.raises(ValueError, match="'gate_lr' parameter of param_groups sets the learning rate of the gates"):
+        spred.param_groups(m, gate_lr=1e-2)
+    m, x = _mlp(), torch.randn(4, 6)
+    spred.sparsify(m, 1e-3, groups="channels", example_inputs=x)
+    with pytest.raises(ValueError, match="'gate_lr' parameter of param_groups must be"):
+        spred.param_groups(m, gate_lr=0.0)
+
+
+@pytest.mark.parametrize("optimizer, lr, gate_lrs, steps", [(torch.optim.SGD, 0.2, (0.05, 0.6), 3000), (torch.optim.Adam, 1e-2, (3e-3, 5e-2), 4000)])
+def test_gate_lr_does_not_move_the_group_lasso_solution(optimizer, lr, gate_lrs, steps):
+    """A learning rate per parameter changes the path, not the minimisers: with the gates at ``lr`` or at another
+    rate, training lands on the closed-form group lasso of an orthogonal design, ``w_j = max(0, 1 - lam c_j / ||z_j||) z_j``
+    with ``z_j = X^T y_j / n`` (one gated channel j per output column, a fixed identity readout), a zero group included."""
+    torch.manual_seed(0)
+    n, p, k, lam = 64, 4, 3, 0.05
+    q, _ = torch.linalg.qr(torch.randn(n, p, dtype=torch.float64))
+    X = q * n**0.5
+    z = torch.tensor([[1.0, -0.5, 0.0, 0.2], [0.03, 0.02, -0.02, 0.0], [0.0, 0.3, 0.8, -0.4]], dtype=torch.float64)  # (k, p)
+    y = X @ z.T  # then X^T y_j / n = z_j exactly
+    solutions = []
+    for gate_lr in (None, *gate_lrs):
+        lin, head = nn.Linear(p, k, bias=False).double(), nn.Linear(k, k, bias=False).double()
+        with torch.no_grad():
+            lin.weight.copy_(0.1 * torch.ones(k, p, dtype=torch.float64))
+            head.weight.copy_(torch.eye(k, dtype=torch.float64))
+        head.weight.requires_grad_(False)
+        model = nn.Sequential(lin, head)
+        spred.sparsify(model, lam, groups="channels", example_inputs=X[:4], exclude=("1",))
+        (g,) = spred.channel_groups(model)
+        opt = optimizer(spred.param_groups(model, gate_lr=gate_lr), lr=lr)
+        for _ in range(steps):
+            opt.zero_grad()
+            (((model(X) - y) ** 2).sum(1).mean() / 2).backward()
+            opt.step()
+        c = g.spred.weights.double()
+        closed = (1 - lam * c / z.norm(dim=1)).clamp(min=0).unsqueeze(1) * z
+        assert float(closed[1].abs().max()) == 0.0  # the second group is zero at the optimum
+        with torch.no_grad():
+            v = spred.collapse(model, threshold=1e-4)[0].weight
+        torch.testing.assert_close(v, closed, atol=2e-3, rtol=0)
+        solutions.append(v)
+    torch.testing.assert_close(solutions[1], solutions[0], atol=3e-3, rtol=0)
+    torch.testing.assert_close(solutions[2], solutions[0], atol=3e-3, rtol=0)

@@ -85,6 +85,8 @@ def test_mixing_a_group_with_its_flat_keywords_or_unknown_keywords_is_a_type_err
         ({"runtime": Runtime(autocast="fp16")}, ValueError, r"The 'autocast' parameter of Runtime must be None or 'bfloat16'"),
         ({"runtime": Runtime(device="gpu0")}, ValueError, r"The 'device' parameter of Runtime must be a torch.device"),
         ({"history": "no", "progress": False}, TypeError, r"The 'history' parameter of fit must be a bool. Got 'no'"),
+        ({"optim": Optim(gate_lr=-1.0)}, ValueError, r"The 'gate_lr' parameter of Optim must be"),
+        ({"gate_lr": 1e-2, "progress": False}, ValueError, r"'gate_lr' parameter of param_groups sets the learning rate of the gates"),
     ],
 )
 def test_each_group_is_validated_and_errors_name_the_field(data, make_net, kwargs, error, match):
@@ -125,3 +127,21 @@ def test_an_optimizer_instance_as_optim(data, make_net):
     opt = torch.optim.SGD(spred.param_groups(net), lr=0.05, momentum=0.9)
     fit(net, (X, y), epochs=1, optim=opt, runtime=QUIET)
     assert opt.state
+
+
+def test_gate_lr_moves_the_channel_gates_at_their_own_rate(data):
+    """Adam's first step moves every parameter with a nonzero gradient by its group's lr (up to eps): the gates of
+    groups="channels" by gate_lr, every other parameter by lr; a plain model refuses gate_lr."""
+    X, y = data
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        net = spred.models.MLP(12, hidden=(16,), out_features=2)
+    spred.sparsify(net, 1e-3, groups="channels", example_inputs=X[:4])
+    gates = [g.spred.gates for g in spred.channel_groups(net)]
+    before = {id(p): p.detach().clone() for p in net.parameters()}
+    fit(net, (X[:32], y[:32]), epochs=1, batch_size=32, optim=Optim("adam", lr=1e-3, gate_lr=2e-2), runtime=QUIET)
+    moved = {id(p): float((p.detach() - before[id(p)]).abs().max()) for p in net.parameters()}
+    assert gates and all(moved[id(g)] == pytest.approx(2e-2, rel=1e-3) for g in gates)
+    assert max(v for k, v in moved.items() if k not in {id(g) for g in gates}) == pytest.approx(1e-3, rel=1e-3)
+    with pytest.raises(ValueError, match="'gate_lr' parameter of fit sets the learning rate of channel gates"):
+        fit(spred.models.MLP(12, hidden=(16,), out_features=2), (X, y), epochs=1, gate_lr=1e-2, progress=False)

@@ -45,7 +45,7 @@ def test_fit_keeps_the_agreed_signature():
 def test_the_option_groups_keep_the_agreed_fields_and_defaults():
     fields = {cls.__name__: {f.name: f.default for f in dataclasses.fields(cls)} for cls in (train.Optim, train.Sparsity, train.Checkpoints, train.Runtime)}
     assert fields == {
-        "Optim": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "scheduler": None},
+        "Optim": {"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "scheduler": None, "gate_lr": None},
         "Sparsity": {"target": None, "threshold": 0.0, "freeze_zeros": False, "mask": None},
         "Checkpoints": {"dir": None, "resume": False},
         "Runtime": {"seed": 0, "device": None, "progress": True, "autocast": None, "eval_batch_size": 1024, "early_stopping": None, "history": True},

@@ -15,7 +15,8 @@ Protocol (per seed; every method gets the same epochs, batch size and optimizer,
        multiply-adds by default, so that lam prices FLOPs), trained with
        :class:`spred.train.TargetSparsity` aiming at ``1 - r**-0.5`` zeros (removing a
        fraction ``s`` of the channels of every layer leaves about ``(1 - s)**2`` of the
-       FLOPs), then :func:`spred.collapse`; one run per FLOPs target ``r``;
+       FLOPs), then :func:`spred.collapse`; one run per FLOPs target ``r``; the gates
+       alone may train at ``spred_gate_lr`` (the weights at the rate of every method);
    ``slimming``
        Network Slimming: L1 (``slimming_lam``) on the BatchNorm scales; one run per seed;
    ``group_reg``
@@ -88,6 +89,8 @@ class CifarCompressionConfig:
     ``group_weight``: spred's weight of a channel's penalty (``"flops"``: its multiply-adds; ``"size"``).
     ``sparse_lr``: Adam's rate in the ``epochs`` of sparse training, the same for every method (None: ``lr``,
     which the dense pre-training and the dense reference row always use).
+    ``spred_gate_lr``: the rate of spred's channel gates alone (``fit(..., gate_lr=...)``, :func:`spred.param_groups`);
+    spred's weights keep the sparse-training rate of every method (None: the gates too).
     """
 
     model: str = "resnet20"
@@ -102,6 +105,7 @@ class CifarCompressionConfig:
     lr: float = 1e-3
     finetune_lr: float = 5e-4
     sparse_lr: float | None = None
+    spred_gate_lr: float | None = None
     lam: float = 1e-5
     threshold: float = 1e-3
     group_weight: str = "flops"
@@ -115,12 +119,15 @@ class CifarCompressionConfig:
 
 
 #: ``--quick`` with ``--dataset cifar10``: 3,000 training images, 2,000 test images, one seed, targets 2x and 4x,
-#: 12 dense epochs (cosine; shared) + 5 sparse-training + 1 fine-tuning epochs per method, batch 32. spred at a fixed
-#: lam = 1e-3 (one training per depth, cut to both targets like the baselines): in 470 Adam steps the controller has
-#: no time to find lam (it overshoots and the network dies). About 15-20 minutes on two idle cores with
-#: ``--workers 2`` (estimate); docs/compression.md has the times measured on a loaded machine.
+#: 12 dense epochs (cosine; shared) + 5 sparse-training + 1 fine-tuning epochs per method, batch 32, Adam lr 1e-3
+#: for every method's weights. spred's gates train at ``spred_gate_lr`` = 1e-2: Adam moves a gate by about its lr per
+#: step, and the median gate of the dense model is 0.29 (D=2) / 0.44 (D=3), so at 1e-3 a gate needs 290-440 of the
+#: 470 steps to close and none does; at 1e-2, 30-45 steps. lam is adapted per target by the controller (one
+#: training per target), starting from 1e-3. About 15-25 minutes on two cores with ``--workers 2`` (estimate);
+#: docs/compression.md has the times measured on a loaded machine.
 CIFAR_QUICK = {"train_size": 3000, "test_size": 2000, "dense_epochs": 12, "epochs": 5, "finetune_epochs": 1, "batch_size": 32,
-               "lam": 1e-3, "spred_controller": False, "flop_targets": (2.0, 4.0), "latency_repeats": 5, "seeds": (0,)}  # fmt: skip
+               "lam": 1e-3, "spred_gate_lr": 1e-2, "spred_controller": True, "flop_targets": (2.0, 4.0), "latency_repeats": 5,
+               "seeds": (0,)}  # fmt: skip
 
 RULES = {
     "model": _common.one_of(CIFAR_MODELS),
@@ -131,6 +138,7 @@ RULES = {
     "batch_size": _common.an_int(1),
     "lr": _common.a_float(0.0, low_open=True), "finetune_lr": _common.a_float(0.0, low_open=True),
     "sparse_lr": _common.a_float(0.0, low_open=True, optional=True),
+    "spred_gate_lr": _common.a_float(0.0, low_open=True, optional=True),
     "lam": _common.a_float(0.0, low_open=True), "threshold": _common.a_float(0.0, low_open=True),
     "group_weight": _common.one_of(("size", "flops")), "spred_controller": _common.a_bool(),
     "slimming_lam": _common.a_float(0.0, low_open=True), "group_reg": _common.a_float(0.0, low_open=True),
@@ -216,7 +224,7 @@ def _sparse_train(job: _Job, method: str, dense: nn.Module, target: float) -> tu
         spred.sparsify(model, cfg.lam, groups="channels", example_inputs=job.example, depth=int(method[-1]),
                        group_weight=cfg.group_weight)  # fmt: skip
         control = TargetSparsity(1.0 - target**-0.5) if cfg.spred_controller else None  # None: lam fixed, one run for all targets
-        job.fit(model, cfg.epochs, lr=lr, target_sparsity=control, threshold=cfg.threshold)
+        job.fit(model, cfg.epochs, lr=lr, gate_lr=cfg.spred_gate_lr, target_sparsity=control, threshold=cfg.threshold)
         return spred.collapse(model, threshold=cfg.threshold), "group_l2"
     if method == "slimming":
         job.fit(model, cfg.epochs, optimizer=_adam_with(model, lr, bs.BNScaleL1(model, cfg.slimming_lam)))
@@ -339,6 +347,8 @@ def _key(cfg: CifarCompressionConfig, method: str = "pretrain") -> str:
     keep = {k: getattr(cfg, k) for k in fields}
     if method not in ("pretrain", "dense") and cfg.sparse_lr is not None:  # None (= lr) keeps the keys cached before it
         keep["sparse_lr"] = cfg.sparse_lr
+    if method.startswith("spred") and cfg.spred_gate_lr is not None:  # likewise
+        keep["spred_gate_lr"] = cfg.spred_gate_lr
     keep.update(method=method, protocol=PROTOCOL, code=_code_fingerprint(method))
     return json.dumps(keep, sort_keys=True, default=str)
 

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from spred._validation import check_float, param_error
+from spred.nn._channels import ChannelGroup
 from spred.nn._sparsify import SparsifiedTensor, _first_matches, _matches, _require, sparsified_tensors
 
 def decays_decoupled(optimizer, group: Mapping | None = None) -> bool:
@@ -28,7 +29,9 @@ def decays_decoupled(optimizer, group: Mapping | None = None) -> bool:
     return not isinstance(optimizer, type) and any(g.get("decoupled_weight_decay", False) for g in optimizer.param_groups)
 
 
-def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None, penalty_in_loss: bool = False) -> list[dict]:
+def param_groups(
+    model: nn.Module, weight_decay: float = 0.0, *, optimizer=None, penalty_in_loss: bool = False, gate_lr: float | None = None
+) -> list[dict]:
     """Optimizer parameter groups that turn weight decay into the spred penalty.
 
     Every spred factor gets its tensor's ``lam`` as weight decay (the gates of
@@ -48,9 +51,20 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
     and add :func:`penalty` to the loss. Passing ``optimizer=torch.optim.AdamW``
     without it warns; see also :func:`check_optimizer`.
 
+    ``gate_lr``: a learning rate of its own for the gates of ``groups="channels"``
+    (each gate group gets ``"lr": gate_lr``; every other group keeps the optimizer's
+    ``lr``). A learning rate per parameter changes how training moves, not what it
+    solves: the objective and its minimisers (the KKT points of the group lasso for
+    D = 2) are the same whatever ``gate_lr``. What it changes is how soon a gate can
+    close: Adam moves a parameter by about ``lr`` per step whatever the gradient's
+    size, so a gate of size ``g`` needs at least ``g / lr`` steps to reach zero, and a
+    short budget at a weight-friendly ``lr`` may close none (docs/channels.md).
+    Schedulers scale every group's rate alike (``gate_lr / lr`` is kept).
+
     Each group carries the extra keys ``"spred"`` (bool) and, for spred groups,
-    ``"lam"``, ``"names"`` and ``"penalty_in_loss"``, which :func:`set_lam` and the
-    training loop use. Every factor's decay comes from its unit
+    ``"lam"``, ``"names"``, ``"gate"`` (bool: it holds channel gates) and
+    ``"penalty_in_loss"``, which :func:`set_lam` and the training loop use (gates are
+    always in groups of their own). Every factor's decay comes from its unit
     (``unit.spred.weight_decays``), the one source :func:`penalty` and :func:`set_lam` use too.
 
     Examples
@@ -60,8 +74,20 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
     >>> opt = torch.optim.Adam(spred.param_groups(model, weight_decay=0.0), lr=1e-2)
     >>> [g["weight_decay"] for g in opt.param_groups]
     [0.001, 0.0]
+
+    Channel gates ten times faster than the weights (the hidden Linear's four channels
+    are one gated group, with its weight rows, bias and the readout's columns):
+
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> net = torch.nn.Sequential(torch.nn.Linear(8, 4), torch.nn.ReLU(), torch.nn.Linear(4, 1))
+    >>> _ = spred.sparsify(net, lam=1e-3, groups="channels", example_inputs=torch.randn(2, 8))
+    >>> opt = torch.optim.Adam(spred.param_groups(net, gate_lr=1e-2), lr=1e-3)
+    >>> [(g["gate"], g["lr"]) for g in opt.param_groups if g["spred"]]
+    [(True, 0.01), (False, 0.001)]
     """
     weight_decay = check_float(weight_decay, "weight_decay", "param_groups", 0.0)
+    gate_lr = check_float(gate_lr, "gate_lr", "param_groups", 0.0, low_open=True, optional=True)
     if optimizer is not None and decays_decoupled(optimizer) and not penalty_in_loss:
         warnings.warn(
             f"{getattr(optimizer, '__name__', type(optimizer).__name__)} decays weights decoupled from the gradient, "
@@ -70,14 +96,22 @@ def param_groups(model: nn.Module, weight_decay: float = 0.0, *, optimizer=None,
             UserWarning,
             stacklevel=2,
         )
-    by_decay: dict[tuple[float, float], dict] = {}
+    by_decay: dict[tuple[float, float, bool], dict] = {}
     spred_ids = set()
-    for t in _require(model, "param_groups"):
-        for factor, decay in zip(t.factors, map(float, t.spred.weight_decays(len(t.factors))), strict=True):
+    units = _require(model, "param_groups")
+    if gate_lr is not None and not any(isinstance(t, ChannelGroup) for t in units):
+        raise ValueError(
+            "The 'gate_lr' parameter of param_groups sets the learning rate of the gates of groups='channels', and this "
+            "model has none (it was sparsified elementwise or per tensor). Sparsify with groups='channels', or leave gate_lr=None."
+        )
+    for t in units:
+        for k, (factor, decay) in enumerate(zip(t.factors, map(float, t.spred.weight_decays(len(t.factors))), strict=True)):
+            gate = isinstance(t, ChannelGroup) and k == 0  # a channel group's factors: its gate, then the tensors it owns
             group = by_decay.setdefault(
-                (t.spred.lam, decay),
-                {"params": [], "weight_decay": 0.0 if penalty_in_loss else decay, "lam": t.spred.lam, "names": [], "spred": True, "penalty_in_loss": bool(penalty_in_loss)},
-            )
+                (t.spred.lam, decay, gate),
+                {"params": [], "weight_decay": 0.0 if penalty_in_loss else decay, "lam": t.spred.lam, "names": [], "spred": True, "gate": gate,
+                 "penalty_in_loss": bool(penalty_in_loss), **({"lr": gate_lr} if gate and gate_lr is not None else {})},
+            )  # fmt: skip
             group["params"].append(factor)
             if t.name not in group["names"]:
                 group["names"].append(t.name)

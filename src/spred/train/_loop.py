@@ -312,7 +312,7 @@ def _setup(model, train, epochs: int, batch_size: int, loss_fn, callbacks, optim
     keep = _keep_masks(inner, sparsity.freeze_zeros, sparsity.mask)
     if keep is not None:
         _apply_masks(inner, keep)
-    opt, add_penalty = build_optimizer(inner, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+    opt, add_penalty = build_optimizer(inner, optim.optimizer, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, gate_lr=optim.gate_lr)
     n_batches = _count_batches(train, dist)
     controller = None
     if sparsity.target is not None:
@@ -330,6 +330,8 @@ def _setup(model, train, epochs: int, batch_size: int, loss_fn, callbacks, optim
     }
     if runtime.autocast is not None:  # absent from the checkpoints of full-precision runs, as before
         config["autocast"] = str(runtime.autocast).removeprefix("torch.")
+    if optim.gate_lr is not None:  # absent when the gates train at lr, as before
+        config["gate_lr"] = optim.gate_lr
     return run, config
 
 
@@ -434,8 +436,10 @@ def fit(
         The optimizer (``"sgd"``, ``"adam"``, ``"adamw"``, ``"adagrad"``, a class or an
         instance; see :func:`build_optimizer`), ``lr``, ``momentum`` (SGD only),
         ``weight_decay`` (of the parameters that are *not* spred factors: their decay is
-        lam) and ``scheduler`` (None, ``"cosine"`` or ``callable(optimizer,
-        total_steps)``, stepped after every optimizer step). A plain name, class or
+        lam), ``scheduler`` (None, ``"cosine"`` or ``callable(optimizer,
+        total_steps)``, stepped after every optimizer step) and ``gate_lr`` (the
+        learning rate of the gates of ``groups="channels"``, see
+        :func:`spred.param_groups`; None: ``lr``). A plain name, class or
         instance means ``Optim(optimizer=that)``. An instance is used as is (lr,
         momentum and weight_decay are then ignored); :func:`spred.check_optimizer`
         warns if it does not solve the L1 problem. Default: ``Optim()`` (SGD, lr 0.1,
@@ -486,7 +490,7 @@ def fit(
         written; returning True stops training. Data-parallel, they run on every
         rank, see the unwrapped model, and True on any rank stops all of them.
     legacy : flat keywords of earlier releases
-        ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``scheduler`` (the
+        ``optimizer``, ``lr``, ``momentum``, ``weight_decay``, ``scheduler``, ``gate_lr`` (the
         fields of :class:`Optim`), ``target_sparsity``, ``threshold``,
         ``freeze_zeros``, ``mask`` (:class:`Sparsity`; ``target_sparsity`` is its
         ``target``), ``checkpoint_dir``, ``resume`` (:class:`Checkpoints`;

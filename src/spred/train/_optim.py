@@ -50,6 +50,7 @@ def build_optimizer(
     lr: float = 0.1,
     momentum: float = 0.9,
     weight_decay: float = 0.0,
+    gate_lr: float | None = None,
 ) -> tuple[torch.optim.Optimizer, bool]:
     """The optimizer :func:`fit` uses, and whether ``spred.penalty(model)`` must be added to the loss.
 
@@ -75,6 +76,9 @@ def build_optimizer(
         SGD only.
     weight_decay : float, default=0.0
         Weight decay of the parameters that are not spred factors.
+    gate_lr : float, optional
+        Learning rate of the channel gates (``groups="channels"``; :func:`spred.param_groups`);
+        None: ``lr``. Ignored for an optimizer instance, like ``lr``.
 
     Returns
     -------
@@ -91,8 +95,10 @@ def build_optimizer(
     sparsified = is_sparsified(model)
     add = sparsified and decays_decoupled(cls)  # decoupled decay is not L1: the penalty goes into the loss
     if sparsified:
-        groups = param_groups(model, weight_decay, penalty_in_loss=add)
+        groups = param_groups(model, weight_decay, penalty_in_loss=add, gate_lr=gate_lr)
     else:
+        if gate_lr is not None:
+            raise ValueError("The 'gate_lr' parameter of fit sets the learning rate of channel gates, and the model is not sparsified; sparsify it with groups='channels' or leave gate_lr=None.")
         groups = [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": weight_decay, "spred": False}]
     kwargs = {"lr": lr, "momentum": momentum} if issubclass(cls, torch.optim.SGD) else {"lr": lr}
     built = cls(groups, **kwargs)
@@ -113,7 +119,7 @@ def build_scheduler(scheduler, optimizer: torch.optim.Optimizer, total_steps: in
 # --------------------------------------------------------------------------- resume
 
 # entries of a param group that are not hyper-parameters (or that spred sets itself)
-_NOT_HYPER = {"params", "names", "spred", "penalty_in_loss", "lam", "initial_lr"}
+_NOT_HYPER = {"params", "names", "spred", "gate", "penalty_in_loss", "lam", "initial_lr"}
 
 
 def saved_optimizer_name(config: dict) -> str | None:

@@ -40,6 +40,10 @@ class Optim:
         Weight decay of the parameters that are *not* spred factors (their decay is lam).
     scheduler : {None, "cosine"} or callable(optimizer, total_steps) -> LRScheduler
         Stepped after every optimizer step; saved in the checkpoint.
+    gate_lr : float, optional
+        Learning rate of the gates of ``groups="channels"`` (:func:`spred.param_groups`'
+        ``gate_lr``); every other parameter gets ``lr``. It changes how fast gates close,
+        not the minimisers. None: ``lr`` for all.
     """
 
     optimizer: str | type[torch.optim.Optimizer] | torch.optim.Optimizer = "sgd"
@@ -47,6 +51,7 @@ class Optim:
     momentum: float = 0.9
     weight_decay: float = 0.0
     scheduler: str | Callable | None = None
+    gate_lr: float | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ class Runtime:
 GROUPS = {"optim": Optim, "sparsity": Sparsity, "checkpoints": Checkpoints, "runtime": Runtime}
 # the legacy flat keywords of fit: keyword -> (group, field)
 FLAT = {
-    **{k: ("optim", k) for k in ("optimizer", "lr", "momentum", "weight_decay", "scheduler")},
+    **{k: ("optim", k) for k in ("optimizer", "lr", "momentum", "weight_decay", "scheduler", "gate_lr")},
     "target_sparsity": ("sparsity", "target"), "threshold": ("sparsity", "threshold"),
     "freeze_zeros": ("sparsity", "freeze_zeros"), "mask": ("sparsity", "mask"),
     "checkpoint_dir": ("checkpoints", "dir"), "resume": ("checkpoints", "resume"),
@@ -175,10 +180,11 @@ def check_optim(o: Optim, legacy: bool = False) -> Optim:
     lr = check_float(o.lr, *w("lr"), 0.0, low_open=True)
     momentum = check_float(o.momentum, *w("momentum"), 0.0, 1.0, high_open=True)
     weight_decay = check_float(o.weight_decay, *w("weight_decay"), 0.0)
+    gate_lr = check_float(o.gate_lr, *w("gate_lr"), 0.0, low_open=True, optional=True)
     s = o.scheduler
     if not (s is None or s == "cosine" or (callable(s) and not isinstance(s, str))):
         raise param_error(ValueError, *w("scheduler"), "None, 'cosine' or a callable (optimizer, total_steps) -> LRScheduler", s)
-    return dataclasses.replace(o, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    return dataclasses.replace(o, lr=lr, momentum=momentum, weight_decay=weight_decay, gate_lr=gate_lr)
 
 
 def check_sparsity(s: Sparsity, legacy: bool = False) -> Sparsity:
