@@ -79,3 +79,16 @@ def test_full_batches_gives_exactly_n_steps():
     data, _ = C.full_batches(X, y, 5)
     xb, yb = next(iter(data))
     assert xb is X and yb is y
+
+
+def test_write_config_records_the_program_name_not_its_install_path(tmp_path, monkeypatch):
+    import json
+    import sys
+
+    from spred.experiments._common import write_config
+
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "venv" / "bin" / "spred"), "run", "demo", "--out", "x"])
+    path = write_config(tmp_path / "config.json", {"a": 1}, experiment="demo")
+    data = json.loads(path.read_text())
+    assert data["argv"] == ["spred", "run", "demo", "--out", "x"]
+    assert str(tmp_path) not in path.read_text()

@@ -341,7 +341,8 @@ def _jsonable(value: Any) -> Any:
 def write_config(path: str | Path, config: Any, *, experiment: str, extra: Mapping[str, Any] | None = None) -> Path:
     """Write the resolved ``config`` with the versions that produced the results.
 
-    The file holds ``{"experiment", "spred_version", "versions", "argv", "config", ...extra}``;
+    The file holds ``{"experiment", "spred_version", "versions", "argv", "config", ...extra}`` (``argv`` with the
+    program's name only, so a shared result does not tell where spred is installed);
     its ``config`` entry can be passed back with ``--config``.
     """
     import numpy
@@ -353,7 +354,7 @@ def write_config(path: str | Path, config: Any, *, experiment: str, extra: Mappi
         "experiment": experiment,
         "spred_version": spred.__version__,
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__},
-        "argv": list(sys.argv),
+        "argv": [Path(sys.argv[0]).name, *sys.argv[1:]] if sys.argv else [],  # the program's name, not where it is installed
         "config": _jsonable(config),
     }
     payload.update(_jsonable(dict(extra or {})))
