@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import spred
+from spred.nn._sparsify import sparsified_units
 from spred.train import SparsityController, TargetSparsity, cubic_ramp, fit
 
 
@@ -78,6 +79,27 @@ def test_grouped_tensors_are_measured_by_whole_groups():
     assert ahead == now
 
 
+def test_count_groups_counts_each_group_once_whatever_its_size():
+    """Two layers whose groups differ tenfold in size: by weights a big group weighs ten small ones, by groups one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = spred.sparsify(nn.Sequential(nn.Linear(100, 10), nn.ReLU(), nn.Linear(10, 4)), lam=1e-3, groups="out")
+    with torch.no_grad():
+        for layer, dead in ((net[0], [0, 1, 2]), (net[2], [1, 3])):
+            s, w = layer.parametrizations.weight.original0, layer.parametrizations.weight.original1
+            s.fill_(1.0)
+            w[dead] = 1e-6  # group norms <= 1e-5: zero at threshold 1e-4
+            w[[i for i in range(w.shape[0]) if i not in dead], :5] = 0.0  # exact zeros inside live groups
+    tensors = [t.value().detach() for t in sparsified_units(net)]
+    by_weights = SparsityController(TargetSparsity(0.5), threshold=1e-4, steps_per_epoch=10, total_epochs=5)
+    by_groups = SparsityController(TargetSparsity(0.5, count="groups"), threshold=1e-4, steps_per_epoch=10, total_epochs=5)
+    assert by_weights.measure(net, 10)[0] == spred.sparsity_report(net, threshold=1e-4).sparsified_sparsity
+    rows = sum(t.shape[0] for t in tensors if t.dim() > 1) + sum(t.numel() for t in tensors if t.dim() == 1)
+    dead_rows = 3 + 2 + sum(int((t.abs() <= 1e-4).sum()) for t in tensors if t.dim() == 1)
+    assert by_groups.measure(net, 10) == (dead_rows / rows, dead_rows / rows)
+    assert by_groups.measure(net, 10)[0] != by_weights.measure(net, 10)[0]
+
+
 def test_a_shrinking_weight_is_predicted_to_vanish():
     net = spred.sparsify(nn.Linear(4, 1, bias=False), lam=1e-3)
     u, w = spred.factors(net)
@@ -108,6 +130,7 @@ def test_a_shrinking_weight_is_predicted_to_vanish():
         ({"target": 0.5, "initial_lam": -1e-3}, ValueError, r"The 'initial_lam' parameter of TargetSparsity must be a float"),
         ({"target": 0.5, "threshold": 0.0}, ValueError, r"The 'threshold' parameter of TargetSparsity must be a float in the range \(0, inf\). Got 0.0"),
         ({"target": 0.5, "trend_decay": 1.0}, ValueError, r"The 'trend_decay' parameter of TargetSparsity must be a float in the range \[0, 1\). Got 1.0"),
+        ({"target": 0.5, "count": "channels"}, ValueError, r"The 'count' parameter of TargetSparsity must be one of"),
         ({"target": 0.5, "lam_bounds": (1e-3, 1e-4)}, ValueError, r"The 'lam_bounds' parameter of TargetSparsity must be \(low, high\) with 0 < low < high < inf. Got \(0.001, 0.0001\)"),
     ],
 )

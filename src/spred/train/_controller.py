@@ -39,10 +39,10 @@ from numbers import Real
 
 import torch
 
-from spred._validation import check_float, check_int
+from spred._validation import check_choice, check_float, check_int
 from spred.nn import get_lam, set_lam
 from spred.nn._sparsify import sparsified_units
-from spred.nn._rules import group_norms, zero_mask
+from spred.nn._rules import group_norms, reduce_dims, unit_dim, zero_mask
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,13 @@ class TargetSparsity:
         How far ahead the prediction looks. Default: to the end of training.
     trend_decay : float, default=0.9
         Decay per update of the slow trend average.
+    count : {"weights", "groups"}, default="weights"
+        What ``target`` is a fraction of. ``"weights"``: sparsified entries (a zero group
+        counts with all its entries; the ``sparsity`` of ``fit``'s history and of
+        :func:`spred.sparsity_report`). ``"groups"``: units, each group (a neuron, a filter,
+        a channel group of ``groups="channels"``) counting once, whatever its size, and each
+        weight of an elementwise tensor once: ``0.5`` then means half of the channels, which
+        is what structured pruning removes.
 
     Examples
     --------
@@ -117,9 +124,11 @@ class TargetSparsity:
     threshold: float | None = None
     horizon_epochs: float | None = None
     trend_decay: float = 0.9
+    count: str = "weights"
 
     def __post_init__(self):
         who = "TargetSparsity"
+        check_choice(self.count, "count", who, ("weights", "groups"))
         check_float(self.target, "target", who, 0.0, 1.0, low_open=True, high_open=True)
         check_float(self.warmup_epochs, "warmup_epochs", who, 0.0)
         for name in ("ramp_epochs", "max_step", "initial_lam", "threshold", "horizon_epochs"):
@@ -245,7 +254,8 @@ class SparsityController:
     @torch.no_grad()
     def measure(self, model, step: int) -> tuple[float, float]:
         """The fraction of sparsified weights that are zero now (``|v| <= threshold``, or a whole group whose
-        norm is: :func:`spred.nn._rules.zero_mask`), and predicted ``horizon`` steps ahead."""
+        norm is: :func:`spred.nn._rules.zero_mask`), and predicted ``horizon`` steps ahead; with
+        ``count="groups"`` the fraction of groups (a group counts when every entry is zero under that rule)."""
         horizon, slow = self.horizon(step), self.config.trend_decay
         log_thr = math.log(self.threshold)
         zeros = predicted = numel = 0
@@ -270,9 +280,12 @@ class SparsityController:
             trend = self.trends.get(t.name)
             if trend is not None:  # predicted: the trend of log|v| (group norms) reaches the threshold within the horizon
                 ahead = zero | (log_v + horizon * trend.max(dim=0).values.clamp_max(0) <= log_thr).expand_as(raw)
+            keep = unit_dim(t.spred.groups, t.spred.out_dim) if self.config.count == "groups" else None
+            if keep is not None and raw.dim() > 1:  # one count per group: the slices along the kept dim
+                zero, ahead = (m.all(dim=reduce_dims(raw.dim(), keep)) for m in (zero, ahead))
             zeros += int(zero.sum())
             predicted += int(ahead.sum())
-            numel += raw.numel()
+            numel += zero.numel()
         return zeros / numel, predicted / numel
 
     def step(self, model, optimizer, step: int, penalty_in_loss: bool) -> None:
